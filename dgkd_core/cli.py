@@ -1,0 +1,121 @@
+"""Command line: `python -m dgkd_core {train,evaluate,prepare-data,bench}`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+# Keys of a `train --config` file that say where things are, not how to train.
+RUN_FILE_KEYS = ("data", "out_dir", "guides")
+
+
+def setup_logging(log_file: str | None = None) -> None:
+    """Per-epoch lines to stderr (or to `log_file`, e.g. a Snakemake job log)."""
+    handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("dgkd_core")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+def _train(args) -> int:
+    import yaml
+
+    from dgkd_core.config import ConfigError, deep_update, parse_overrides
+    from dgkd_core.train import train
+
+    run = {}
+    if args.config:
+        with open(args.config) as fh:
+            run = yaml.safe_load(fh) or {}
+    run = deep_update(run, parse_overrides(args.set or []))
+    missing = [k for k in ("data", "out_dir") if not run.get(k)]
+    if missing:
+        raise ConfigError(f"train needs {' and '.join(missing)}: give them in --config or as "
+                          f"--set {missing[0]}=...")
+    where = {k: run.pop(k, None) for k in RUN_FILE_KEYS}
+    metrics = train(run, where["data"], where["out_dir"], where["guides"] or (),
+                    progress=None)
+    print(json.dumps({k: metrics[k] for k in ("model", "top1_last", "top1_best", "best_epoch",
+                                              "wall_time_s")}))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from dgkd_core.evaluate import evaluate_checkpoint
+
+    print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data, device=args.device)))
+    return 0
+
+
+def _prepare(args) -> int:
+    from dgkd_core.data import prepare_dataset
+
+    resize = args.resize
+    meta = prepare_dataset(args.source, args.out, root=args.root, download=args.download,
+                           name=args.name, seed=args.seed, resize=resize)
+    print(json.dumps({k: meta[k] for k in ("name", "source", "num_classes") if k in meta}))
+    return 0
+
+
+def _bench(args) -> int:
+    from dgkd_core.bench import main as bench_main
+
+    return bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dgkd_core", description=__doc__)
+    parser.add_argument("--log-file", help="write log lines here instead of stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one model (resumes automatically)")
+    p.add_argument("--config", help="YAML run config (docs/design.md) plus data, out_dir, guides")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a key, dotted for nesting (loss.lam=0.7); repeatable")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="top-1/top-5 of a checkpoint on a prepared test split")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="prepared data file (prepare-data's output)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("prepare-data", help="turn a dataset into one uint8 tensor file")
+    p.add_argument("--source", required=True,
+                   choices=["cifar10", "cifar100", "imagefolder", "synthetic"])
+    p.add_argument("--out", required=True, help="output file, e.g. results/data/cifar10.pt")
+    p.add_argument("--root", help="dataset folder (torchvision CIFAR root or imagefolder root)")
+    p.add_argument("--download", action="store_true", help="let torchvision download CIFAR")
+    p.add_argument("--name", help="dataset name recorded in the file (default: the source)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
+    p.add_argument("--resize", type=int, nargs="+", help="resize imagefolder images to H [W]")
+    p.set_defaults(func=_prepare)
+
+    p = sub.add_parser("bench", help="speed benchmark: project trainer vs the released loop")
+    p.add_argument("--out", default="results/benchmarks/step.json")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per workload")
+    p.add_argument("--skip-workflow", action="store_true", help="skip the demo workflow timing")
+    p.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dgkd_core.config import ConfigError
+    from dgkd_core.train import TrainingError
+
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_file)
+    try:
+        return args.func(args)
+    except (ConfigError, TrainingError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Evaluation: top-1/top-5 accuracy of a model over a loader."""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+
+import torch
+import torch.nn as nn
+
+
+def evaluate(model: nn.Module, loader, *, bf16: bool = False) -> dict[str, float]:
+    """Accuracy in percent over every sample of `loader` (yields ([B,3,H,W] float, [B] int64)).
+
+    Returns {"top1", "top5", "loss", "n"}; top-5 equals top-1's definition with k = min(5, C)."""
+    was_training = model.training
+    model.eval()
+    correct1 = correct5 = 0
+    loss_sum, n = 0.0, 0
+    device_type = next(model.parameters()).device.type
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    with torch.inference_mode(), autocast:
+        for images, targets in loader:
+            logits = model(images).float()
+            k = min(5, logits.shape[1])
+            top = logits.topk(k, dim=1).indices
+            hits = top.eq(targets[:, None])
+            correct1 += int(hits[:, 0].sum())
+            correct5 += int(hits.any(dim=1).sum())
+            loss_sum += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))
+            n += targets.shape[0]
+    model.train(was_training)
+    if n == 0:
+        raise ValueError("evaluation loader yielded no samples")
+    return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n,
+            "n": n}
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, data_path: str | os.PathLike, *,
+                        batch_size: int = 1024, device: str = "auto") -> dict:
+    """Evaluate a saved model checkpoint on the test split of a prepared data file."""
+    from dgkd_core.data import load_prepared, make_loaders
+    from dgkd_core.train import load_guide
+
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
+                       else ("cpu" if device == "auto" else device))
+    data = load_prepared(data_path)
+    model = load_guide(checkpoint, data.meta, dev)
+    _, test_loader = make_loaders(data, batch_size=batch_size, eval_batch_size=batch_size,
+                                  device=dev, seed=0, augment=False, channels_last=False)
+    result = evaluate(model, test_loader)
+    result.update({"checkpoint": str(checkpoint), "data": str(data_path)})
+    return result

@@ -1,0 +1,180 @@
+"""The project's one loss module: Hinton KD, (stochastic) DGKD, and the guide-drop masks.
+
+Shapes: logits are ``[B, C]`` (batch, classes) in any float dtype; targets are ``[B]`` int64 class
+indices. Every loss is a 0-d float32 tensor in nats per example (averaged over the batch); it is
+computed in float32 even when the logits come in as bf16/fp16 (e.g. under autocast).
+
+Guides are given teacher first, then teacher assistants from largest to smallest.
+
+Two conventions:
+
+* ``"paper"`` (the default): ``total = n·(1−λ)·CE + λ·Σ_i keep_i·KD_i`` with ``n`` guides and
+  ``KD = T²·KL(softmax(guide/T) ‖ softmax(student/T))``, KL summed over classes and averaged over the
+  batch. With no guide it is plain CE.
+* ``"released_code"``: what the released DGKD code computes, kept ON PURPOSE for comparing with its
+  numbers: the KL is also divided by the class count (``nn.KLDivLoss()``'s default 'mean'
+  reduction) and the CE weight is ``(1−λ)`` whatever ``n``; its guide dropping removes exactly
+  ``drop_num`` terms, teacher included (:func:`draw_released_drop_mask`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "CONVENTIONS",
+    "check_loss_settings",
+    "dgkd_loss",
+    "draw_keep_mask",
+    "draw_released_drop_mask",
+    "guide_term_names",
+    "kd_loss",
+]
+
+CONVENTIONS = ("paper", "released_code")
+
+
+def _as_float(name: str, value) -> float:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"loss setting {name}={value!r} must be a number") from None
+
+
+def check_loss_settings(lam, temperature, keep_prob=None, convention="paper", drop_num=0) -> None:
+    """Validate loss settings (cheap python checks); raise ``ValueError`` naming the bad one.
+
+    ``lam`` (λ, weight of the KD terms) in [0, 1]; ``temperature`` (T_kd) finite and > 0;
+    ``keep_prob`` (per-guide keep probability of stochastic DGKD) None or in (0, 1];
+    ``convention`` one of :data:`CONVENTIONS`; ``drop_num`` an integer >= 0.
+    """
+    lam_f = _as_float("lam", lam)
+    if not 0.0 <= lam_f <= 1.0:
+        raise ValueError(f"loss setting lam={lam!r} is out of range: λ must lie in [0, 1]")
+    t = _as_float("temperature", temperature)
+    if not (math.isfinite(t) and t > 0.0):
+        raise ValueError(
+            f"loss setting temperature={temperature!r} is out of range: T must be finite and > 0"
+        )
+    if keep_prob is not None:
+        p = _as_float("keep_prob", keep_prob)
+        if not 0.0 < p <= 1.0:
+            raise ValueError(f"loss setting keep_prob={keep_prob!r} is out of range: it must lie in (0, 1]")
+    if convention not in CONVENTIONS:
+        raise ValueError(
+            f"loss setting convention={convention!r} is unknown: allowed are {', '.join(CONVENTIONS)}"
+        )
+    if isinstance(drop_num, bool) or not isinstance(drop_num, int) or drop_num < 0:
+        raise ValueError(f"loss setting drop_num={drop_num!r} must be an integer >= 0")
+
+
+def guide_term_names(n: int) -> list[str]:
+    """Names of the KD terms for ``n`` guides: ``["kd_teacher", "kd_ta1", "kd_ta2", ...]``."""
+    return ["kd_teacher", *(f"kd_ta{i}" for i in range(1, n))][:n]
+
+
+def kd_loss(student_logits: Tensor, guide_logits: Tensor, temperature: float) -> Tensor:
+    """Hinton's KD term ``T²·KL(softmax(guide/T) ‖ softmax(student/T))``.
+
+    ``student_logits`` and ``guide_logits`` are ``[B, C]``; the KL is summed over the C classes and
+    averaged over the B examples (``reduction="batchmean"``). Returns a 0-d float32 tensor (nats per
+    example, times T²). Computed in float32 whatever the input dtype. The guide is a target: no
+    gradient flows into it.
+    """
+    check_loss_settings(0.0, temperature)
+    if student_logits.dim() != 2 or student_logits.shape != guide_logits.shape:
+        raise ValueError(
+            f"kd_loss needs [B, C] logits of equal shape, got student {tuple(student_logits.shape)}"
+            f" and guide {tuple(guide_logits.shape)}"
+        )
+    t = float(temperature)
+    log_p_student = F.log_softmax(student_logits.float() / t, dim=1)
+    log_p_guide = F.log_softmax(guide_logits.detach().float() / t, dim=1)
+    kl = F.kl_div(log_p_student, log_p_guide, reduction="batchmean", log_target=True)
+    return kl * (t * t)
+
+
+def dgkd_loss(
+    student_logits: Tensor,
+    guide_logits: Sequence[Tensor],
+    targets: Tensor,
+    *,
+    lam: float,
+    temperature: float,
+    keep: Tensor | None = None,
+    convention: str = "paper",
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """DGKD loss of a student taught by ``n = len(guide_logits)`` guides (teacher first).
+
+    ``student_logits`` ``[B, C]``; ``guide_logits`` n tensors ``[B, C]``; ``targets`` ``[B]`` int64.
+    ``keep``: optional float 0/1 tensor ``[n]`` (on any device; typically from
+    :func:`draw_keep_mask`), multiplying each guide's KD term. It enters as tensor arithmetic only
+    (no branching on its values), so the loss can be captured in a CUDA graph.
+
+    paper: ``total = n·(1−λ)·CE + λ·Σ keep_i·KD_i`` (n = 0: plain CE).
+    released_code: ``total = (1−λ)·CE + λ·Σ keep_i·KD_i/C`` (n = 0: plain CE).
+
+    Returns ``(total, terms)``: ``terms`` maps ``"ce"``, :func:`guide_term_names` and ``"total"``
+    to 0-d float32 tensors (CE and each KD term unweighted and un-masked, KD in the chosen
+    convention); they are not detached.
+    """
+    check_loss_settings(lam, temperature, convention=convention)
+    n = len(guide_logits)
+    lam = float(lam)
+    ce = F.cross_entropy(student_logits.float(), targets)
+    terms: dict[str, Tensor] = {"ce": ce}
+    if n == 0:
+        terms["total"] = ce
+        return ce, terms
+
+    kd = torch.stack([kd_loss(student_logits, g, temperature) for g in guide_logits])
+    if convention == "released_code":
+        kd = kd / student_logits.shape[1]
+        ce_weight = 1.0 - lam
+    else:
+        ce_weight = n * (1.0 - lam)
+    terms.update(zip(guide_term_names(n), kd.unbind(0)))
+
+    if keep is None:
+        kd_sum = kd.sum()
+    else:
+        if keep.shape != (n,):
+            raise ValueError(f"keep must have shape [{n}] (one entry per guide), got {tuple(keep.shape)}")
+        kd_sum = (keep.to(device=kd.device, dtype=kd.dtype) * kd).sum()
+    total = ce_weight * ce + lam * kd_sum
+    terms["total"] = total
+    return total, terms
+
+
+def draw_keep_mask(
+    n_guides: int, keep_prob: float, *, drop_teacher: bool, generator: torch.Generator
+) -> Tensor:
+    """Stochastic DGKD's keep mask: float32 ``[n_guides]`` of 0/1 on CPU.
+
+    Each guide is kept independently with probability ``keep_prob`` (in (0, 1]); when
+    ``drop_teacher`` is False the teacher (index 0) is always kept. Uses only ``generator`` (a CPU
+    generator) and always draws ``n_guides`` numbers, so the stream does not depend on outcomes.
+    """
+    check_loss_settings(0.0, 1.0, keep_prob=keep_prob)
+    keep = (torch.rand(n_guides, generator=generator) < float(keep_prob)).float()
+    if not drop_teacher and n_guides > 0:
+        keep[0] = 1.0
+    return keep
+
+
+def draw_released_drop_mask(n_guides: int, drop_num: int, *, generator: torch.Generator) -> Tensor:
+    """The released code's dropping: float32 ``[n_guides]`` on CPU with exactly ``drop_num`` zeros,
+    placed uniformly among all guides (teacher included). Uses only ``generator``."""
+    check_loss_settings(0.0, 1.0, drop_num=drop_num)
+    if drop_num > n_guides:
+        raise ValueError(f"loss setting drop_num={drop_num} exceeds the number of guides ({n_guides})")
+    keep = torch.ones(n_guides)
+    keep[torch.randperm(n_guides, generator=generator)[:drop_num]] = 0.0
+    return keep
