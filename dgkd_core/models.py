@@ -122,7 +122,8 @@ class WideResNet(nn.Module):
             for i in range(n):
                 layers.append(WideBlock(cin, cout, stride if i == 0 else 1))
                 cin = cout
-        layers += [nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        layers += [nn.BatchNorm2d(cin), nn.ReLU(inplace=True)]
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.features = nn.Sequential(*layers)
         self.fc = nn.Linear(cin, num_classes)
         _init_weights(self)
@@ -274,7 +275,10 @@ def _lookup(name: str) -> tuple[str, _Builder]:
 
 
 def model_family(name: str) -> str:
-    """"resnet", "plane", "wrn", "vgg" or "imagenet_resnet"; ValueError for an unknown name."""
+    """Family of a registry name: resnet, plane, wrn, vgg or imagenet_resnet.
+
+    Raises ValueError for an unknown name.
+    """
     return _lookup(name)[0]
 
 

@@ -1,0 +1,38 @@
+# One entry point for setting up, running and testing. `make demo` and `make test` work on a
+# fresh machine with Python >= 3.11 (they create .venv first).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+
+.PHONY: setup demo test test-fast lint format bench clean-results
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup  ## the main job: the demo workflow on embedded synthetic data -> results/
+	$(BIN)/snakemake --profile profiles/local --configfile config/demo.yaml --cores $(CORES) results/table1.csv all
+
+test: setup  ## the whole test suite (what CI runs)
+	$(BIN)/python -m pytest -q -rs
+
+test-fast: setup  ## everything but the slow end-to-end tests
+	$(BIN)/python -m pytest -q -rs -m "not slow and not slurm"
+
+lint: setup
+	$(BIN)/snakemake --lint --configfile config/demo.yaml
+	$(BIN)/snakefmt --check Snakefile rules/
+
+format: setup
+	$(BIN)/snakefmt Snakefile rules/
+
+bench: setup  ## speed benchmark -> results/benchmarks/step.json
+	$(BIN)/python -m dgkd_core bench
+
+clean-results:
+	rm -rf results/ .snakemake/

@@ -1,0 +1,207 @@
+"""Speed benchmark: the project's training step against a loop written the released code's way.
+
+`python -m dgkd_core bench` measures, in one process, images/s of
+  - the DGKD student step (teacher resnet26, TAs resnet20/resnet14, student resnet8), and
+  - teacher training (resnet26, cross-entropy),
+for both loops at batch 128, then (unless --skip-workflow) the demo workflow's wall time.
+It writes results/benchmarks/step.json and prints a table with the device name.
+
+The baseline follows REFERENCE.md ("The reference training loop"): a torch DataLoader over a
+CIFAR-style dataset decoded per sample through PIL transforms (RandomCrop(32, padding=4),
+RandomHorizontalFlip, ToTensor, Normalize), num_workers = os.cpu_count(), pin_memory, fp32,
+NCHW, guides in eval mode with autograd on (as released), nn.KLDivLoss, SGD.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from dgkd_core import io
+from dgkd_core.data import make_loaders, prepare_dataset, load_prepared
+from dgkd_core.models import build_model
+
+WORKLOADS = {
+    "dgkd_student_resnet26-20-14-8": {"student": "resnet8",
+                                      "guides": ["resnet26", "resnet20", "resnet14"]},
+    "teacher_resnet26_ce": {"student": "resnet26", "guides": []},
+}
+BATCH_SIZE = 128
+
+
+class _PilCifar(torch.utils.data.Dataset):
+    """What torchvision's CIFAR10.__getitem__ does: HWC uint8 array -> PIL -> transforms."""
+
+    def __init__(self, images_hwc, labels, transform):
+        self.images, self.labels, self.transform = images_hwc, labels, transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+def _baseline_loader(data):
+    import torchvision.transforms as T
+
+    transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                           T.Normalize(data.mean, data.std)])
+    images = data.train_images.permute(0, 2, 3, 1).contiguous().numpy()
+    dataset = _PilCifar(images, data.train_labels.numpy(), transform)
+    return torch.utils.data.DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True,
+                                       num_workers=os.cpu_count(), pin_memory=True,
+                                       persistent_workers=True, drop_last=True)
+
+
+def _baseline_img_s(data, spec, device, steps, warmup):
+    """The released code's step: everything fp32 eager, guides with autograd on."""
+    torch.manual_seed(0)
+    student = build_model(spec["student"], data.num_classes).to(device)
+    guides = [build_model(g, data.num_classes).to(device).eval() for g in spec["guides"]]
+    opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    ce, kl = nn.CrossEntropyLoss(), nn.KLDivLoss()
+    temperature, lam = 5.0, 0.5
+    loader = _baseline_loader(data)
+    done, t0 = 0, None
+    while done < warmup + steps:
+        for x, y in loader:
+            if done == warmup:
+                _sync(device)
+                t0 = time.perf_counter()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            out = student(x)
+            loss = (1 - lam) * ce(out, y) if guides else ce(out, y)
+            for guide in guides:
+                g_out = guide(x)
+                loss = loss + lam * kl(nn.functional.log_softmax(out / temperature, 1),
+                                       nn.functional.softmax(g_out / temperature, 1)) * temperature**2
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            done += 1
+            if done == warmup + steps:
+                break
+    _sync(device)
+    return steps * BATCH_SIZE / (time.perf_counter() - t0)
+
+
+def _project_img_s(data, spec, device, steps, warmup):
+    """The project's trainer step, built from the same pieces `train()` uses."""
+    from dgkd_core.train import Distiller, _make_step, fast_settings
+
+    torch.manual_seed(0)
+    fast = fast_settings({"fast": {"bf16": "auto", "channels_last": "auto", "cuda_graph": "auto"}},
+                         device)
+    fmt = torch.channels_last if fast["channels_last"] else torch.contiguous_format
+    student = build_model(spec["student"], data.num_classes).to(device).to(memory_format=fmt)
+    guides = [build_model(g, data.num_classes).to(device).to(memory_format=fmt)
+              for g in spec["guides"]]
+    loss_cfg = {"lam": 0.5, "temperature": 5.0, "convention": "paper"}
+    distiller = Distiller(student, guides, loss_cfg)
+    opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4,
+                          **({"fused": True} if device.type == "cuda" else {"foreach": True}))
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+                if fast["bf16"] else _null())
+    names = distiller.term_names
+    step = _make_step(distiller, opt, autocast, fast["cuda_graph"], device, len(guides), names)
+    loader, _ = make_loaders(data, batch_size=BATCH_SIZE, eval_batch_size=1024, device=device,
+                             seed=0, augment=True, channels_last=fast["channels_last"])
+    done, t0, epoch = 0, None, 0
+    while done < warmup + steps:
+        loader.set_epoch(epoch)
+        epoch += 1
+        for x, y in loader:
+            if done == warmup:
+                _sync(device)
+                t0 = time.perf_counter()
+            step(x, y, None, 0.1)
+            done += 1
+            if done == warmup + steps:
+                break
+    _sync(device)
+    return steps * BATCH_SIZE / (time.perf_counter() - t0)
+
+
+def _null():
+    from contextlib import nullcontext
+
+    return nullcontext()
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _device_name(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def _demo_workflow_wall_s() -> float:
+    repo = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile"),
+                        "--directory", tmp, "--configfile", str(repo / "config" / "demo.yaml"),
+                        "--profile", str(repo / "profiles" / "local"), "--quiet"],
+                       check=True, cwd=repo)
+        return time.perf_counter() - t0
+
+
+def run(device: torch.device, steps: int, warmup: int, with_workflow: bool) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        # The data's content does not matter for speed; 50,000 images like CIFAR's train split.
+        path = Path(tmp) / "bench.pt"
+        prepare_dataset("synthetic", path, seed=0, synthetic_train=50_000, synthetic_test=1_000)
+        data = load_prepared(path)
+    entries = []
+    for workload, spec in WORKLOADS.items():
+        base = _baseline_img_s(data, spec, device, steps, warmup)
+        proj = _project_img_s(data, spec, device, steps, warmup)
+        entries.append({"workload": workload, "device": _device_name(device),
+                        "batch_size": BATCH_SIZE, "baseline_img_s": round(base, 1),
+                        "project_img_s": round(proj, 1), "ratio": round(proj / base, 2)})
+    result = {"date": datetime.date.today().isoformat(), "device": _device_name(device),
+              "torch": torch.__version__, "timed_steps": steps, "workloads": entries}
+    if with_workflow:
+        result["demo_workflow_wall_s"] = round(_demo_workflow_wall_s(), 1)
+    return result
+
+
+def format_table(result: dict) -> str:
+    lines = [f"device: {result['device']}  (torch {result['torch']}, batch {BATCH_SIZE}, "
+             f"{result['timed_steps']} timed steps)",
+             f"{'workload':34s} {'baseline img/s':>15s} {'project img/s':>14s} {'ratio':>6s}"]
+    for e in result["workloads"]:
+        lines.append(f"{e['workload']:34s} {e['baseline_img_s']:15.0f} {e['project_img_s']:14.0f} "
+                     f"{e['ratio']:5.2f}x")
+    if "demo_workflow_wall_s" in result:
+        lines.append(f"demo workflow end to end: {result['demo_workflow_wall_s']:.0f} s")
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if args.device == "auto" else args.device))
+    steps = args.steps or (200 if device.type == "cuda" else 15)
+    warmup = 20 if device.type == "cuda" else 3
+    result = run(device, steps, warmup, not args.skip_workflow)
+    io.atomic_write_json(result, Path(args.out))
+    print(format_table(result))
+    print(f"written: {args.out}")
+    return 0
