@@ -29,6 +29,9 @@
 #   DGKD_SLURM_DB_PORT    port of the private MariaDB                       [3307]
 #   DGKD_SLURM_TIMEOUT    seconds to wait for each daemon / the idle node   [90]
 #   DGKD_SLURM_FORCE      1 = overwrite an /etc/slurm/slurm.conf we did not write
+#
+# Exit status: 0 ok; 3 this machine cannot have the cluster (not root, no apt, install failed);
+# 1 anything else (see the daemon logs under $DGKD_SLURM_STATE/log).
 set -euo pipefail
 
 STATE=${DGKD_SLURM_STATE:-/var/tmp/dgkd-slurm}
@@ -46,15 +49,22 @@ LOG=$STATE/log
 
 log() { printf '[slurm_cluster %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+# Exit status 3: this machine cannot have the cluster (not root, no apt, packages not installable);
+# tests skip on it. Any other failure exits 1.
+die_env() { log "CANNOT RUN HERE: $*"; exit 3; }
 
 # ---------------------------------------------------------------- processes by PID file
 # pid_alive PIDFILE COMM: the PID file names a live process whose command name is COMM.
+# A zombie (exited, not yet reaped by PID 1) counts as not alive.
+read_pid() { { tr -dc '0-9' <"$1"; } 2>/dev/null || true; }
 pid_alive() {
-    local f=$1 comm=$2 pid
-    [[ -s $f ]] || return 1
-    pid=$(tr -dc '0-9' <"$f")
-    [[ -n $pid && -r /proc/$pid/comm ]] || return 1
-    [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$comm"* ]]
+    local f=$1 comm=$2 pid stat
+    pid=$(read_pid "$f")
+    [[ -n $pid ]] || return 1
+    [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$comm"* ]] || return 1
+    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    [[ ${stat:0:1} != Z ]]
 }
 
 # stop_pidfile NAME PIDFILE COMM: TERM, wait, then KILL the process named by our PID file.
@@ -64,7 +74,7 @@ stop_pidfile() {
         rm -f "$f"
         return 0
     fi
-    pid=$(tr -dc '0-9' <"$f")
+    pid=$(read_pid "$f")
     log "stopping $name (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < 100; i++)); do
@@ -95,7 +105,7 @@ wait_for() {
 
 # ---------------------------------------------------------------- install
 require_root() {
-    [[ $(id -u) == 0 ]] || die "must run as root (it installs packages and starts system daemons)"
+    [[ $(id -u) == 0 ]] || die_env "must run as root (it installs packages and starts system daemons)"
 }
 
 install_packages() {
@@ -106,7 +116,7 @@ install_packages() {
     if ((${#missing[@]} == 0)); then
         return 0
     fi
-    command -v apt-get >/dev/null || die "apt-get not found (not a Debian-like system); install ${missing[*]} yourself"
+    command -v apt-get >/dev/null || die_env "apt-get not found (not a Debian-like system); install ${missing[*]} yourself"
     log "installing ${missing[*]} with apt"
     # Keep the packages' postinst scripts from starting daemons (we start our own, by PID file).
     local made_policy=0
@@ -121,7 +131,7 @@ install_packages() {
             DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
     } >"$LOG/apt.log" 2>&1 || rc=$?
     ((made_policy)) && rm -f /usr/sbin/policy-rc.d
-    ((rc == 0)) || { tail -n 20 "$LOG/apt.log" >&2; die "apt-get failed (log: $LOG/apt.log)"; }
+    ((rc == 0)) || { tail -n 20 "$LOG/apt.log" >&2; die_env "apt-get failed (log: $LOG/apt.log)"; }
 }
 
 # ---------------------------------------------------------------- configuration
@@ -141,6 +151,7 @@ write_if_changed() { # write_if_changed PATH MODE < content; returns 0 if the fi
 }
 
 CONFIG_CHANGED=0
+DBD_CONFIG_CHANGED=0
 write_configs() {
     mkdir -p "$CONF_DIR"
     if [[ -f $CONF_DIR/slurm.conf ]] && ! head -n 1 "$CONF_DIR/slurm.conf" | grep -qF "$MARKER"; then
@@ -193,6 +204,7 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 AccountingStorageTRES=gres/gpu
 JobAcctGatherType=jobacct_gather/linux
+AccountingStoreFlags=job_comment
 JobAcctGatherFrequency=30
 JobCompType=jobcomp/none
 # Fast turnaround for tests.
@@ -221,7 +233,7 @@ AutoDetect=off
 $gpu_files
 EOF
 
-    write_if_changed "$CONF_DIR/slurmdbd.conf" 600 <<EOF && CONFIG_CHANGED=1 || true
+    write_if_changed "$CONF_DIR/slurmdbd.conf" 600 <<EOF && DBD_CONFIG_CHANGED=1 || true
 $MARKER
 AuthType=auth/munge
 DbdHost=localhost
@@ -309,15 +321,26 @@ start_slurmdbd() {
     fi
 }
 
-check_port_free() { # check_port_free NAME PORT COMM: refuse when a daemon we did not start owns it
-    if pgrep -x "$3" >/dev/null 2>&1; then
-        die "a $3 that this script did not start is already running (pid $(pgrep -x "$3" | tr '\n' ' ')); stop it first"
+live_pids() { # live_pids COMM: PIDs of running (non-zombie) processes named exactly COMM
+    local pid stat
+    for pid in $(pgrep -x "$1" 2>/dev/null); do
+        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+        stat=${stat##*) }
+        [[ ${stat:0:1} == Z ]] || echo "$pid"
+    done
+}
+
+refuse_foreign() { # refuse_foreign COMM: a COMM that we did not start would hold the same ports
+    local pids
+    pids=$(live_pids "$1" | tr '\n' ' ')
+    if [[ -n ${pids// /} ]]; then
+        die "a $1 that this script did not start is already running (pid ${pids% }); stop it first"
     fi
 }
 
 start_slurmctld() {
     if pid_alive "$RUN/slurmctld.pid" slurmctld; then return 0; fi
-    check_port_free slurmctld 6817 slurmctld
+    refuse_foreign slurmctld
     log "starting slurmctld"
     /usr/sbin/slurmctld
     wait_for slurmctld scontrol ping || { tail -n 20 "$LOG/slurmctld.log" >&2; die "slurmctld did not come up"; }
@@ -325,7 +348,7 @@ start_slurmctld() {
 
 start_slurmd() {
     if pid_alive "$RUN/slurmd.pid" slurmd; then return 0; fi
-    check_port_free slurmd 6818 slurmd
+    refuse_foreign slurmd
     log "starting slurmd"
     /usr/sbin/slurmd
 }
@@ -362,6 +385,10 @@ cmd_up() {
         log "configuration changed; restarting slurmctld and slurmd"
         stop_pidfile slurmd "$RUN/slurmd.pid" slurmd
         stop_pidfile slurmctld "$RUN/slurmctld.pid" slurmctld
+    fi
+    if ((DBD_CONFIG_CHANGED)) && pid_alive "$RUN/slurmdbd.pid" slurmdbd; then
+        log "slurmdbd.conf changed; restarting slurmdbd"
+        stop_pidfile slurmdbd "$RUN/slurmdbd.pid" slurmdbd
     fi
     start_munge
     start_mariadb
@@ -425,7 +452,7 @@ cmd_status() {
         "slurmd:$RUN/slurmd.pid:slurmd"; do
         IFS=: read -r c f comm <<<"$d"
         if pid_alive "$f" "$comm"; then
-            printf '%-10s running (pid %s)\n' "$c" "$(tr -dc '0-9' <"$f")"
+            printf '%-10s running (pid %s)\n' "$c" "$(read_pid "$f")"
         elif [[ $c == munged ]] && munge_works; then
             printf '%-10s running (not started by this script)\n' "$c"
         else

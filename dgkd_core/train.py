@@ -195,7 +195,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         np.random.seed(seed % 2**32)
     except ImportError:
         pass
-    if deterministic:
+    if deterministic and torch.cuda.is_available():
+        # CPU kernels are deterministic already; this call also costs seconds of imports.
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -333,18 +334,20 @@ def train(
     term_names = distiller.term_names
     keep_stochastic = loss_cfg["keep_prob"] is not None and n_guides > 0
     keep_released = loss_cfg["convention"] == "released_code" and loss_cfg["drop_num"] > 0
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if fast["bf16"] else nullcontext())
+    # Autocast's weight-cast cache must be off for CUDA-graph capture (PyTorch's graph docs).
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+                if fast["bf16"] else nullcontext())
     budget = cfg["time_budget_s"]
     epoch_times: list[float] = [h["time_s"] for h in history]
     interactive = sys.stderr.isatty() if progress is None else progress
 
-    log.info("training %s (%s, seed %d) on %s for %d epochs, %d guides, %d steps/epoch",
-             cfg["model"], cfg["method"], cfg["seed"], device, cfg["epochs"], n_guides,
-             len(train_loader))
     step_fn = _make_step(distiller, optimizer, autocast, fast["cuda_graph"], device,
                          n_guides, term_names)
 
     with _StopFlag() as stop:
+        log.info("training %s (%s, seed %d) on %s for %d epochs, %d guides, %d steps/epoch",
+                 cfg["model"], cfg["method"], cfg["seed"], device, cfg["epochs"], n_guides,
+                 len(train_loader))
         while state.epoch < cfg["epochs"]:
             epoch = state.epoch
             lr = lr_at(cfg, epoch)

@@ -1,0 +1,175 @@
+"""The one place that builds output paths from a lineage (docs/design.md, "Output layout").
+
+    results/data/{dataset}.pt
+    results/runs/{dataset}/seed{seed}/{method}/{lineage}/model.pt|metrics.json|history.csv
+
+`lineage` is the chain of models that led to a model, joined by `-`, ending in the model itself:
+`nokd/resnet26` is a teacher, `kd/resnet26-resnet20` the first TA (shared by TAKD and DGKD),
+`dgkd/resnet26-resnet20-resnet14-resnet8` a DGKD student. A stochastic-DGKD run carries its keep
+probability in the method directory (`sdgkd-p0.75`), so a keep-probability sweep gets one
+directory per value.
+
+Every function works on wildcard patterns too (`run_file("{dataset}", "{seed}", ...)`), which is
+how the Snakemake rules declare their outputs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+RESULTS = "results"
+RUN_FILES = ("model.pt", "metrics.json", "history.csv")
+METHODS = ("nokd", "kd", "takd", "dgkd", "sdgkd")
+# Methods whose run guided by the teacher alone is, by definition, plain KD: the first TA of
+# TAKD and of DGKD is the same job, `kd/<teacher>-<model>`.
+_KD_WHEN_ONE_GUIDE = ("takd", "dgkd")
+_LINEAGE_SEP = "-"
+_KEEP_PREFIX = "-p"
+
+# Regular expressions for the rules' wildcard_constraints.
+WILDCARD_CONSTRAINTS = {
+    "dataset": r"[A-Za-z0-9_.]+",
+    "seed": r"\d+",
+    "method": r"nokd|kd|takd|dgkd|sdgkd-p[0-9.e+-]+",
+    "lineage": r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*",
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training job, identified by where its outputs go."""
+
+    dataset: str
+    seed: int
+    method: str  # nokd | kd | takd | dgkd | sdgkd
+    lineage: tuple[str, ...]  # teacher first, the trained model last
+    keep_prob: float | None = None  # sdgkd only
+
+    @property
+    def model(self) -> str:
+        return self.lineage[-1]
+
+    @property
+    def guides_lineage(self) -> tuple[str, ...]:
+        """The models that led to this one (teacher first), without the model itself."""
+        return self.lineage[:-1]
+
+    @property
+    def method_dir(self) -> str:
+        return method_dir(self.method, self.keep_prob)
+
+    @property
+    def lineage_str(self) -> str:
+        return _LINEAGE_SEP.join(self.lineage)
+
+    @property
+    def dir(self) -> str:
+        return run_dir(self.dataset, self.seed, self.method_dir, self.lineage_str)
+
+    def file(self, name: str) -> str:
+        return run_file(self.dataset, self.seed, self.method_dir, self.lineage_str, name)
+
+
+def make_run(dataset: str, seed: int, method: str, lineage, keep_prob: float | None = None) -> Run:
+    """The canonical run for a method and lineage.
+
+    A TAKD or DGKD model guided by the teacher alone is `kd`; `keep_prob` belongs to sdgkd only.
+    Raises ValueError for a lineage that does not fit the method."""
+    lineage = tuple(lineage)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
+    if not lineage or any(not m or _LINEAGE_SEP in m for m in lineage):
+        raise ValueError(f"bad lineage {lineage!r}: model names, none containing '-'")
+    if method in _KD_WHEN_ONE_GUIDE and len(lineage) == 2:
+        method = "kd"
+    if (method == "nokd") != (len(lineage) == 1):
+        raise ValueError(f"method {method} does not fit lineage {'-'.join(lineage)}: "
+                         "nokd trains one model alone, every other method has guides")
+    if method == "kd" and len(lineage) != 2:
+        raise ValueError(f"kd has exactly one guide, the teacher; got lineage {'-'.join(lineage)}")
+    if (method == "sdgkd") != (keep_prob is not None):
+        raise ValueError("keep_prob is set for sdgkd runs, and only for them")
+    return Run(dataset, int(seed), method, lineage,
+               None if keep_prob is None else float(keep_prob))
+
+
+def method_dir(method: str, keep_prob: float | None = None) -> str:
+    """`sdgkd-p0.75` for stochastic DGKD, the method's name otherwise."""
+    return method if keep_prob is None else f"{method}{_KEEP_PREFIX}{keep_prob:g}"
+
+
+def parse_method_dir(text: str) -> tuple[str, float | None]:
+    """Inverse of `method_dir`: `sdgkd-p0.75` -> ("sdgkd", 0.75)."""
+    method, sep, p = text.partition(_KEEP_PREFIX)
+    return method, (float(p) if sep else None)
+
+
+def run_from_wildcards(dataset: str, seed, method: str, lineage: str) -> Run:
+    """The Run that a rule's wildcards name (method directory and lineage as in the path)."""
+    name, keep_prob = parse_method_dir(method)
+    return make_run(dataset, int(seed), name, lineage.split(_LINEAGE_SEP), keep_prob)
+
+
+_RUN_RE = re.compile(
+    rf"(?:^|/){RESULTS}/runs/(?P<dataset>[^/]+)/seed(?P<seed>\d+)/(?P<method>[^/]+)/"
+    r"(?P<lineage>[^/]+)/[^/]+$"
+)
+
+
+def run_from_path(path) -> Run:
+    """The Run whose output `path` is (any of its files)."""
+    m = _RUN_RE.search(PurePosixPath(path).as_posix())
+    if not m:
+        raise ValueError(f"{path} is not a run output ({RESULTS}/runs/<dataset>/seed<seed>/"
+                         "<method>/<lineage>/<file>)")
+    return run_from_wildcards(**m.groupdict())
+
+
+# ------------------------------------------------------------------ the layout itself
+
+
+def data_file(dataset: str) -> str:
+    return f"{RESULTS}/data/{dataset}.pt"
+
+
+def extracted_dir(dataset: str) -> str:
+    """Where a dataset given as an archive is unpacked (temporary; removed once prepared)."""
+    return f"{RESULTS}/extracted/{dataset}"
+
+
+def run_dir(dataset, seed, method_directory: str, lineage: str) -> str:
+    return f"{RESULTS}/runs/{dataset}/seed{seed}/{method_directory}/{lineage}"
+
+
+def run_file(dataset, seed, method_directory: str, lineage: str, name: str) -> str:
+    if name not in RUN_FILES:
+        raise ValueError(f"a run writes {', '.join(RUN_FILES)}, not {name!r}")
+    return f"{run_dir(dataset, seed, method_directory, lineage)}/{name}"
+
+
+def train_log(dataset, seed, method_directory: str, lineage: str) -> str:
+    return f"{RESULTS}/logs/train/{dataset}/seed{seed}/{method_directory}/{lineage}.log"
+
+
+def train_benchmark(dataset, seed, method_directory: str, lineage: str) -> str:
+    return f"{RESULTS}/benchmarks/train/{dataset}/seed{seed}/{method_directory}/{lineage}.tsv"
+
+
+def log_file(step: str, name: str | None = None) -> str:
+    """Log of a non-training step (`prepare_data`, `table1`, ...)."""
+    return f"{RESULTS}/logs/{step}" + (f"/{name}.log" if name else ".log")
+
+
+def benchmark_file(step: str, name: str | None = None) -> str:
+    return f"{RESULTS}/benchmarks/{step}" + (f"/{name}.tsv" if name else ".tsv")
+
+
+def table_file(name: str, ext: str) -> str:
+    """`results/table1.csv`, `results/guides.md`, `results/ablations/num_tas.csv` (name with /)."""
+    return f"{RESULTS}/{name}.{ext}"
+
+
+def figure_file(name: str, ext: str) -> str:
+    return f"{RESULTS}/figures/{name}.{ext}"

@@ -1,0 +1,238 @@
+"""Tables (pandas) from the runs' `metrics.json` and `history.csv` files.
+
+Every run is identified by its path (dgkd_core.paths): dataset, seed, method and lineage come
+from there, the numbers from metrics.json. Seeds are aggregated as mean and sample standard
+deviation (ddof = 1; empty for a single seed). The accuracy reported is the last epoch's;
+the best epoch's mean is given beside it, labelled, for reference only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from dgkd_core import paths
+from dgkd_core.models import model_family
+from dgkd_core.reference import paper_value
+
+METHOD_LABELS = {
+    "nokd": "NoKD",
+    "kd": "KD",
+    "takd": "TAKD",
+    "dgkd": "DGKD",
+    "sdgkd": "Stochastic DGKD",
+}
+ARROW = " → "
+
+
+def method_label(method: str, keep_prob: float | None = None) -> str:
+    label = METHOD_LABELS.get(method, method)
+    if keep_prob is not None and not (isinstance(keep_prob, float) and math.isnan(keep_prob)):
+        label += f" (p={keep_prob:g})"
+    return label
+
+
+# ---------------------------------------------------------------------------- runs
+
+
+def load_runs(metrics_paths) -> pd.DataFrame:
+    """One row per run: its identity (from the path) and its numbers (from metrics.json)."""
+    rows = []
+    for path in metrics_paths:
+        run = paths.run_from_path(path)
+        with open(path) as fh:
+            metrics = json.load(fh)
+        guided = len(run.lineage) > 1
+        rows.append({
+            "dataset": run.dataset,
+            "family": model_family(run.model),
+            "method": run.method,
+            "keep_prob": run.keep_prob,
+            "lineage": run.lineage_str,
+            "teacher": run.lineage[0] if guided else "",
+            "tas": ", ".join(run.lineage[1:-1]),
+            "n_tas": max(len(run.lineage) - 2, 0),
+            "model": run.model,
+            "seed": run.seed,
+            "epochs": metrics["epochs"],
+            "top1_last": metrics["top1_last"],
+            "top5_last": metrics["top5_last"],
+            "top1_best": metrics["top1_best"],
+            "best_epoch": metrics["best_epoch"],
+            "wall_time_s": metrics["wall_time_s"],
+            "history": str(Path(path).with_name("history.csv")),
+        })
+    return pd.DataFrame(rows)
+
+
+_IDENTITY = ["dataset", "family", "method", "keep_prob", "lineage", "teacher", "tas", "n_tas",
+             "model"]
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    """Aggregate seeds: one row per (dataset, method, keep_prob, lineage), in first-seen order."""
+    grouped = runs.groupby(_IDENTITY, sort=False, dropna=False)
+    out = grouped.agg(
+        n_seeds=("seed", "nunique"),
+        seeds=("seed", lambda s: " ".join(str(x) for x in sorted(s))),
+        epochs=("epochs", "max"),
+        top1_last_mean=("top1_last", "mean"),
+        top1_last_std=("top1_last", "std"),
+        top5_last_mean=("top5_last", "mean"),
+        top1_best_epoch_mean=("top1_best", "mean"),
+        best_epoch_mean=("best_epoch", "mean"),
+    ).reset_index()
+    return _with_paper(out)
+
+
+def _with_paper(table: pd.DataFrame) -> pd.DataFrame:
+    values = [
+        paper_value(row.dataset, row.method, row.lineage.split("-"),
+                    None if pd.isna(row.keep_prob) else row.keep_prob)
+        for row in table.itertuples()
+    ]
+    table["paper_top1"] = [v.top1 if v else math.nan for v in values]
+    table["paper_approximate"] = [v.approximate if v else None for v in values]
+    table["paper_source"] = [v.source if v else "" for v in values]
+    table["diff_vs_paper"] = table["top1_last_mean"] - table["paper_top1"]
+    return table
+
+
+# -------------------------------------------------------------------------- tables
+
+_TABLE1_COLUMNS = ["dataset", "family", "method", "keep_prob", "teacher", "tas", "student",
+                   "n_seeds", "seeds", "epochs", "top1_last_mean", "top1_last_std",
+                   "top5_last_mean", "top1_best_epoch_mean", "paper_top1", "paper_approximate",
+                   "paper_source", "diff_vs_paper"]
+
+
+def table1(student_runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset, family, method, student), rows in the order the runs came."""
+    table = summarise(student_runs).rename(columns={"model": "student"})
+    return table[_TABLE1_COLUMNS]
+
+
+def guides_table(guide_runs: pd.DataFrame) -> pd.DataFrame:
+    """Teachers and TAs: one row per model and lineage."""
+    table = summarise(guide_runs)
+    table.insert(2, "role", ["teacher" if n == 1 else "TA"
+                             for n in table["lineage"].str.split("-").str.len()])
+    table["guided_by"] = [ARROW.join(lin.split("-")[:-1]) for lin in table["lineage"]]
+    return table[["dataset", "family", "role", "model", "method", "guided_by", "n_seeds", "seeds",
+                  "epochs", "top1_last_mean", "top1_last_std", "top5_last_mean",
+                  "top1_best_epoch_mean", "paper_top1", "paper_approximate", "paper_source",
+                  "diff_vs_paper"]]
+
+
+def num_tas_table(student_runs: pd.DataFrame) -> pd.DataFrame:
+    """TAKD vs DGKD by number of TAs. With no TA both are KD: that row is given for each."""
+    table = summarise(student_runs).rename(columns={"model": "student"})
+    methods = [m for m in table["method"].unique() if m != "kd"] or ["kd"]
+    parts = []
+    for method in methods:
+        part = table[table["method"].isin([method, "kd"])].copy()
+        part["trained_as"] = part["method"]
+        part["method"] = method
+        parts.append(part)
+    out = pd.concat(parts, ignore_index=True).sort_values(["method", "n_tas"], kind="stable")
+    return out[["dataset", "family", "method", "n_tas", "teacher", "tas", "student", "trained_as",
+                "n_seeds", "seeds", "epochs", "top1_last_mean", "top1_last_std",
+                "top1_best_epoch_mean", "paper_top1", "paper_approximate", "paper_source",
+                "diff_vs_paper"]].reset_index(drop=True)
+
+
+def keep_prob_table(student_runs: pd.DataFrame) -> pd.DataFrame:
+    """Stochastic DGKD by keep probability; DGKD (nothing dropped) as keep_prob 1."""
+    table = summarise(student_runs).rename(columns={"model": "student"})
+    table["keep_prob"] = table["keep_prob"].where(table["method"] != "dgkd", 1.0)
+    table = table.sort_values(["method", "keep_prob"], ascending=[False, True], kind="stable")
+    return table[["dataset", "family", "method", "keep_prob", "teacher", "tas", "student",
+                  "n_seeds", "seeds", "epochs", "top1_last_mean", "top1_last_std",
+                  "top1_best_epoch_mean", "paper_top1", "paper_approximate", "paper_source",
+                  "diff_vs_paper"]].reset_index(drop=True)
+
+
+def learning_curves(runs: pd.DataFrame) -> pd.DataFrame:
+    """Test top-1 per epoch, mean and std over seeds: dataset, family, method, keep_prob,
+    lineage, epoch, top1_mean, top1_std."""
+    frames = []
+    for row in runs.itertuples():
+        history = pd.read_csv(row.history, usecols=["epoch", "test_top1"])
+        for key in ("dataset", "family", "method", "keep_prob", "lineage", "seed"):
+            history[key] = getattr(row, key)
+        frames.append(history)
+    curves = pd.concat(frames, ignore_index=True)
+    keys = ["dataset", "family", "method", "keep_prob", "lineage", "epoch"]
+    return (curves.groupby(keys, sort=False, dropna=False)["test_top1"]
+            .agg(top1_mean="mean", top1_std="std").reset_index())
+
+
+# ------------------------------------------------------------------------- writing
+
+
+def _mean_std(mean: float, std: float) -> str:
+    if pd.isna(mean):
+        return "–"
+    return f"{mean:.2f} ± {std:.2f}" if not pd.isna(std) else f"{mean:.2f}"
+
+
+def _number(x, fmt="{:.2f}", signed=False) -> str:
+    if x is None or pd.isna(x):
+        return ""
+    return ("{:+.2f}" if signed else fmt).format(x)
+
+
+def _paper(row) -> str:
+    if pd.isna(row.paper_top1):
+        return ""
+    return ("≈" if row.paper_approximate else "") + f"{row.paper_top1:.2f}"
+
+
+def markdown(table: pd.DataFrame, title: str, note: str = "") -> str:
+    """A readable Markdown rendering of any of the tables above."""
+    has = set(table.columns)
+    columns: list[tuple[str, callable]] = [("Dataset", lambda r: r.dataset),
+                                           ("Family", lambda r: r.family)]
+    if "role" in has:
+        columns += [("Role", lambda r: r.role), ("Model", lambda r: r.model),
+                    ("Trained by", lambda r: method_label(r.method)),
+                    ("Guided by", lambda r: r.guided_by)]
+    else:
+        show_p = "keep_prob" in has
+        columns.append(("Method", lambda r: method_label(r.method,
+                                                         r.keep_prob if show_p else None)))
+        if "n_tas" in has:
+            columns.append(("TAs (n)", lambda r: str(r.n_tas)))
+        columns += [("Teacher", lambda r: r.teacher), ("TAs", lambda r: r.tas),
+                    ("Student", lambda r: r.student)]
+    columns += [
+        ("Seeds", lambda r: str(r.n_seeds)),
+        ("Epochs", lambda r: str(r.epochs)),
+        ("Top-1 % (last epoch, mean ± std)", lambda r: _mean_std(r.top1_last_mean,
+                                                                  r.top1_last_std)),
+        ("Top-1 % (best epoch, mean; reference only)", lambda r: _number(r.top1_best_epoch_mean)),
+        ("Paper", _paper),
+        ("Δ vs paper", lambda r: _number(r.diff_vs_paper, signed=True)),
+    ]
+    lines = [f"# {title}", ""]
+    if note:
+        lines += [note, ""]
+    lines.append("| " + " | ".join(name for name, _ in columns) + " |")
+    lines.append("|" + "|".join("---" for _ in columns) + "|")
+    for row in table.itertuples():
+        cells = [str(fn(row)).replace("|", "\\|") for _, fn in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    sources = sorted({s for s in table["paper_source"] if s})
+    if sources:
+        lines += ["", "Paper values: " + "; ".join(sources) + ". ≈: approximate or unconfirmed."]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(table: pd.DataFrame, csv_path, md_path, title: str, note: str = "") -> None:
+    from dgkd_core.io import atomic_write_text
+
+    atomic_write_text(table.to_csv(index=False, float_format="%.4f"), csv_path)
+    atomic_write_text(markdown(table, title, note), md_path)

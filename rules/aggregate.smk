@@ -1,0 +1,94 @@
+# Tables and figures from the runs' metrics.json/history.csv (dgkd_core.report, dgkd_core.plots).
+# Cheap: they run where Snakemake runs.
+
+
+localrules:
+    table1,
+    ablation_num_tas,
+    ablation_keep_prob,
+
+
+rule table1:
+    input:
+        students=run_files(table1_runs(), "metrics.json"),
+        student_histories=run_files(table1_runs(), "history.csv"),
+        guides=run_files(table1_guide_runs(), "metrics.json"),
+    output:
+        table=report(
+            paths.table_file("table1", "csv"),
+            caption="../report/table1.rst",
+            category="Table 1",
+        ),
+        table_md=paths.table_file("table1", "md"),
+        guides=report(
+            paths.table_file("guides", "csv"),
+            caption="../report/guides.rst",
+            category="Table 1",
+        ),
+        guides_md=paths.table_file("guides", "md"),
+        methods_png=report(
+            paths.figure_file("methods", "png"),
+            caption="../report/methods.rst",
+            category="Figures",
+        ),
+        methods_pdf=paths.figure_file("methods", "pdf"),
+        curves_png=report(
+            paths.figure_file("learning_curves", "png"),
+            caption="../report/learning_curves.rst",
+            category="Figures",
+        ),
+        curves_pdf=paths.figure_file("learning_curves", "pdf"),
+    log:
+        paths.log_file("table1"),
+    conda:
+        "../environment.yml"
+    script:
+        "../workflow_scripts/table1.py"
+
+
+rule ablation_num_tas:
+    input:
+        students=get_ablation_metrics("num_tas"),
+    output:
+        table=report(
+            paths.table_file("ablations/num_tas", "csv"),
+            caption="../report/ablation_num_tas.rst",
+            category="Ablations",
+        ),
+        table_md=paths.table_file("ablations/num_tas", "md"),
+        figure_png=report(
+            paths.figure_file("ablation_num_tas", "png"),
+            caption="../report/ablation_num_tas.rst",
+            category="Ablations",
+        ),
+        figure_pdf=paths.figure_file("ablation_num_tas", "pdf"),
+    log:
+        paths.log_file("ablation_num_tas"),
+    conda:
+        "../environment.yml"
+    script:
+        "../workflow_scripts/ablation_num_tas.py"
+
+
+rule ablation_keep_prob:
+    input:
+        students=get_ablation_metrics("keep_prob"),
+    output:
+        table=report(
+            paths.table_file("ablations/keep_prob", "csv"),
+            caption="../report/ablation_keep_prob.rst",
+            category="Ablations",
+        ),
+        table_md=paths.table_file("ablations/keep_prob", "md"),
+        figure_png=report(
+            paths.figure_file("ablation_keep_prob", "png"),
+            caption="../report/ablation_keep_prob.rst",
+            category="Ablations",
+        ),
+        figure_pdf=paths.figure_file("ablation_keep_prob", "pdf"),
+    log:
+        paths.log_file("ablation_keep_prob"),
+    conda:
+        "../environment.yml"
+    script:
+        "../workflow_scripts/ablation_keep_prob.py"

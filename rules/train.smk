@@ -1,0 +1,34 @@
+# One rule trains every model, from its guides' checkpoints (rules/common.smk: guide_runs).
+# Its params are this job's own resolved run config and TRAINING_CODE_VERSION, so a changed
+# setting reruns exactly the jobs it reaches, and a change in dgkd_core's training maths
+# (a bumped TRAINING_CODE_VERSION) reruns every training job.
+
+
+rule train_model:
+    input:
+        data=paths.data_file("{dataset}"),
+        guides=get_guide_checkpoints,
+    output:
+        model=paths.run_file("{dataset}", "{seed}", "{method}", "{lineage}", "model.pt"),
+        metrics=paths.run_file(
+            "{dataset}", "{seed}", "{method}", "{lineage}", "metrics.json"
+        ),
+        history=paths.run_file(
+            "{dataset}", "{seed}", "{method}", "{lineage}", "history.csv"
+        ),
+    log:
+        paths.train_log("{dataset}", "{seed}", "{method}", "{lineage}"),
+    benchmark:
+        paths.train_benchmark("{dataset}", "{seed}", "{method}", "{lineage}")
+    conda:
+        "../environment.yml"
+    threads: config["resources"]["threads"]
+    resources:
+        gpu_jobs=1,
+        mem_mb=config["resources"]["mem_mb"],
+        runtime=get_runtime_minutes,
+    params:
+        run_config=get_run_config,
+        training_code_version=TRAINING_CODE_VERSION,
+    script:
+        "../workflow_scripts/train_model.py"

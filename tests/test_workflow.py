@@ -1,0 +1,304 @@
+"""The Snakemake workflow: config errors, the DAG, incremental reruns, and the tiny demo end to end.
+
+Every Snakemake call runs in a temporary working directory (`--directory`) with the repository's
+Snakefile and a config written by the test, so the repository's own results/ is never touched.
+Dry runs (-n) need no training; the end-to-end part trains ~20 one-epoch tiny models.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+TINY = yaml.safe_load((REPO / "config" / "test_tiny.yaml").read_text())
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def tiny(**changes) -> dict:
+    """The tiny test config with top-level keys replaced."""
+    config = copy.deepcopy(TINY)
+    config.update(copy.deepcopy(changes))
+    return config
+
+
+def snakemake(workdir: Path, *args: str, config: dict | None = None,
+              configfiles: tuple[Path, ...] = ()) -> subprocess.CompletedProcess:
+    files = list(configfiles)
+    if config is not None:
+        files.insert(0, write_config(workdir / f"config_{len(list(workdir.glob('config_*')))}.yaml",
+                                     config))
+    cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--cores", "2", "--resources", "gpu_jobs=2"]
+    if files:
+        cmd += ["--configfile", *map(str, files)]
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=900)
+
+
+class DryRun:
+    """What a dry run would do: training jobs (their wildcards) and job counts per rule."""
+
+    def __init__(self, proc: subprocess.CompletedProcess):
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        self.text = proc.stdout + proc.stderr
+        self.nothing_to_do = "Nothing to be done" in self.text
+        self.train_jobs: list[dict] = []
+        self.rules: list[str] = []
+        rule = None
+        for line in self.text.splitlines():
+            m = re.match(r"^(?:local)?rule (\w+):$", line)
+            if m:
+                rule = m.group(1)
+                self.rules.append(rule)
+            m = re.match(r"^\s+wildcards: (.*)$", line)
+            if m and rule == "train_model":
+                self.train_jobs.append(dict(kv.split("=", 1) for kv in m.group(1).split(", ")))
+
+    def count(self, rule: str) -> int:
+        return self.rules.count(rule)
+
+    def runs(self) -> set[str]:
+        return {f"seed{j['seed']}/{j['method']}/{j['lineage']}" for j in self.train_jobs}
+
+
+def dry_run(workdir: Path, *args, **kwargs) -> DryRun:
+    return DryRun(snakemake(workdir, "-n", *args, **kwargs))
+
+
+# ------------------------------------------------------------------ config errors
+
+
+def assert_fails_before_any_job(workdir: Path, config: dict, *needles: str) -> str:
+    proc = snakemake(workdir, config=config)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    for needle in needles:
+        assert needle in out, f"{needle!r} not in:\n{out}"
+    assert not (workdir / "results").exists(), "a job ran although the config is invalid"
+    return out
+
+
+def test_misspelt_method_names_the_key_and_the_allowed_values(tmp_path):
+    out = assert_fails_before_any_job(
+        tmp_path, tiny(methods=["nokd", "dgdk"]), "'dgdk' is not one of",
+        "['nokd', 'kd', 'takd', 'dgkd', 'sdgkd']")
+    assert "methods" in out
+
+
+def test_unknown_model_lists_the_available_ones(tmp_path):
+    chains = {"plain": {"teacher": "plane5", "tas": ["plane4"], "student": "plane1"}}
+    assert_fails_before_any_job(tmp_path, tiny(chains=chains), "chains.plain",
+                                "unknown model 'plane1'", "available models:", "resnet8")
+
+
+def test_chain_without_ta_for_takd_or_dgkd_is_an_error(tmp_path):
+    chains = {"direct": {"teacher": "plane5", "tas": [], "student": "plane2"}}
+    assert_fails_before_any_job(tmp_path, tiny(chains=chains, methods=["kd", "dgkd"]),
+                                "chain 'direct' has no TA", "dgkd")
+
+
+def test_unknown_hyperparameter_and_keep_prob_outside_sdgkd(tmp_path):
+    config = tiny()
+    config["hyperparameters"]["per_role"]["student"] = {"optimiser": {"lr": 0.1}}
+    assert_fails_before_any_job(tmp_path, config, "'optimiser'", "per_role")
+    config = tiny()
+    config["hyperparameters"]["defaults"]["loss"]["keep_prob"] = 0.5
+    assert_fails_before_any_job(tmp_path, config, "per_method.sdgkd.loss.keep_prob")
+
+
+def test_teacher_smaller_than_student_warns(tmp_path):
+    chains = {"upside_down": {"teacher": "plane2", "tas": ["plane3"], "student": "plane5"}}
+    run = dry_run(tmp_path, config=tiny(chains=chains, ablations={}))
+    assert "plane3 (69,866 parameters) is not larger than plane5" in run.text
+    assert run.count("train_model") > 0
+
+
+def test_plain_kd_alone_needs_no_ta(tmp_path):
+    chains = {"direct": {"teacher": "plane5", "student": "plane2"}}
+    run = dry_run(tmp_path, config=tiny(chains=chains, methods=["nokd", "kd"], ablations={}))
+    assert run.runs() == {f"seed{s}/{m}" for s in (1, 2)
+                          for m in ("nokd/plane5", "nokd/plane2", "kd/plane5-plane2")}
+
+
+# -------------------------------------------------------------------------- the DAG
+
+
+def test_job_count_of_a_three_ta_chain(tmp_path):
+    """T -> A1 -> A2 -> A3 -> S, all five methods, one seed: 2n + 5 = 11 training jobs.
+
+    teacher, NoKD student, KD student (3); TAKD: kd/T-A1 (shared with DGKD), two TAKD TAs, its
+    student (4); DGKD: two DGKD TAs and its student (3); stochastic DGKD's student (1)."""
+    chains = {"plain": {"teacher": "plane10", "tas": ["plane8", "plane6", "plane4"],
+                        "student": "plane2"}}
+    run = dry_run(tmp_path, config=tiny(chains=chains, seeds=[7], ablations={}))
+    assert run.count("train_model") == 11
+    assert run.count("prepare_data") == 1 and run.count("table1") == 1
+    assert run.runs() == {
+        "seed7/nokd/plane10", "seed7/nokd/plane2", "seed7/kd/plane10-plane2",
+        "seed7/kd/plane10-plane8",
+        "seed7/takd/plane10-plane8-plane6", "seed7/takd/plane10-plane8-plane6-plane4",
+        "seed7/takd/plane10-plane8-plane6-plane4-plane2",
+        "seed7/dgkd/plane10-plane8-plane6", "seed7/dgkd/plane10-plane8-plane6-plane4",
+        "seed7/dgkd/plane10-plane8-plane6-plane4-plane2",
+        "seed7/sdgkd-p0.75/plane10-plane8-plane6-plane4-plane2",
+    }
+    # Three seeds, two datasets: every job once per dataset and seed.
+    datasets = {"a": TINY["datasets"]["synthetic"], "b": {**TINY["datasets"]["synthetic"],
+                                                          "seed": 1}}
+    run = dry_run(tmp_path, config=tiny(chains=chains, seeds=[1, 2, 3], datasets=datasets,
+                                        ablations={}))
+    assert run.count("train_model") == 11 * 3 * 2
+    assert run.count("prepare_data") == 2
+
+
+def test_paper_config_dag(tmp_path):
+    """The default config (Table 1) plans 2 datasets x 3 seeds x (11 plain + 9 resnet) jobs,
+    plus the ablations; the paper's settings reach the right jobs."""
+    proc = subprocess.run(
+        [SNAKEMAKE, "-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+         "--cores", "2", "results/table1.csv"], capture_output=True, text=True, timeout=300)
+    run = DryRun(proc)
+    assert run.count("train_model") == 2 * 3 * (11 + 9)
+    assert "seed55/sdgkd-p0.75/resnet26-resnet20-resnet14-resnet8" in run.runs()
+
+
+def test_local_archive_config_unpacks_then_prepares(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "cifar10_local.yaml").read_text())
+    archive = (REPO / config["datasets"]["cifar10"]["archive"]).resolve()
+    if not archive.exists():
+        pytest.skip(f"{archive} is not here")
+    config["datasets"]["cifar10"]["archive"] = str(archive)  # relative to the repository
+    run = dry_run(tmp_path, config=config)
+    assert run.count("extract_archive") == 1 and run.count("prepare_data") == 1
+    assert run.count("train_model") == 9  # the ResNet chain with two TAs, one seed
+
+
+def test_lint_is_clean_and_rules_are_snakefmt_formatted(tmp_path):
+    config = write_config(tmp_path / "tiny.yaml", TINY)
+    lint = subprocess.run([SNAKEMAKE, "--lint", "--snakefile", str(REPO / "Snakefile"),
+                           "--directory", str(tmp_path), "--configfile", str(config)],
+                          capture_output=True, text=True, timeout=300)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    fmt = subprocess.run([str(Path(sys.executable).with_name("snakefmt")), "--check",
+                          "Snakefile", "rules"], cwd=REPO, capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+# ------------------------------------------------------------- end to end (slow)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The tiny workflow run to the end once; tests below look at it or dry-run changes on it."""
+    workdir = tmp_path_factory.mktemp("workflow")
+    proc = snakemake(workdir, config=TINY)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+    return workdir
+
+
+def student_runs(seeds=(1, 2)) -> set[str]:
+    lineage = "plane5-plane4-plane3-plane2"
+    return {f"seed{s}/{m}" for s in seeds for m in (
+        "nokd/plane2", "kd/plane5-plane2", f"takd/{lineage}", f"dgkd/{lineage}",
+        f"sdgkd-p0.75/{lineage}", f"sdgkd-p0.5/{lineage}")}
+
+
+@pytest.mark.slow
+def test_tiny_workflow_table_and_figures(finished):
+    results = finished / "results"
+    table = pd.read_csv(results / "table1.csv")
+    assert len(table) == 5  # one dataset x one chain x five methods
+    assert list(table["method"]) == ["nokd", "kd", "takd", "dgkd", "sdgkd"]
+    assert (table["n_seeds"] == 2).all()
+    for column in ("top1_last_mean", "top1_last_std", "top1_best_epoch_mean"):
+        assert pd.api.types.is_float_dtype(table[column]), column
+        assert table[column].between(0, 100).all(), column
+    assert list(table["teacher"].fillna("")) == ["", "plane5", "plane5", "plane5", "plane5"]
+    assert table.loc[table["method"] == "dgkd", "tas"].item() == "plane4, plane3"
+    assert "Top-1 % (best epoch, mean; reference only)" in (results / "table1.md").read_text()
+    guides = pd.read_csv(results / "guides.csv")
+    assert sorted(guides["role"]) == ["TA"] * 5 + ["teacher"]
+    num_tas = pd.read_csv(results / "ablations" / "num_tas.csv")
+    assert sorted(zip(num_tas["method"], num_tas["n_tas"])) == [
+        ("dgkd", 0), ("dgkd", 2), ("takd", 0), ("takd", 2)]
+    keep = pd.read_csv(results / "ablations" / "keep_prob.csv")
+    assert sorted(keep["keep_prob"]) == [0.5, 0.75, 1.0]
+
+    from PIL import Image
+
+    for name in ("methods", "learning_curves", "ablation_num_tas", "ablation_keep_prob"):
+        with Image.open(results / "figures" / f"{name}.png") as image:
+            image.verify()
+            assert image.size[0] > 200 and image.size[1] > 200
+        assert (results / "figures" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+    assert (results / "logs" / "train" / "synthetic" / "seed1" / "nokd" / "plane5.log").exists()
+    assert (results / "benchmarks" / "train" / "synthetic" / "seed1" / "nokd" / "plane5.tsv"
+            ).exists()
+
+
+@pytest.mark.slow
+def test_finished_workflow_has_nothing_to_do(finished):
+    run = dry_run(finished, config=TINY)
+    assert run.nothing_to_do and not run.train_jobs, run.text
+
+
+@pytest.mark.slow
+def test_changing_student_settings_reruns_only_students(finished):
+    config = tiny()
+    config["hyperparameters"]["per_role"]["student"] = {"optimizer": {"lr": 0.02}}
+    run = dry_run(finished, config=config)
+    assert run.runs() == student_runs()
+    assert {r for r in run.rules if r != "train_model"} == {"table1", "ablation_num_tas",
+                                                            "ablation_keep_prob", "all"}
+
+
+@pytest.mark.slow
+def test_changing_ta_settings_reruns_tas_and_what_they_guide(finished):
+    config = tiny()
+    config["hyperparameters"]["per_role"]["ta"] = {"epochs": 2}
+    run = dry_run(finished, config=config)
+    lineage = "plane5-plane4-plane3-plane2"
+    expected = {f"seed{s}/{m}" for s in (1, 2) for m in (
+        "kd/plane5-plane4", "takd/plane5-plane4-plane3", "dgkd/plane5-plane4-plane3",
+        f"takd/{lineage}", f"dgkd/{lineage}", f"sdgkd-p0.75/{lineage}", f"sdgkd-p0.5/{lineage}")}
+    assert run.runs() == expected  # teacher, NoKD and KD students untouched
+    assert "prepare_data" not in run.rules
+
+
+@pytest.mark.slow
+def test_adding_a_seed_adds_only_that_seeds_jobs(finished):
+    run = dry_run(finished, config=tiny(seeds=[1, 2, 3]))
+    assert {j["seed"] for j in run.train_jobs} == {"3"}
+    assert run.count("train_model") == 10
+    assert "prepare_data" not in run.rules
+
+
+@pytest.mark.slow
+def test_method_override_reaches_that_methods_jobs_only(finished):
+    config = tiny()
+    config["hyperparameters"]["per_method"]["takd"] = {"loss": {"temperature": 3.0}}
+    run = dry_run(finished, config=config)
+    # the first TA is KD (shared with DGKD), so it stays
+    assert run.runs() == {f"seed{s}/takd/{lin}" for s in (1, 2)
+                          for lin in ("plane5-plane4-plane3", "plane5-plane4-plane3-plane2")}
+
+
+@pytest.mark.slow
+def test_html_report(finished, tmp_path):
+    report = tmp_path / "report.html"
+    proc = snakemake(finished, "--report", str(report), config=TINY)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = report.read_text(errors="replace")
+    assert "table1.csv" in text and "methods.png" in text

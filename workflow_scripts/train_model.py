@@ -1,0 +1,26 @@
+"""Adapter: rule train_model -> dgkd_core.train.train (one model, from its guides)."""
+
+import os
+import sys
+
+sys.stdout = sys.stderr = open(snakemake.log[0], "a", buffering=1)
+
+import torch
+
+from dgkd_core.cli import setup_logging
+from dgkd_core.train import train
+
+setup_logging(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+run_config = dict(snakemake.params.run_config)
+if "SLURM_JOB_ID" in os.environ:
+    # Inside a SLURM job the `runtime` resource is its --time: the trainer saves its resume
+    # state and exits before that runs out, and the retried job continues from it.
+    run_config["time_budget_s"] = 60 * snakemake.resources.runtime
+train(
+    run_config,
+    snakemake.input.data,
+    os.path.dirname(snakemake.output.model),
+    guide_checkpoints=snakemake.input.guides,
+    progress=False,
+)
