@@ -257,7 +257,7 @@ make_fake_gpus() {
         dev=/dev/dgkd-fakegpu$i
         if [[ ! -c $dev ]]; then
             rm -f "$dev"
-            mknod -m 666 "$dev" c 1 3
+            mknod -m 666 "$dev" c 1 3 || die_env "cannot create the fake GPU device $dev (mknod not allowed here)"
         fi
     done
 }

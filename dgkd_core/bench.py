@@ -100,11 +100,11 @@ def _baseline_img_s(data, spec, device, steps, warmup):
 
 def _project_img_s(data, spec, device, steps, warmup):
     """The project's trainer step, built from the same pieces `train()` uses."""
-    from dgkd_core.train import Distiller, _make_step, fast_settings
+    from dgkd_core.config import DEFAULT_RUN_CONFIG
+    from dgkd_core.train import Distiller, _make_step, fast_settings, make_autocast
 
     torch.manual_seed(0)
-    fast = fast_settings({"fast": {"bf16": "auto", "channels_last": "auto", "cuda_graph": "auto"}},
-                         device)
+    fast = fast_settings(DEFAULT_RUN_CONFIG, device)
     fmt = torch.channels_last if fast["channels_last"] else torch.contiguous_format
     student = build_model(spec["student"], data.num_classes).to(device).to(memory_format=fmt)
     guides = [build_model(g, data.num_classes).to(device).to(memory_format=fmt)
@@ -113,8 +113,7 @@ def _project_img_s(data, spec, device, steps, warmup):
     distiller = Distiller(student, guides, loss_cfg)
     opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4,
                           **({"fused": True} if device.type == "cuda" else {"foreach": True}))
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
-                if fast["bf16"] else _null())
+    autocast = make_autocast(fast)
     names = distiller.term_names
     step = _make_step(distiller, opt, autocast, fast["cuda_graph"], device, len(guides), names)
     loader, _ = make_loaders(data, batch_size=BATCH_SIZE, eval_batch_size=1024, device=device,
@@ -133,12 +132,6 @@ def _project_img_s(data, spec, device, steps, warmup):
                 break
     _sync(device)
     return steps * BATCH_SIZE / (time.perf_counter() - t0)
-
-
-def _null():
-    from contextlib import nullcontext
-
-    return nullcontext()
 
 
 def _sync(device):

@@ -30,7 +30,7 @@ _KEEP_PREFIX = "-p"
 
 # Regular expressions for the rules' wildcard_constraints.
 WILDCARD_CONSTRAINTS = {
-    "dataset": r"[A-Za-z0-9_.]+",
+    "dataset": r"[A-Za-z0-9_]+",
     "seed": r"\d+",
     "method": r"nokd|kd|takd|dgkd|sdgkd-p[0-9.e+-]+",
     "lineage": r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*",

@@ -136,8 +136,10 @@ def keep_prob_figure(table: pd.DataFrame, out_paths) -> None:
         paper = sweep.dropna(subset=["paper_top1"])
         if not paper.empty:
             ax.plot(paper["keep_prob"], paper["paper_top1"], label="paper", **PAPER_STYLE)
+        ax.set_xlim(min(sweep["keep_prob"].min(), 1.0) - 0.05, 1.02)
         ax.set_xlabel("keep probability p")
         ax.set_ylabel("student top-1 % (last epoch)")
+        ax.set_title(f"{ax.get_title()}: {part['teacher'].iloc[0]} → {part['student'].iloc[0]}")
         ax.legend(fontsize=8)
 
     _draw_panels(table, draw, out_paths)

@@ -30,7 +30,7 @@ ARROW = " → "
 
 def method_label(method: str, keep_prob: float | None = None) -> str:
     label = METHOD_LABELS.get(method, method)
-    if keep_prob is not None and not (isinstance(keep_prob, float) and math.isnan(keep_prob)):
+    if method == "sdgkd" and keep_prob is not None and not pd.isna(keep_prob):
         label += f" (p={keep_prob:g})"
     return label
 
@@ -116,12 +116,13 @@ def table1(student_runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def guides_table(guide_runs: pd.DataFrame) -> pd.DataFrame:
-    """Teachers and TAs: one row per model and lineage."""
+    """Teachers and TAs: one row per model and lineage (the models it descends from, teacher
+    first: a TAKD TA was taught by the previous one only, a DGKD TA by all of them)."""
     table = summarise(guide_runs)
     table.insert(2, "role", ["teacher" if n == 1 else "TA"
                              for n in table["lineage"].str.split("-").str.len()])
-    table["guided_by"] = [ARROW.join(lin.split("-")[:-1]) for lin in table["lineage"]]
-    return table[["dataset", "family", "role", "model", "method", "guided_by", "n_seeds", "seeds",
+    table["lineage"] = [ARROW.join(lin.split("-")) for lin in table["lineage"]]
+    return table[["dataset", "family", "role", "model", "method", "lineage", "n_seeds", "seeds",
                   "epochs", "top1_last_mean", "top1_last_std", "top5_last_mean",
                   "top1_best_epoch_mean", "paper_top1", "paper_approximate", "paper_source",
                   "diff_vs_paper"]]
@@ -137,7 +138,8 @@ def num_tas_table(student_runs: pd.DataFrame) -> pd.DataFrame:
         part["trained_as"] = part["method"]
         part["method"] = method
         parts.append(part)
-    out = pd.concat(parts, ignore_index=True).sort_values(["method", "n_tas"], kind="stable")
+    out = pd.concat(parts, ignore_index=True).sort_values("n_tas", kind="stable")
+    out = out.sort_values("method", key=lambda m: m.map(methods.index), kind="stable")
     return out[["dataset", "family", "method", "n_tas", "teacher", "tas", "student", "trained_as",
                 "n_seeds", "seeds", "epochs", "top1_last_mean", "top1_last_std",
                 "top1_best_epoch_mean", "paper_top1", "paper_approximate", "paper_source",
@@ -199,7 +201,7 @@ def markdown(table: pd.DataFrame, title: str, note: str = "") -> str:
     if "role" in has:
         columns += [("Role", lambda r: r.role), ("Model", lambda r: r.model),
                     ("Trained by", lambda r: method_label(r.method)),
-                    ("Guided by", lambda r: r.guided_by)]
+                    ("Lineage", lambda r: r.lineage)]
     else:
         show_p = "keep_prob" in has
         columns.append(("Method", lambda r: method_label(r.method,

@@ -186,6 +186,14 @@ def fast_settings(cfg: dict, device: torch.device) -> dict[str, bool]:
     return {k: (cuda if v == "auto" else bool(v) and cuda) for k, v in cfg["fast"].items()}
 
 
+def make_autocast(fast: dict[str, bool]):
+    """bf16 autocast on CUDA when `fast["bf16"]`, else a no-op context (reusable)."""
+    if not fast["bf16"]:
+        return nullcontext()
+    # The weight-cast cache must be off for CUDA-graph capture (PyTorch's CUDA graph notes).
+    return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -334,9 +342,7 @@ def train(
     term_names = distiller.term_names
     keep_stochastic = loss_cfg["keep_prob"] is not None and n_guides > 0
     keep_released = loss_cfg["convention"] == "released_code" and loss_cfg["drop_num"] > 0
-    # Autocast's weight-cast cache must be off for CUDA-graph capture (PyTorch's graph docs).
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
-                if fast["bf16"] else nullcontext())
+    autocast = make_autocast(fast)
     budget = cfg["time_budget_s"]
     epoch_times: list[float] = [h["time_s"] for h in history]
     interactive = sys.stderr.isatty() if progress is None else progress

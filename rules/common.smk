@@ -31,6 +31,8 @@ wildcard_constraints:
     **paths.WILDCARD_CONSTRAINTS,
 
 
+# A training job's outputs, log and benchmark as wildcard patterns (dgkd_core.paths builds them).
+RUN_WILDCARDS = ("{dataset}", "{seed}", "{method}", "{lineage}")
 METHODS_WITH_TAS = ("takd", "dgkd", "sdgkd")
 HYPERPARAMETERS = config["hyperparameters"]
 ABLATIONS = config.get("ablations") or {}

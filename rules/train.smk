@@ -9,17 +9,13 @@ rule train_model:
         data=paths.data_file("{dataset}"),
         guides=get_guide_checkpoints,
     output:
-        model=paths.run_file("{dataset}", "{seed}", "{method}", "{lineage}", "model.pt"),
-        metrics=paths.run_file(
-            "{dataset}", "{seed}", "{method}", "{lineage}", "metrics.json"
-        ),
-        history=paths.run_file(
-            "{dataset}", "{seed}", "{method}", "{lineage}", "history.csv"
-        ),
+        model=paths.run_file(*RUN_WILDCARDS, "model.pt"),
+        metrics=paths.run_file(*RUN_WILDCARDS, "metrics.json"),
+        history=paths.run_file(*RUN_WILDCARDS, "history.csv"),
     log:
-        paths.train_log("{dataset}", "{seed}", "{method}", "{lineage}"),
+        paths.train_log(*RUN_WILDCARDS),
     benchmark:
-        paths.train_benchmark("{dataset}", "{seed}", "{method}", "{lineage}")
+        paths.train_benchmark(*RUN_WILDCARDS)
     conda:
         "../environment.yml"
     threads: config["resources"]["threads"]

@@ -133,7 +133,7 @@ def test_guides_table(runs):
     _, guides = runs
     table = report.guides_table(report.load_runs(guides))
     assert list(table["role"]) == ["teacher", "TA"]
-    assert list(table["guided_by"]) == ["", "plane10"]
+    assert list(table["lineage"]) == ["plane10", "plane10 → plane8"]
     assert table["top1_last_mean"].tolist() == [61.0, 56.0]
 
 
@@ -147,7 +147,7 @@ def test_num_tas_table_gives_the_no_ta_point_to_every_method(tmp_path, monkeypat
                                top1, top1))
     table = report.num_tas_table(report.load_runs(files))
     assert list(zip(table["method"], table["n_tas"], table["trained_as"])) == [
-        ("dgkd", 0, "kd"), ("dgkd", 1, "dgkd"), ("takd", 0, "kd"), ("takd", 1, "takd")]
+        ("takd", 0, "kd"), ("takd", 1, "takd"), ("dgkd", 0, "kd"), ("dgkd", 1, "dgkd")]
     assert table["top1_last_std"].isna().all()  # one seed: no std
     assert "40.00 |" in report.markdown(table, "x")
 

@@ -1,0 +1,494 @@
+"""dgkd_core.data: preparing (CIFAR via torchvision, imagefolder, stream, synthetic), loading, loaders.
+
+All tests run on the CPU on tiny data the tests write themselves (a few seconds in total).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dgkd_core import io
+from dgkd_core.data import (
+    DATASET_SOURCES,
+    DataError,
+    PreparedData,
+    StreamLoader,
+    TensorLoader,
+    augment_batch,
+    crop_flip,
+    load_prepared,
+    make_loaders,
+    make_synthetic,
+    prepare_dataset,
+)
+
+SHARED_TAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-images.tar"
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def _windows(image: torch.Tensor, pad: int = 4) -> list[torch.Tensor]:
+    """All 32x32 windows of the zero-padded image and their mirrors (81 offsets x 2 flips)."""
+    padded = F.pad(image, (pad, pad, pad, pad))
+    h, w = image.shape[-2:]
+    out = []
+    for dy in range(2 * pad + 1):
+        for dx in range(2 * pad + 1):
+            win = padded[:, dy:dy + h, dx:dx + w]
+            out += [win, win.flip(-1)]
+    return out
+
+
+def test_augment_batch_is_a_padded_window_or_its_mirror():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(1, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=g)  # no zeros
+    out = augment_batch(images, torch.Generator().manual_seed(1))
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    for b in range(images.shape[0]):
+        assert any(torch.equal(out[b], win) for win in _windows(images[b])), f"sample {b}"
+
+
+def test_augment_batch_varies_and_is_seeded():
+    image = torch.randint(1, 256, (1, 3, 32, 32), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(2))
+    batch = image.expand(128, -1, -1, -1).contiguous()
+    out = augment_batch(batch, torch.Generator().manual_seed(3))
+    distinct = {bytes(o.numpy().tobytes()) for o in out}
+    assert len(distinct) > 40  # 162 possible results
+    flipped = sum(any(torch.equal(o, w) for w in _windows(image[0])[1::2]) for o in out[:32])
+    assert 4 <= flipped <= 28
+    again = augment_batch(batch, torch.Generator().manual_seed(3))
+    assert torch.equal(out, again)
+
+
+def test_crop_flip_matches_torchvision_functional():
+    import torchvision.transforms.functional as TF
+
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(4))
+    dy = torch.tensor([0, 4, 8, 2, 7])
+    dx = torch.tensor([8, 4, 0, 5, 1])
+    flip = torch.tensor([False, False, True, True, False])
+    out = crop_flip(images, dy, dx, flip)
+    for b in range(5):
+        ref = TF.crop(TF.pad(images[b], [4], fill=0), int(dy[b]), int(dx[b]), 32, 32)
+        if flip[b]:
+            ref = TF.hflip(ref)
+        assert torch.equal(out[b], ref)
+    assert torch.equal(crop_flip(images, torch.full((5,), 4), torch.full((5,), 4),
+                                 torch.zeros(5, dtype=torch.bool)), images)
+
+
+# --------------------------------------------------------------------------- CIFAR via torchvision
+
+
+def _write_cifar(root: Path, kind: str, n_per_file: int = 6, seed: int = 0) -> dict:
+    """Tiny files in torchvision's CIFAR on-disk format (pickled dicts of uint8 rows [k, 3072])."""
+    rng = np.random.default_rng(seed)
+    if kind == "cifar10":
+        folder = root / "cifar-10-batches-py"
+        files = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+        classes = [f"c10_{i}" for i in range(10)]
+        label_key, meta_name, meta = "labels", "batches.meta", {"label_names": classes}
+    else:
+        folder = root / "cifar-100-python"
+        files = {"train": ["train"], "test": ["test"]}
+        classes = [f"c100_{i:02d}" for i in range(100)]
+        label_key, meta_name = "fine_labels", "meta"
+        meta = {"fine_label_names": classes, "coarse_label_names": [f"s{i}" for i in range(20)]}
+    folder.mkdir(parents=True)
+    written = {}
+    for split, names in files.items():
+        datas, labels = [], []
+        for name in names:
+            data = rng.integers(0, 256, (n_per_file, 3072), dtype=np.uint8)
+            lab = [int(v) for v in rng.integers(0, len(classes), n_per_file)]
+            entry = {"data": data, label_key: lab}
+            if kind == "cifar100":
+                entry["coarse_labels"] = [v // 5 for v in lab]
+            with open(folder / name, "wb") as f:
+                pickle.dump(entry, f)
+            datas.append(data)
+            labels += lab
+        written[split] = (np.concatenate(datas).reshape(-1, 3, 32, 32), labels)
+    with open(folder / meta_name, "wb") as f:
+        pickle.dump(meta, f)
+    return {"classes": classes, **written}
+
+
+@pytest.fixture
+def skip_cifar_md5(monkeypatch):
+    """torchvision checks the md5 of every CIFAR file against the official archive's; the tiny
+    files written here cannot match, so only check that each file exists (test-only patch of
+    the module-level helper that CIFAR10._check_integrity and _load_meta call)."""
+    import torchvision.datasets.cifar as tv_cifar
+
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
+
+
+@pytest.mark.parametrize("kind", ["cifar10", "cifar100"])
+def test_cifar_through_torchvision(tmp_path, skip_cifar_md5, kind):
+    written = _write_cifar(tmp_path / "raw", kind)
+    meta = prepare_dataset(kind, tmp_path / "out.pt", root=tmp_path / "raw")
+    data = load_prepared(tmp_path / "out.pt")
+    assert meta == data.meta
+    assert meta["name"] == kind and meta["source"] == kind and meta["stream"] is False
+    assert data.classes == written["classes"] and data.num_classes == len(written["classes"])
+    assert meta["image_size"] == [32, 32]
+    for split in ("train", "test"):
+        images, labels = written[split]
+        got_x = getattr(data, f"{split}_images")
+        got_y = getattr(data, f"{split}_labels")
+        assert got_x.dtype == torch.uint8 and got_y.dtype == torch.int64
+        assert torch.equal(got_x, torch.from_numpy(images))
+        assert got_y.tolist() == labels
+    x = torch.from_numpy(written["train"][0]).double() / 255
+    assert data.mean == pytest.approx(x.mean(dim=(0, 2, 3)).tolist(), abs=1e-5)
+    assert data.std == pytest.approx(x.std(dim=(0, 2, 3), unbiased=False).tolist(), abs=1e-5)
+
+
+def test_cifar_offline_error_names_the_folder(tmp_path):
+    root = tmp_path / "nowhere"
+    with pytest.raises(DataError) as err:
+        prepare_dataset("cifar10", tmp_path / "out.pt", root=root, download=False)
+    msg = str(err.value)
+    assert str((root / "cifar-10-batches-py").resolve()) in msg
+    assert "download: true" in msg
+    with pytest.raises(DataError, match="cifar-100-python"):
+        prepare_dataset("cifar100", tmp_path / "out.pt", root=root)
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_cifar_corrupt_files_error(tmp_path):
+    _write_cifar(tmp_path / "raw", "cifar10")  # real md5 check: these files do not match
+    with pytest.raises(DataError, match="missing or corrupted") as err:
+        prepare_dataset("cifar10", tmp_path / "out.pt", root=tmp_path / "raw")
+    assert "cifar-10-batches-py" in str(err.value)
+
+
+# --------------------------------------------------------------------------- imagefolder
+
+
+def _write_folder(root: Path, classes=("cat", "dog", "eel"), n_train=4, n_test=2, size=(8, 8),
+                  seed=0) -> dict:
+    """ImageFolder layout of random PNGs; returns {split: [(relpath, HWC uint8 array, label)]}."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out: dict[str, list] = {"train": [], "test": []}
+    for split, n in (("train", n_train), ("test", n_test)):
+        for label, cls in enumerate(classes):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                arr = rng.integers(0, 256, (size[0], size[1], 3), dtype=np.uint8)
+                rel = f"{split}/{cls}/{i:03d}.png"
+                Image.fromarray(arr).save(root / rel)
+                out[split].append((rel, arr, label))
+    return out
+
+
+def test_imagefolder_prepare(tmp_path):
+    written = _write_folder(tmp_path / "folder")
+    meta = prepare_dataset("imagefolder", tmp_path / "out.pt", root=tmp_path / "folder",
+                           workers=1)
+    data = load_prepared(tmp_path / "out.pt")
+    assert meta["name"] == "folder" and meta["classes"] == ["cat", "dog", "eel"]
+    assert meta["image_size"] == [8, 8] and meta["num_train"] == 12 and meta["num_test"] == 6
+    for split in ("train", "test"):
+        expect = torch.from_numpy(np.stack([a for _, a, _ in written[split]])).permute(0, 3, 1, 2)
+        assert torch.equal(getattr(data, f"{split}_images"), expect)
+        assert getattr(data, f"{split}_labels").tolist() == [lab for *_, lab in written[split]]
+
+
+def test_imagefolder_parallel_decode_matches_serial(tmp_path, monkeypatch):
+    import dgkd_core.data as data_mod
+
+    _write_folder(tmp_path / "folder", n_train=5)
+    monkeypatch.setattr(data_mod, "_DECODE_CHUNK", 4)  # several chunks -> the process pool
+    a = prepare_dataset("imagefolder", tmp_path / "a.pt", root=tmp_path / "folder", workers=2)
+    b = prepare_dataset("imagefolder", tmp_path / "b.pt", root=tmp_path / "folder", workers=1)
+    assert a["checksum"] == b["checksum"]
+
+
+def test_imagefolder_mixed_sizes_error_and_resize(tmp_path):
+    from PIL import Image
+
+    _write_folder(tmp_path / "folder")
+    odd = tmp_path / "folder" / "test" / "dog" / "001.png"
+    Image.fromarray(np.zeros((10, 12, 3), dtype=np.uint8)).save(odd)
+    with pytest.raises(DataError) as err:
+        prepare_dataset("imagefolder", tmp_path / "out.pt", root=tmp_path / "folder", workers=1)
+    msg = str(err.value)
+    assert str(odd) in msg and "10x12" in msg and "8x8" in msg and "resize" in msg
+    assert str(tmp_path / "folder" / "train" / "cat" / "000.png") in msg  # the reference image
+    meta = prepare_dataset("imagefolder", tmp_path / "out.pt", root=tmp_path / "folder",
+                           resize=[6, 7], workers=1)
+    data = load_prepared(tmp_path / "out.pt")
+    assert meta["image_size"] == [6, 7] and meta["source_detail"]["resize"] == [6, 7]
+    assert data.train_images.shape == (12, 3, 6, 7) and data.test_images.shape == (6, 3, 6, 7)
+    prepare_dataset("imagefolder", tmp_path / "sq.pt", root=tmp_path / "folder", resize=5,
+                    workers=1)
+    assert load_prepared(tmp_path / "sq.pt").meta["image_size"] == [5, 5]
+
+
+def test_imagefolder_layout_errors(tmp_path):
+    _write_folder(tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "test" / "cat").rename(tmp_path / "a" / "test" / "cow")
+    with pytest.raises(DataError, match=r"only in train: \['cat'\].*only in test: \['cow'\]"):
+        prepare_dataset("imagefolder", tmp_path / "o.pt", root=tmp_path / "a")
+    _write_folder(tmp_path / "b")
+    (tmp_path / "b" / "test").rename(tmp_path / "b" / "elsewhere")
+    with pytest.raises(DataError, match="no 'test' folder"):
+        prepare_dataset("imagefolder", tmp_path / "o.pt", root=tmp_path / "b")
+    with pytest.raises(DataError, match="does not exist"):
+        prepare_dataset("imagefolder", tmp_path / "o.pt", root=tmp_path / "missing")
+    with pytest.raises(DataError, match="needs root"):
+        prepare_dataset("imagefolder", tmp_path / "o.pt")
+    with pytest.raises(DataError, match="unknown dataset source"):
+        prepare_dataset("mnist", tmp_path / "o.pt")
+    assert set(DATASET_SOURCES) == {"cifar10", "cifar100", "imagefolder", "synthetic"}
+
+
+def test_stream_descriptor_and_loader(tmp_path):
+    written = _write_folder(tmp_path / "folder", n_train=5, n_test=3, size=(12, 12))
+    meta = prepare_dataset("imagefolder", tmp_path / "s.pt", root=tmp_path / "folder",
+                           max_cached_images=10, resize=[8, 8], workers=1)
+    assert meta["stream"] is True and meta["root"] == str((tmp_path / "folder").resolve())
+    assert meta["image_size"] == [8, 8] and meta["num_train"] == 15
+    assert os.path.getsize(tmp_path / "s.pt") < 20_000  # no image tensors
+    data = load_prepared(tmp_path / "s.pt")
+    assert data.is_stream and data.train_images is None
+    train, test = make_loaders(data, batch_size=4, eval_batch_size=5, device="cpu", seed=3,
+                               augment=True, channels_last=False, num_workers=0)
+    assert isinstance(train, StreamLoader) and isinstance(test, StreamLoader)
+    assert len(train) == 3 and len(test) == 2  # drop_last on train only
+
+    labels = []
+    for x, y in test:
+        assert x.dtype == torch.float32 and x.shape[1:] == (3, 8, 8)
+        labels += y.tolist()
+    assert labels == [lab for *_, lab in written["test"]]
+
+    def epoch(loader, e):
+        loader.set_epoch(e)
+        return [(x.clone(), y.clone()) for x, y in loader]
+
+    first, again, other = epoch(train, 1), epoch(train, 1), epoch(train, 2)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
+    assert any(not torch.equal(a[0], b[0]) for a, b in zip(first, other))
+    train.set_epoch(1)
+    it = iter(train)
+    next(it)
+    state = train.state_dict()
+    resumed, _ = make_loaders(data, batch_size=4, eval_batch_size=5, device="cpu", seed=3,
+                              augment=True, channels_last=False, num_workers=0)
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert len(rest) == 2
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first[1:], rest))
+
+
+@pytest.mark.skipif(not SHARED_TAR.is_file(), reason=f"{SHARED_TAR} not present")
+def test_shared_cifar10_jpeg_subset(tmp_path):
+    """Two images per class and split from the shared CIFAR-10 JPEG copy, prepared as imagefolder."""
+    pattern = re.compile(r"(?:^|/)(train|test)/([^/]+)/(\d+)\.jpg$")
+    with tarfile.open(SHARED_TAR) as tar:
+        members = [m for m in tar if (mm := pattern.search(m.name)) and int(mm.group(3)) < 2]
+        tar.extractall(tmp_path / "c10", members=members, filter="data")
+    root = next(p.parent for p in (tmp_path / "c10").rglob("train"))
+    meta = prepare_dataset("imagefolder", tmp_path / "c10.pt", root=root, name="cifar10")
+    data = load_prepared(tmp_path / "c10.pt")
+    assert meta["classes"] == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+                               "horse", "ship", "truck"]
+    assert data.train_images.shape == (20, 3, 32, 32) and data.test_images.shape == (20, 3, 32, 32)
+    assert data.train_labels.bincount().tolist() == [2] * 10
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+def test_synthetic_deterministic_and_balanced(tmp_path):
+    kw = dict(synthetic_train=200, synthetic_test=50)
+    a = prepare_dataset("synthetic", tmp_path / "a.pt", seed=1, **kw)
+    b = prepare_dataset("synthetic", tmp_path / "b.pt", seed=1, **kw)
+    c = prepare_dataset("synthetic", tmp_path / "c.pt", seed=2, **kw)
+    assert a["checksum"] == b["checksum"] != c["checksum"]
+    data = load_prepared(tmp_path / "a.pt")
+    assert data.train_images.shape == (200, 3, 32, 32) and data.train_images.dtype == torch.uint8
+    assert data.test_images.shape == (50, 3, 32, 32) and data.train_labels.dtype == torch.int64
+    assert data.num_classes == 10 and len(data.classes) == 10 and a["name"] == "synthetic"
+    assert data.train_labels.bincount(minlength=10).tolist() == [20] * 10
+    assert data.test_labels.bincount(minlength=10).tolist() == [5] * 10
+    assert not torch.equal(data.train_images[:50], data.test_images)
+    assert all(0.0 < m < 1.0 for m in data.mean) and all(0.05 < s < 0.5 for s in data.std)
+    assert a["source_detail"]["seed"] == 1
+
+
+def test_make_synthetic_splits_and_images():
+    x, y = make_synthetic(100, seed=0, split="train")
+    x2, y2 = make_synthetic(100, seed=0, split="train")
+    xt, _ = make_synthetic(100, seed=0, split="test")
+    assert torch.equal(x, x2) and torch.equal(y, y2) and not torch.equal(x, xt)
+    assert int(x.float().std()) > 20  # not blank
+    # images of the same class are not copies of each other
+    same = x[y == 0]
+    assert not torch.equal(same[0], same[1])
+
+
+# --------------------------------------------------------------------------- TensorLoader
+
+
+def _loader(n=50, batch=8, seed=0, **kw):
+    g = torch.Generator().manual_seed(9)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.arange(n)  # label = sample id, to trace samples through batches
+    args = dict(batch_size=batch, mean=[0.5, 0.4, 0.3], std=[0.2, 0.25, 0.3], train=True,
+                augment=True, device="cpu", generator_seed=seed)
+    args.update(kw)
+    return TensorLoader(images, labels, **args), images
+
+
+def _epoch(loader, e=None):
+    if e is not None:
+        loader.set_epoch(e)
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def _same(a, b):
+    return len(a) == len(b) and all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1])
+                                    for p, q in zip(a, b))
+
+
+def test_loader_epoch_is_a_function_of_seed_and_epoch():
+    a, _ = _loader()
+    b, _ = _loader()
+    assert len(a) == 50 // 8  # drop_last for train by default
+    e3 = _epoch(a, 3)
+    _epoch(b, 0)
+    assert _same(e3, _epoch(b, 3))
+    assert not _same(e3, _epoch(a, 4))
+    c, _ = _loader(seed=1)
+    assert not _same(e3, _epoch(c, 3))
+    # without set_epoch a finished epoch advances to the next one
+    a.set_epoch(3)
+    _epoch(a)
+    assert _same(_epoch(a), _epoch(b, 4))
+
+
+def test_loader_mid_epoch_resume():
+    a, _ = _loader()
+    full = _epoch(a, 2)
+    b, _ = _loader()
+    b.set_epoch(2)
+    it = iter(b)
+    head = [next(it) for _ in range(3)]
+    state = b.state_dict()
+    assert state["epoch"] == 2 and state["next_batch"] == 3
+    buf = __import__("io").BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    c, _ = _loader()
+    c.load_state_dict(state)
+    tail = _epoch(c)
+    assert _same(full[:3], [(x.clone(), y.clone()) for x, y in head])
+    assert _same(full[3:], tail)
+    assert _same(_epoch(c), _epoch(a, 3))  # then continues with the next epoch
+    d, _ = _loader(batch=5)
+    with pytest.raises(ValueError, match="batch_size"):
+        d.load_state_dict(state)
+
+
+def test_loader_every_sample_once_and_normalisation():
+    loader, images = _loader(n=50, batch=8, drop_last=False, augment=False)
+    batches = _epoch(loader, 0)
+    assert len(loader) == len(batches) == 7
+    ids = torch.cat([y for _, y in batches])
+    assert sorted(ids.tolist()) == list(range(50)) and ids.tolist() != list(range(50))
+    mean = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)
+    std = torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
+    for x, y in batches:
+        assert x.dtype == torch.float32
+        torch.testing.assert_close(x * std + mean, images[y].float() / 255, atol=1e-5, rtol=0)
+    # augmented epochs also visit every sample once
+    aug, _ = _loader(n=50, batch=8, drop_last=False)
+    assert sorted(torch.cat([y for _, y in _epoch(aug, 5)]).tolist()) == list(range(50))
+
+
+def test_test_loader_order_and_options():
+    loader, images = _loader(n=20, batch=8, train=False, augment=True, channels_last=True,
+                             dtype=torch.bfloat16)
+    batches = _epoch(loader, 7)
+    assert len(loader) == 3 and [len(y) for _, y in batches] == [8, 8, 4]
+    assert torch.cat([y for _, y in batches]).tolist() == list(range(20))
+    x = batches[0][0]
+    assert x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last)
+    assert _same(batches, _epoch(loader, 0))  # no randomness in the test loader
+
+
+def test_make_loaders_from_path(tmp_path):
+    prepare_dataset("synthetic", tmp_path / "s.pt", synthetic_train=100, synthetic_test=30)
+    train, test = make_loaders(tmp_path / "s.pt", batch_size=16, eval_batch_size=64,
+                               device="cpu", seed=0, augment=True, channels_last=False)
+    assert isinstance(train, TensorLoader) and isinstance(test, TensorLoader)
+    assert len(train) == 6 and len(test) == 1
+    x, y = next(iter(train))
+    assert x.shape == (16, 3, 32, 32) and y.dtype == torch.int64
+    assert abs(float(next(iter(test))[0].mean())) < 0.3  # normalised with the train statistics
+
+
+# --------------------------------------------------------------------------- corrupt files
+
+
+def test_corrupt_or_truncated_file_names_the_file(tmp_path):
+    path = tmp_path / "s.pt"
+    prepare_dataset("synthetic", path, synthetic_train=50, synthetic_test=20)
+    blob = path.read_bytes()
+    bad = tmp_path / "truncated.pt"
+    bad.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(DataError, match=re.escape(str(bad))):
+        load_prepared(bad)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a torch file at all")
+    with pytest.raises(DataError, match=re.escape(str(garbage))):
+        load_prepared(garbage)
+    with pytest.raises(DataError, match="does not exist"):
+        load_prepared(tmp_path / "missing.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["train_images"][0, 0, 0, 0] ^= 1
+    io.atomic_torch_save(payload, tmp_path / "tampered.pt")
+    with pytest.raises(DataError, match="checksum"):
+        load_prepared(tmp_path / "tampered.pt")
+    assert isinstance(load_prepared(tmp_path / "tampered.pt", verify=False), PreparedData)
+    io.atomic_torch_save({"x": 1}, tmp_path / "other.pt")
+    with pytest.raises(DataError, match="not a prepared data file"):
+        load_prepared(tmp_path / "other.pt")
+
+
+def test_atomic_writes(tmp_path):
+    target = tmp_path / "deep" / "dir" / "f.json"
+    io.atomic_write_json({"a": 1}, target)
+    assert target.read_text() == '{\n  "a": 1\n}\n'
+    io.atomic_write_text("hi", target)
+    io.atomic_write_bytes(tmp_path / "b.bin", b"\x00\x01")
+    assert target.read_text() == "hi" and (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["f.json"]  # no temp files left
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        io.atomic_torch_save({"x": Boom()}, target)
+    assert target.read_text() == "hi" and sorted(os.listdir(target.parent)) == ["f.json"]
