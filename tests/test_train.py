@@ -245,10 +245,12 @@ def test_non_finite_loss_names_epoch_and_step_and_keeps_resume_state(
     assert state["epoch"] == 1 and state["step"] == 0
 
 
-def test_cli_prepare_train_evaluate(tmp_path):
-    data = tmp_path / "syn.pt"
+def test_cli_prepare_train_evaluate(tiny_data, tmp_path):
+    prepared = tmp_path / "syn.pt"
     subprocess.run([sys.executable, "-m", "dgkd_core", "prepare-data", "--source", "synthetic",
-                    "--out", str(data)], cwd=REPO, check=True, capture_output=True)
+                    "--out", str(prepared)], cwd=REPO, check=True, capture_output=True)
+    assert torch.load(prepared, weights_only=True)["meta"]["num_classes"] == 10
+    data = tiny_data  # train on the small set, to keep the test quick
     out = tmp_path / "run"
     res = subprocess.run(
         [sys.executable, "-m", "dgkd_core", "train", "--set", "model=plane2", "--set", "epochs=1",
