@@ -7,8 +7,8 @@ skipped with that reason; with DGKD_REQUIRE_SLURM=1 (CI) they fail instead.
 
 Every run works in a copy of the repository and types the user's command as written,
 `snakemake --profile slurm results/table1.csv`, from the copy's root, plus a test overlay:
-  - `--configfile config/demo.yaml tests/slurm_overlay.yaml`: one seed, 1 thread, 1000 MB,
-    10-minute training jobs;
+  - `--configfile config/demo.yaml tests/slurm_overlay.yaml`: the demo with one seed, one epoch
+    and 256 images (7 training jobs), 1 thread, 1000 MB, 10-minute time limits;
   - `--default-resources slurm_partition=debug runtime=10 mem_mb=1000`: the partition placeholder
     filled in (this replaces the profile's default-resources as a whole, so it restates all);
   - faster status polling than the plugin's defaults (2 s instead of 40 s before the first check),
@@ -36,7 +36,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "ci" / "slurm_cluster.sh"
 VENV_BIN = Path(sys.executable).parent
-DEMO = "config/demo.yaml" if (REPO / "config" / "demo.yaml").exists() else "config/test_tiny.yaml"
+DEMO = "config/demo.yaml"
 OVERLAY = "tests/slurm_overlay.yaml"
 PARTITION = os.environ.get("DGKD_SLURM_PARTITION", "debug")
 REQUIRE = os.environ.get("DGKD_REQUIRE_SLURM") == "1"
@@ -328,7 +328,7 @@ def test_preempted_training_job_resumes_to_the_same_result(slurm_cluster, tmp_pa
     slurm_dir, local_dir = copy_repo(tmp_path / "slurm"), copy_repo(tmp_path / "local")
     # A teacher that trains long enough to be signalled after its first epoch.
     longer = tmp_path / "longer.yaml"
-    longer.write_text(yaml.safe_dump({"hyperparameters": {"per_role": {"teacher": {"epochs": 15}}}}))
+    longer.write_text(yaml.safe_dump({"hyperparameters": {"per_role": {"teacher": {"epochs": 8}}}}))
     configs = [DEMO, OVERLAY, str(longer)]
     cfg = merged_config(REPO / DEMO, REPO / OVERLAY, longer)
     from dgkd_core import paths
