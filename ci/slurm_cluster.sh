@@ -253,6 +253,9 @@ EOF
 
 make_fake_gpus() {
     local i dev
+    for dev in /dev/dgkd-fakegpu*; do # devices left from an `up` with more GPUs
+        [[ -c $dev && ${dev#/dev/dgkd-fakegpu} -ge $NGPUS ]] && rm -f "$dev"
+    done
     for ((i = 0; i < NGPUS; i++)); do
         dev=/dev/dgkd-fakegpu$i
         if [[ ! -c $dev ]]; then

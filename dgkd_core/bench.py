@@ -188,9 +188,48 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+PARITY_SEEDS = (20, 31, 55)
+FAST_OFF = {"bf16": False, "channels_last": False, "cuda_graph": False}
+
+
+def parity(data_path: str, *, model: str, epochs: int, device: str, out_root: Path) -> dict:
+    """Top-1 of the fast path against the plain fp32 eager path over the same 3 seeds.
+
+    Both go through `train()`; only `fast.*` differs. On a CPU `auto` already means fp32 eager,
+    so there the two runs must agree exactly."""
+    from dgkd_core.train import train
+
+    runs = {"fast": [], "fp32_eager": []}
+    for seed in PARITY_SEEDS:
+        for label, fast in (("fast", {}), ("fp32_eager", FAST_OFF)):
+            cfg = {"model": model, "seed": seed, "epochs": epochs, "device": device,
+                   "schedule": {"name": "cosine"}, "optimizer": {"lr": 0.05}}
+            if fast:
+                cfg["fast"] = fast
+            metrics = train(cfg, data_path, out_root / f"{label}-seed{seed}", progress=False)
+            runs[label].append(metrics["top1_last"])
+    mean = {k: sum(v) / len(v) for k, v in runs.items()}
+    return {"model": model, "epochs": epochs, "seeds": list(PARITY_SEEDS), "top1": runs,
+            "mean_top1": mean, "difference": mean["fast"] - mean["fp32_eager"],
+            "within_0.5": abs(mean["fast"] - mean["fp32_eager"]) <= 0.5}
+
+
 def main(args) -> int:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
+    if args.parity:
+        with tempfile.TemporaryDirectory() as tmp:
+            data = args.parity_data
+            if data is None:
+                data = str(Path(tmp) / "synthetic.pt")
+                prepare_dataset("synthetic", data, seed=0)
+            result = parity(data, model=args.parity_model, epochs=args.parity_epochs,
+                            device=str(device), out_root=Path(tmp))
+        result["device"] = _device_name(device)
+        out = Path(args.out).with_name("parity.json")
+        io.atomic_write_json(result, out)
+        print(json.dumps(result, indent=1))
+        return 0
     steps = args.steps or (200 if device.type == "cuda" else 15)
     warmup = 20 if device.type == "cuda" else 3
     result = run(device, steps, warmup, not args.skip_workflow)

@@ -100,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--steps", type=int, default=None, help="timed steps per workload")
     p.add_argument("--skip-workflow", action="store_true", help="skip the demo workflow timing")
+    p.add_argument("--parity", action="store_true",
+                   help="instead: accuracy of the fast path vs plain fp32 eager over 3 seeds")
+    p.add_argument("--parity-data", help="prepared data file for --parity (default: synthetic)")
+    p.add_argument("--parity-model", default="resnet8")
+    p.add_argument("--parity-epochs", type=int, default=5)
     p.set_defaults(func=_bench)
     return parser
 

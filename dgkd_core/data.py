@@ -499,8 +499,13 @@ def _shape_mask(kind: int, u: torch.Tensor, v: torch.Tensor, r: torch.Tensor) ->
 
 
 def _draw_objects(img: torch.Tensor, kinds: torch.Tensor, g: torch.Generator, *, centre: tuple,
-                  radius: tuple, bg_lum: torch.Tensor, contrast: float) -> None:
-    """Paint one solid shape per image into img [n,3,H,W] (in place), kinds int64 [n]."""
+                  radius: tuple, bg_lum: torch.Tensor, contrast: float,
+                  window: int | None = None) -> None:
+    """Paint one solid shape per image into img [n,3,H,W] (in place), kinds int64 [n].
+
+    window: side of a square window around each centre that holds the whole shape (only that
+    window is computed); None computes the whole image.
+    """
     n, _, h, w = img.shape
     cx = _uniform(g, n, *centre)
     cy = _uniform(g, n, *centre)
@@ -512,20 +517,32 @@ def _draw_objects(img: torch.Tensor, kinds: torch.Tensor, g: torch.Generator, *,
     sign = torch.where(colour.mean(1) >= bg_lum, 1.0, -1.0)
     colour = (colour + sign[:, None] * contrast).clamp(0.0, 1.0)
     f32 = partial(torch.as_tensor, dtype=torch.float32)
-    ys = torch.arange(h, dtype=torch.float32)[None, :, None] + 0.5
-    xs = torch.arange(w, dtype=torch.float32)[None, None, :] + 0.5
+    if window is None:
+        oy = ox = torch.zeros(n, dtype=torch.int64)
+        wh, ww = h, w
+    else:
+        oy = (cy.floor().long() - window // 2).clamp(0, h - window)
+        ox = (cx.floor().long() - window // 2).clamp(0, w - window)
+        wh = ww = window
+    canvas = img.permute(0, 2, 3, 1)  # view [n,H,W,3]
     for kind in range(len(SYNTHETIC_SHAPES)):
         idx = (kinds == kind).nonzero().flatten()
         if idx.numel() == 0:
             continue
-        dx = xs - f32(cx[idx])[:, None, None]
-        dy = ys - f32(cy[idx])[:, None, None]
+        rows = oy[idx, None] + torch.arange(wh)  # [k,wh] pixel indices
+        cols = ox[idx, None] + torch.arange(ww)
+        dy = (rows.to(torch.float32) + 0.5)[:, :, None] - f32(cy[idx])[:, None, None]  # [k,wh,1]
+        dx = (cols.to(torch.float32) + 0.5)[:, None, :] - f32(cx[idx])[:, None, None]  # [k,1,ww]
         c, s = f32(cos[idx])[:, None, None], f32(sin[idx])[:, None, None]
         u = c * dx + s * dy
         v = c * dy - s * dx
         mask = _shape_mask(kind, u, v, f32(r[idx])[:, None, None])
-        sub = img[idx]
-        img[idx] = torch.where(mask[:, None], f32(colour[idx])[:, :, None, None], sub)
+        col = f32(colour[idx])
+        if window is None:
+            img[idx] = torch.where(mask[:, None], col[:, :, None, None], img[idx])
+        else:
+            where = (idx[:, None, None], rows[:, :, None], cols[:, None, :])
+            canvas[where] = torch.where(mask[..., None], col[:, None, None, :], canvas[where])
 
 
 def _uniform(g: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
@@ -560,7 +577,7 @@ def make_synthetic(n: int, *, seed: int = 0, split: str = "train", noise: float 
     for _ in range(distractors):
         kinds = torch.randint(0, c, (n,), generator=g)
         _draw_objects(img, kinds, g, centre=(2.0, size - 2.0), radius=(2.0, 3.5), bg_lum=bg_lum,
-                      contrast=0.3)
+                      contrast=0.3, window=11)  # the largest distractor spans < 9 px
     _draw_objects(img, labels, g, centre=(11.0, size - 11.0), radius=(8.0, 12.0), bg_lum=bg_lum,
                   contrast=0.35)
     if noise:

@@ -8,6 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -91,6 +92,7 @@ def learning_curves_figure(curves: pd.DataFrame, out_paths) -> None:
             std = _errors(line["top1_std"])
             ax.fill_between(line["epoch"], line["top1_mean"] - std, line["top1_mean"] + std,
                             color=color, alpha=0.15, linewidth=0)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel("test top-1 %")
         ax.legend(fontsize=8)
