@@ -37,7 +37,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -52,11 +51,15 @@ from dgkd_core import io
 
 __all__ = [
     "DATASET_SOURCES",
+    "SYNTHETIC_SHAPES",
     "DataError",
     "PreparedData",
     "StreamLoader",
     "TensorLoader",
     "augment_batch",
+    "channel_stats",
+    "crop_flip",
+    "draw_augment_params",
     "load_prepared",
     "make_loaders",
     "make_synthetic",
@@ -72,7 +75,6 @@ DEFAULT_MAX_CACHED_BYTES = 8 * 2**30  # uint8 bytes of train + test images kept 
 
 _CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 _TENSOR_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _STAT_SAMPLE = 20_000  # images used for a stream descriptor's mean/std
 _DECODE_CHUNK = 2048  # files per decoding task
 
@@ -118,7 +120,8 @@ def prepare_dataset(
     Same inputs give the same tensors and therefore the same ``meta["checksum"]``.
     """
     if source not in DATASET_SOURCES:
-        raise DataError(f"unknown dataset source {source!r}; choose one of {', '.join(DATASET_SOURCES)}")
+        raise DataError(f"unknown dataset source {source!r}; choose one of "
+                        f"{', '.join(DATASET_SOURCES)}")
     out_path = Path(out_path)
     size = _parse_resize(resize)
     if size is not None and source != "imagefolder":
@@ -172,7 +175,7 @@ def _parse_resize(resize: int | Sequence[int] | None) -> tuple[int, int] | None:
 
 
 def tensor_checksum(tensors: dict[str, torch.Tensor | None]) -> str:
-    """sha256 over the named tensors (name, dtype, shape and raw bytes, in ``_TENSOR_KEYS`` order)."""
+    """sha256 over the named tensors: name, dtype, shape and raw bytes, in ``_TENSOR_KEYS`` order."""
     h = hashlib.sha256()
     for key in _TENSOR_KEYS:
         t = tensors.get(key)
@@ -187,7 +190,7 @@ def tensor_checksum(tensors: dict[str, torch.Tensor | None]) -> str:
 def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
     """Per-channel mean and std (0-1 scale, population std) of uint8 images [N,3,H,W]."""
     if images.ndim != 4 or images.shape[0] == 0:
-        raise DataError(f"cannot compute statistics of an image tensor of shape {list(images.shape)}")
+        raise DataError(f"cannot compute statistics of images of shape {list(images.shape)}")
     c = images.shape[1]
     s1 = torch.zeros(c, dtype=torch.float64)
     s2 = torch.zeros(c, dtype=torch.float64)
@@ -665,7 +668,8 @@ def load_prepared(path: str | os.PathLike, *, verify: bool = True) -> PreparedDa
         if images is not None and images.shape[0] != labels.shape[0]:
             raise DataError(f"prepared data file {path}: {split} has {images.shape[0]} images "
                             f"but {labels.shape[0]} labels; {redo}")
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= int(meta["num_classes"])):
+        n_cls = int(meta["num_classes"])
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_cls):
             raise DataError(f"prepared data file {path}: {split} labels outside "
                             f"[0, {meta['num_classes']}); {redo}")
     if verify and not stream and tensor_checksum(payload) != meta["checksum"]:
@@ -722,7 +726,8 @@ def crop_flip(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: to
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def augment_batch(images_uint8: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+def augment_batch(images_uint8: torch.Tensor, generator: torch.Generator,
+                  pad: int = 4) -> torch.Tensor:
     """Random crop (``pad`` px of zeros, then the original size) + horizontal flip of each sample.
 
     images_uint8: [B,3,H,W] uint8 on any device; generator: a CPU ``torch.Generator`` (numbers are
@@ -886,8 +891,9 @@ class TensorLoader:
             g = self._state.generator(self._STREAM)
             order = torch.randperm(n, generator=g)
             aug = draw_augment_params(n, g, self.pad) if self.augment else None
-            plan = (order.to(self.device, non_blocking=True),
-                    None if aug is None else tuple(t.to(self.device, non_blocking=True) for t in aug))
+            if aug is not None:
+                aug = tuple(t.to(self.device, non_blocking=True) for t in aug)
+            plan = (order.to(self.device, non_blocking=True), aug)
         self._plan = (self._state.epoch, plan)
         return plan
 
@@ -969,14 +975,17 @@ class _ResumableSampler:
 class StreamLoader:
     """Loader for a stream descriptor: reads ``root/<split>/<class>/*`` with torchvision each epoch.
 
-    Same interface as :class:`TensorLoader` (``set_epoch``, iteration yielding (x float [B,3,H,W]
-    normalised, y int64 [B]) on ``device``, ``len``, ``state_dict``/``load_state_dict``). Files are
-    decoded with PIL in ``num_workers`` DataLoader processes, resized to the prepared size, and (train
-    with augment) padded by 4 zero pixels, randomly cropped and flipped with torchvision's
-    functional transforms. The epoch order comes from a CPU generator seeded by (seed, epoch) and
-    each sample's crop/flip from a seed drawn alongside it, so results do not depend on the worker
-    count. Mid-epoch resume is supported as a convenience (it restarts the file stream at the
-    recorded batch); this path is meant for datasets too large for the tensor cache, and is slow.
+    Same interface as :class:`TensorLoader`: ``set_epoch``, iteration yielding (x float
+    [B,3,H,W] normalised with the descriptor's mean/std, y int64 [B]) on ``device``, ``len``,
+    ``state_dict``/``load_state_dict``. Files are listed by torchvision ``ImageFolder`` and decoded
+    with PIL in ``num_workers`` DataLoader processes (default up to 4; 0 = in this process),
+    resized to the prepared size if the descriptor has ``resize``, and, for train with augment,
+    padded by 4 zero pixels, randomly cropped and flipped with torchvision's functional
+    transforms (``RandomCrop(size, padding=4)`` + ``RandomHorizontalFlip``). The epoch order comes
+    from a CPU generator seeded by (seed, epoch), and each sample's crop/flip from a seed drawn
+    alongside it, so an epoch does not depend on the worker count and mid-epoch resume yields the
+    same batches as an uninterrupted run. This path is for datasets too large for the tensor
+    cache; it is correct but slow (PIL per image, every epoch).
     """
 
     _STREAM = "stream"
@@ -988,7 +997,7 @@ class StreamLoader:
                  pad: int = 4) -> None:
         meta = prepared.meta
         if not meta.get("stream"):
-            raise DataError("StreamLoader needs a stream descriptor; use TensorLoader for cached data")
+            raise DataError("StreamLoader needs a stream descriptor; cached data uses TensorLoader")
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         self.train = (split == "train") if train is None else bool(train)
@@ -1064,7 +1073,9 @@ def make_loaders(prepared_or_path: PreparedData | str | os.PathLike, *, batch_si
     randomness is seeded by ``seed``; both yield normalised float [B,3,H,W] and int64 [B] on
     ``device``. ``num_workers`` applies to stream loaders only.
     """
-    data = prepared_or_path if isinstance(prepared_or_path, PreparedData) else load_prepared(prepared_or_path)
+    data = prepared_or_path
+    if not isinstance(data, PreparedData):
+        data = load_prepared(data)
     if data.is_stream:
         common = dict(device=device, seed=seed, channels_last=channels_last, dtype=dtype,
                       num_workers=num_workers)

@@ -337,7 +337,8 @@ def train(
     resume_path = out_dir / RESUME_FILE
     resumed = _try_resume(resume_path, identity, model, optimizer, state, history, train_loader)
     if resumed:
-        log.info("resumed from %s at epoch %d step %d", resume_path, state.epoch + 1, state.step)
+        log.info("resumed from %s at epoch %d step %d (the previous attempt stopped: %s)",
+                 resume_path, state.epoch + 1, state.step, resumed)
 
     term_names = distiller.term_names
     keep_stochastic = loss_cfg["keep_prob"] is not None and n_guides > 0
@@ -400,7 +401,7 @@ def train(
                     _accumulate(state, sums_dev, term_names)
                     state.keep_gen = keep_gen
                     _save_resume(resume_path, identity, model, optimizer, state, history,
-                                 train_loader, keep_gen)
+                                 train_loader, keep_gen, reason)
                     if bar is not None:
                         bar.close()
                     log.warning("stopping early (%s): resume state written to %s; run again "
@@ -425,11 +426,13 @@ def train(
                      "  ".join(f"{k} {row['train_' + k]:.4f}" for k in term_names),
                      test["top1"], test["top5"], row["img_s"], row["time_s"])
             state.epoch, state.step = epoch + 1, 0
-            _save_resume(resume_path, identity, model, optimizer, state, history, train_loader,
-                         None)
+            reason = None
             if stop.reason or (budget is not None and state.epoch < cfg["epochs"]
                                and _out_of_time(wall_start, budget, epoch_times, 0.0, 0, 1)):
                 reason = stop.reason or f"time budget of {budget:.0f} s nearly spent"
+            _save_resume(resume_path, identity, model, optimizer, state, history, train_loader,
+                         None, reason)
+            if reason:
                 log.warning("stopping after epoch %d (%s): resume state written to %s",
                             state.epoch, reason, resume_path)
                 raise TrainingInterrupted(reason)
@@ -513,9 +516,11 @@ def _file_fingerprint(path: str) -> str:
     return f"{Path(path).name}:{st.st_size}"
 
 
-def _save_resume(path, identity, model, optimizer, state, history, loader, keep_gen):
+def _save_resume(path, identity, model, optimizer, state, history, loader, keep_gen,
+                 stop_reason=None):
     payload = {
         "identity": identity,
+        "stop_reason": stop_reason,  # logged on resume: a retried job's log is cleared
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "epoch": state.epoch,
@@ -531,18 +536,19 @@ def _save_resume(path, identity, model, optimizer, state, history, loader, keep_
     io.atomic_torch_save(payload, path)
 
 
-def _try_resume(path, identity, model, optimizer, state, history, loader) -> bool:
+def _try_resume(path, identity, model, optimizer, state, history, loader) -> str | None:
+    """Load a compatible resume state; returns why the previous attempt stopped, or None."""
     if not path.exists():
-        return False
+        return None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
         log.warning("ignoring unreadable resume state %s (%s); starting from scratch", path, err)
-        return False
+        return None
     if payload.get("identity") != identity:
         log.warning("resume state %s belongs to other settings, guides or data; starting from "
                     "scratch", path)
-        return False
+        return None
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     state.epoch, state.step = payload["epoch"], payload["step"]
@@ -554,7 +560,7 @@ def _try_resume(path, identity, model, optimizer, state, history, loader) -> boo
         state.keep_gen = torch.Generator()
         state.keep_gen.set_state(payload["keep_gen"])
     _set_rng_state(payload["rng"])
-    return True
+    return payload.get("stop_reason") or "killed without notice, resumed from the last epoch"
 
 
 def _bar(total, epoch, epochs, interactive, initial):
@@ -601,7 +607,7 @@ def _final_metrics(cfg, meta, history, device, fast, guides, wall_start, resumed
         "wall_time_s": time.time() - wall_start,
         "train_time_s": total_train_s,
         "img_per_s": total_images / max(total_train_s, 1e-9),
-        "resumed": resumed,
+        "resumed": bool(resumed),
         "config": cfg,
         "config_hash": config_hash(cfg),
         "determinism": {"deterministic": cfg["deterministic"], "fast": fast,
