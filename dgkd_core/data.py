@@ -236,9 +236,11 @@ def _prepare_cifar(source: str, root: Path, download: bool) -> dict:
 
     cls = CIFAR10 if source == "cifar10" else CIFAR100
     folder = root / _CIFAR_FOLDERS[source]
-    how = (f"Put the extracted '{folder.name}' folder at {folder.resolve()} (from "
-           f"{cls.url}), or enable the download with `download: true` "
-           f"(`--download` on the command line) on a machine with internet access.")
+    place = (f"Put the extracted '{folder.name}' folder at {folder.resolve()}, or the archive "
+             f"{cls.filename} (from {cls.url}) in {root.resolve()} with download on (torchvision "
+             f"then only extracts it)")
+    how = (f"{place}; or enable the download with `download: true` (`--download` on the command "
+           f"line) on a machine with internet access.")
     if not download and not folder.is_dir():
         raise DataError(f"{source} is not at {folder.resolve()} and download is off. {how}")
     splits = {}
@@ -251,7 +253,7 @@ def _prepare_cifar(source: str, root: Path, download: bool) -> dict:
         except (OSError, ValueError) as err:  # URLError is an OSError
             if download:
                 raise DataError(f"downloading {source} into {root.resolve()} failed ({err}); "
-                                f"this machine may be offline. {how}") from err
+                                f"this machine may be offline. {place}.") from err
             raise DataError(f"cannot read {source} from {folder.resolve()}: {err}. {how}") from err
         images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
         labels = torch.as_tensor(np.asarray(ds.targets, dtype=np.int64))

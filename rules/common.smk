@@ -267,7 +267,8 @@ def table1_runs():
 
 def table1_guide_runs():
     students = table1_runs()
-    return [run for run in with_guides(students) if run not in set(students)]
+    is_student = set(students)
+    return [run for run in with_guides(students) if run not in is_student]
 
 
 def evenly_spaced(tas, k):

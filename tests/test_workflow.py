@@ -2,7 +2,7 @@
 
 Every Snakemake call runs in a temporary working directory (`--directory`) with the repository's
 Snakefile and a config written by the test, so the repository's own results/ is never touched.
-Dry runs (-n) need no training; the end-to-end part trains ~20 one-epoch tiny models.
+Dry runs (-n) need no training; the end-to-end part trains 18 one-epoch tiny models.
 """
 
 from __future__ import annotations
@@ -212,7 +212,7 @@ def student_runs(seeds=(1, 2)) -> set[str]:
     lineage = "plane5-plane4-plane3-plane2"
     return {f"seed{s}/{m}" for s in seeds for m in (
         "nokd/plane2", "kd/plane5-plane2", f"takd/{lineage}", f"dgkd/{lineage}",
-        f"sdgkd-p0.75/{lineage}", f"sdgkd-p0.5/{lineage}")}
+        f"sdgkd-p0.75/{lineage}")}
 
 
 @pytest.mark.slow
@@ -236,7 +236,7 @@ def test_tiny_workflow_table_and_figures(finished):
     assert list(zip(num_tas["method"], num_tas["n_tas"])) == [
         ("takd", 0), ("takd", 2), ("dgkd", 0), ("dgkd", 2)]
     keep = pd.read_csv(results / "ablations" / "keep_prob.csv")
-    assert sorted(keep["keep_prob"]) == [0.5, 0.75, 1.0]
+    assert list(zip(keep["method"], keep["keep_prob"])) == [("sdgkd", 0.75), ("dgkd", 1.0)]
 
     from PIL import Image
 
@@ -274,7 +274,7 @@ def test_changing_ta_settings_reruns_tas_and_what_they_guide(finished):
     lineage = "plane5-plane4-plane3-plane2"
     expected = {f"seed{s}/{m}" for s in (1, 2) for m in (
         "kd/plane5-plane4", "takd/plane5-plane4-plane3", "dgkd/plane5-plane4-plane3",
-        f"takd/{lineage}", f"dgkd/{lineage}", f"sdgkd-p0.75/{lineage}", f"sdgkd-p0.5/{lineage}")}
+        f"takd/{lineage}", f"dgkd/{lineage}", f"sdgkd-p0.75/{lineage}")}
     assert run.runs() == expected  # teacher, NoKD and KD students untouched
     assert "prepare_data" not in run.rules
 
@@ -283,7 +283,7 @@ def test_changing_ta_settings_reruns_tas_and_what_they_guide(finished):
 def test_adding_a_seed_adds_only_that_seeds_jobs(finished):
     run = dry_run(finished, config=tiny(seeds=[1, 2, 3]))
     assert {j["seed"] for j in run.train_jobs} == {"3"}
-    assert run.count("train_model") == 10
+    assert run.count("train_model") == 9  # 2n + 5 for n = 2 TAs
     assert "prepare_data" not in run.rules
 
 
