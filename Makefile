@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-CORES ?= 2
+CORES ?= all
 
 .PHONY: setup demo test test-fast lint format bench clean-results
 
@@ -16,7 +16,7 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 demo: setup  ## the main job: the demo workflow on embedded synthetic data -> results/
-	$(BIN)/snakemake --profile profiles/local --configfile config/demo.yaml --cores $(CORES) results/table1.csv all
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES) --configfile config/demo.yaml
 
 test: setup  ## the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q -rs

@@ -15,8 +15,9 @@ torch.set_num_threads(snakemake.threads)
 run_config = dict(snakemake.params.run_config)
 if "SLURM_JOB_ID" in os.environ:
     # Inside a SLURM job the `runtime` resource is its --time: the trainer saves its resume
-    # state and exits before that runs out, and the retried job continues from it.
-    run_config["time_budget_s"] = 60 * snakemake.resources.runtime
+    # state and exits before that runs out, and the retried job continues from it. Two minutes
+    # go to the Snakemake start-ups before the trainer's clock starts.
+    run_config["time_budget_s"] = max(60 * snakemake.resources.runtime - 120, 60)
 train(
     run_config,
     snakemake.input.data,
