@@ -453,9 +453,10 @@ def _split_seed(seed: int, split: str) -> int:
 # information, so a model has to recognise outline geometry anywhere in the image (translation
 # and rotation invariance, corners vs curves, holes vs solids): shallow or narrow models learn it
 # slowly, deeper ones clearly better. Pixel arrays only see +, -, *, comparisons and
-# torch.where (trig and everything per sample is computed in float64 on a few values), and the
-# random numbers come from torch.rand/randint/randperm on a CPU generator, so the bytes do not
-# depend on the CPU's vector instruction set.
+# torch.where (per-sample trig is computed in float64 and rounded to float32), and the random
+# numbers come from torch.rand/randint/randperm on a CPU generator (no randn, whose vectorised
+# paths differ), so the bytes should not depend on the CPU's vector instruction set; the
+# checksum in meta is what pins a prepared file.
 SYNTHETIC_SHAPES = ("disc", "square", "triangle", "plus", "bar", "half-disc", "ring", "frame",
                     "triangle-frame", "dumbbell")
 SYNTHETIC_CLASSES = SYNTHETIC_SHAPES
@@ -719,13 +720,13 @@ def crop_flip(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: to
     b, c, h, w = images.shape
     dev = images.device
     dy, dx, flip = dy.to(dev), dx.to(dev), flip.to(dev)
-    padded = F.pad(images, (pad, pad, pad, pad)) if pad else images
-    rows = dy[:, None] + torch.arange(h, device=dev)  # [B,H]
+    padded = F.pad(images, (pad, pad, pad, pad)) if pad else images.contiguous()
+    wp = w + 2 * pad
+    rows = dy[:, None] + torch.arange(h, device=dev)  # [B,H] rows of the padded image
     col = torch.arange(w, device=dev)
     cols = dx[:, None] + torch.where(flip[:, None], (w - 1) - col, col)  # [B,W]
-    batch = torch.arange(b, device=dev)[:, None, None]
-    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # [B,H,W,C]
-    return out.permute(0, 3, 1, 2).contiguous()
+    index = (rows[:, :, None] * wp + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+    return padded.reshape(b, c, -1).gather(2, index).view(b, c, h, w)
 
 
 def augment_batch(images_uint8: torch.Tensor, generator: torch.Generator,

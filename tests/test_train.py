@@ -276,9 +276,10 @@ def test_deep_model_beats_small_ones_on_synthetic(tmp_path):
     data = tmp_path / "syn.pt"
     prepare_dataset("synthetic", data, seed=0)
     top1 = {}
-    for model in ("resnet20", "plane2", "resnet8"):
+    # Plain CNNs at the paper's lr 0.01 (at 0.05 plane2's ReLUs die); ResNets at 0.05.
+    for model, lr in (("resnet20", 0.05), ("plane2", 0.01), ("resnet8", 0.05)):
         cfg = {"model": model, "seed": 0, "epochs": 4, "batch_size": 128,
-               "optimizer": {"lr": 0.05}, "schedule": {"name": "cosine"}}
+               "optimizer": {"lr": lr}, "schedule": {"name": "cosine"}}
         top1[model] = train(cfg, data, tmp_path / model, progress=False)["top1_last"]
     assert top1["plane2"] > 20 and top1["resnet8"] > 20, top1  # well above chance (10 %)
     assert top1["resnet20"] > top1["plane2"] + 3, top1
