@@ -691,7 +691,7 @@ def _as_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-def _epoch_seed(seed: int, epoch: int, stream: str) -> int:
+def epoch_seed(seed: int, epoch: int, stream: str) -> int:
     """A 63-bit seed that is a pure function of (seed, epoch, stream)."""
     digest = hashlib.sha256(f"dgkd-loader:{stream}:{int(seed)}:{int(epoch)}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
@@ -785,7 +785,7 @@ class _EpochState:
         if self.gen_state is not None:
             g.set_state(self.gen_state)
         else:
-            g.manual_seed(_epoch_seed(self.generator_seed, self.epoch, stream))
+            g.manual_seed(epoch_seed(self.generator_seed, self.epoch, stream))
         return g
 
     def state_dict(self, stream: str) -> dict:
@@ -809,7 +809,41 @@ class _EpochState:
         self.set_epoch(self.epoch + 1)
 
 
-class TensorLoader:
+class _EpochLoader:
+    """What both loaders share: epoch bookkeeping in ``self._state`` (an :class:`_EpochState`)."""
+
+    _STREAM = ""
+    _state: _EpochState
+
+    @property
+    def batch_size(self) -> int:
+        return self._state.batch_size
+
+    @property
+    def epoch(self) -> int:
+        return self._state.epoch
+
+    @property
+    def drop_last(self) -> bool:
+        return self._state.drop_last
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` at its first batch at the next iteration."""
+        self._state.set_epoch(epoch)
+
+    def state_dict(self) -> dict:
+        """Where iteration stands: {"epoch", "next_batch", "generator_state", ...} (CPU values)."""
+        return self._state.state_dict(self._STREAM)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume at batch ``state["next_batch"]`` of ``state["epoch"]`` at the next iteration."""
+        self._state.load_state_dict(state, type(self).__name__)
+
+
+class TensorLoader(_EpochLoader):
     """Batches from a uint8 image tensor that lives on the training device (airbench style).
 
     images_uint8: [N,3,H,W] uint8; labels: int64 [N]. Both are moved to ``device`` once.
@@ -854,33 +888,12 @@ class TensorLoader:
         self._state = _EpochState(images_uint8.shape[0], int(batch_size), generator_seed, drop)
         self._plan: tuple[tuple[int, int], Any] | None = None  # ((epoch, id), tensors)
 
-    @property
-    def batch_size(self) -> int:
-        return self._state.batch_size
-
-    @property
-    def epoch(self) -> int:
-        return self._state.epoch
-
-    @property
-    def drop_last(self) -> bool:
-        return self._state.drop_last
-
-    def __len__(self) -> int:
-        return len(self._state)
-
     def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` at its first batch at the next iteration."""
-        self._state.set_epoch(epoch)
+        super().set_epoch(epoch)
         self._plan = None
 
-    def state_dict(self) -> dict:
-        """Where iteration stands: {"epoch", "next_batch", "generator_state", ...} (CPU values)."""
-        return self._state.state_dict(self._STREAM)
-
     def load_state_dict(self, state: dict) -> None:
-        """Resume at batch ``state["next_batch"]`` of ``state["epoch"]`` at the next iteration."""
-        self._state.load_state_dict(state, type(self).__name__)
+        super().load_state_dict(state)
         self._plan = None
 
     def _epoch_plan(self):
@@ -975,7 +988,7 @@ class _ResumableSampler:
         return iter(self.items)
 
 
-class StreamLoader:
+class StreamLoader(_EpochLoader):
     """Loader for a stream descriptor: reads ``root/<split>/<class>/*`` with torchvision each epoch.
 
     Same interface as :class:`TensorLoader`: ``set_epoch``, iteration yielding (x float
@@ -1017,26 +1030,6 @@ class StreamLoader:
         self.num_workers = (min(4, os.cpu_count() or 1) if num_workers is None else num_workers)
         drop = self.train if drop_last is None else bool(drop_last)
         self._state = _EpochState(len(self.dataset), int(batch_size), seed, drop)
-
-    @property
-    def batch_size(self) -> int:
-        return self._state.batch_size
-
-    @property
-    def epoch(self) -> int:
-        return self._state.epoch
-
-    def __len__(self) -> int:
-        return len(self._state)
-
-    def set_epoch(self, epoch: int) -> None:
-        self._state.set_epoch(epoch)
-
-    def state_dict(self) -> dict:
-        return self._state.state_dict(self._STREAM)
-
-    def load_state_dict(self, state: dict) -> None:
-        self._state.load_state_dict(state, type(self).__name__)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         st = self._state

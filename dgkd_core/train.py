@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from dgkd_core import io
 from dgkd_core.config import TRAINING_CODE_VERSION, config_hash, resolve_run_config
-from dgkd_core.data import load_prepared, make_loaders
+from dgkd_core.data import epoch_seed, load_prepared, make_loaders
 from dgkd_core.evaluate import evaluate
 from dgkd_core.losses import dgkd_loss, draw_keep_mask, draw_released_drop_mask, guide_term_names
 from dgkd_core.models import build_model
@@ -231,9 +231,9 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+def _epoch_generator(seed: int, epoch: int, stream: str) -> torch.Generator:
     """A CPU generator that is a pure function of (seed, epoch, stream)."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7_919 + stream) % 2**63)
+    return torch.Generator().manual_seed(epoch_seed(seed, epoch, stream))
 
 
 def environment_info(device: torch.device) -> dict:
@@ -370,7 +370,7 @@ def train(
                 train_loader.set_epoch(epoch)
                 state.sums = {k: 0.0 for k in term_names}
                 state.images, state.train_time_s = 0, 0.0
-                keep_gen = _epoch_generator(cfg["seed"], epoch, stream=1)
+                keep_gen = _epoch_generator(cfg["seed"], epoch, stream="keep")
             else:
                 keep_gen = state.keep_gen  # restored mid-epoch
             distiller.train()
