@@ -115,7 +115,7 @@ def _project_img_s(data, spec, device, steps, warmup):
                           **({"fused": True} if device.type == "cuda" else {"foreach": True}))
     autocast = make_autocast(fast)
     names = distiller.term_names
-    step = _make_step(distiller, opt, autocast, fast["cuda_graph"], device, len(guides), names)
+    step = _make_step(distiller, opt, autocast, fast["cuda_graph"], device, names)
     loader, _ = make_loaders(data, batch_size=BATCH_SIZE, eval_batch_size=1024, device=device,
                              seed=0, augment=True, channels_last=fast["channels_last"])
     done, t0, epoch = 0, None, 0

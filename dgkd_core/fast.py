@@ -30,7 +30,7 @@ class CudaGraphStep:
         self.disabled_reason: str | None = None
 
     @classmethod
-    def or_fallback(cls, eager, distiller, optimizer, autocast, device, n_guides, term_names):
+    def or_fallback(cls, eager, distiller, optimizer, device):
         if device.type != "cuda":
             log.info("CUDA graph step off: device is %s; using the eager step", device)
             return eager

@@ -354,8 +354,7 @@ def train(
     epoch_times: list[float] = [h["time_s"] for h in history]
     interactive = sys.stderr.isatty() if progress is None else progress
 
-    step_fn = _make_step(distiller, optimizer, autocast, fast["cuda_graph"], device,
-                         n_guides, term_names)
+    step_fn = _make_step(distiller, optimizer, autocast, fast["cuda_graph"], device, term_names)
 
     with _StopFlag() as stop:
         log.info("training %s (%s, seed %d) on %s for %d epochs, %d guides, %d steps/epoch",
@@ -457,14 +456,13 @@ def train(
     return metrics
 
 
-def _make_step(distiller, optimizer, autocast, use_graph, device, n_guides, term_names):
+def _make_step(distiller, optimizer, autocast, use_graph, device, term_names):
     """Return step(x, y, keep, lr) -> tensor of the loss terms (in `term_names` order)."""
     eager = _EagerStep(distiller, optimizer, autocast, term_names)
     if use_graph:
         from dgkd_core.fast import CudaGraphStep
 
-        return CudaGraphStep.or_fallback(eager, distiller, optimizer, autocast, device,
-                                         n_guides, term_names)
+        return CudaGraphStep.or_fallback(eager, distiller, optimizer, device)
     return eager
 
 
@@ -518,8 +516,11 @@ def _out_of_time(wall_start, budget, epoch_times, elapsed, steps_done, steps_tot
 
 
 def _file_fingerprint(path: str) -> str:
-    st = os.stat(path)
-    return f"{Path(path).name}:{st.st_size}"
+    """sha256 of a guide checkpoint: a retrained guide (same name and size) must not match."""
+    import hashlib
+
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _save_resume(path, identity, model, optimizer, state, history, loader, keep_gen,
