@@ -284,3 +284,30 @@ def test_deep_model_beats_small_ones_on_synthetic(tmp_path):
     assert top1["plane2"] > 20 and top1["resnet8"] > 20, top1  # well above chance (10 %)
     assert top1["resnet20"] > top1["plane2"] + 3, top1
     assert top1["resnet20"] > top1["resnet8"] + 3, top1
+
+
+def test_resume_state_is_refused_after_the_guide_is_retrained(
+        tiny_data, teacher, tmp_path, monkeypatch):
+    guide = tmp_path / "guide.pt"
+    guide.write_bytes(teacher.read_bytes())
+    real_loss = train_mod.dgkd_loss
+    calls = {"n": 0}
+
+    def fail_in_epoch_2(*args, **kwargs):
+        calls["n"] += 1
+        total, terms = real_loss(*args, **kwargs)
+        if calls["n"] == 512 // 64 + 1:
+            total = total * float("nan")
+        return total, terms
+
+    cfg = run_config(method="kd")
+    monkeypatch.setattr(train_mod, "dgkd_loss", fail_in_epoch_2)
+    with pytest.raises(TrainingError):
+        train(cfg, tiny_data, tmp_path / "out", [guide], progress=False)
+    assert (tmp_path / "out" / "resume.pt").exists()
+    monkeypatch.setattr(train_mod, "dgkd_loss", real_loss)
+    # The same architecture retrained with another seed: same name, same size, other weights.
+    retrained = tmp_path / "retrained"
+    train(run_config(model="plane4", epochs=1, seed=9), tiny_data, retrained, progress=False)
+    guide.write_bytes((retrained / "model.pt").read_bytes())
+    assert train(cfg, tiny_data, tmp_path / "out", [guide], progress=False)["resumed"] is False
