@@ -101,9 +101,27 @@ def _baseline_img_s(data, spec, device, steps, warmup):
 def _project_img_s(data, spec, device, steps, warmup):
     """The project's trainer step, built from the same pieces `train()` uses."""
     from dgkd_core.config import DEFAULT_RUN_CONFIG
+    from dgkd_core.train import seed_everything
+
+    # The determinism settings `train()` runs under (they cost speed on a GPU), undone after so
+    # the next baseline runs the released code's way.
+    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.utils.deterministic.fill_uninitialized_memory)
+    seed_everything(0, DEFAULT_RUN_CONFIG["deterministic"])
+    try:
+        return _time_project_step(data, spec, device, steps, warmup)
+    finally:
+        (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, enabled, warn_only,
+         torch.utils.deterministic.fill_uninitialized_memory) = saved
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+def _time_project_step(data, spec, device, steps, warmup):
+    from dgkd_core.config import DEFAULT_RUN_CONFIG
     from dgkd_core.train import Distiller, _make_step, fast_settings, make_autocast
 
-    torch.manual_seed(0)
     fast = fast_settings(DEFAULT_RUN_CONFIG, device)
     fmt = torch.channels_last if fast["channels_last"] else torch.contiguous_format
     student = build_model(spec["student"], data.num_classes).to(device).to(memory_format=fmt)
@@ -230,7 +248,7 @@ def main(args) -> int:
         io.atomic_write_json(result, out)
         print(json.dumps(result, indent=1))
         return 0
-    steps = args.steps or (200 if device.type == "cuda" else 15)
+    steps = args.steps or (400 if device.type == "cuda" else 15)
     warmup = 20 if device.type == "cuda" else 3
     result = run(device, steps, warmup, not args.skip_workflow)
     io.atomic_write_json(result, Path(args.out))

@@ -215,6 +215,9 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
+        # Filling every new allocation with NaN guards against reading uninitialised memory,
+        # which this code never does; it would add a kernel per allocation to each step.
+        torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 def _rng_state() -> dict:
@@ -443,7 +446,7 @@ def train(
                 raise TrainingInterrupted(reason)
 
     metrics = _final_metrics(cfg, meta, history, device, fast, guide_checkpoints, wall_start,
-                             resumed)
+                             resumed, graph_fallback=getattr(step_fn, "disabled_reason", None))
     out_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out_dir / "model.pt", model, cfg, meta,
                     {"method": cfg["method"], "guides": guide_checkpoints,
@@ -590,7 +593,8 @@ def _history_csv(history: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _final_metrics(cfg, meta, history, device, fast, guides, wall_start, resumed) -> dict:
+def _final_metrics(cfg, meta, history, device, fast, guides, wall_start, resumed,
+                   graph_fallback: str | None = None) -> dict:
     best = max(history, key=lambda h: h["test_top1"])
     last = history[-1]
     total_images = sum(h["img_s"] * h["time_s"] for h in history)
@@ -618,6 +622,8 @@ def _final_metrics(cfg, meta, history, device, fast, guides, wall_start, resumed
         "config": cfg,
         "config_hash": config_hash(cfg),
         "determinism": {"deterministic": cfg["deterministic"], "fast": fast,
+                        # why the CUDA graph was given up for the eager step, if it was
+                        "cuda_graph_fallback": graph_fallback,
                         "bit_identical_resume": device.type == "cpu"},
         "versions": environment_info(device),
         "device": str(device),

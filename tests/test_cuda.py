@@ -1,0 +1,127 @@
+"""The CUDA fast path: the captured step against the eager step it replays, and the trainer's
+reproducibility on a GPU. Skipped where no CUDA device is visible (CI); run on a lent GPU."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from dgkd_core.data import prepare_dataset
+from dgkd_core.fast import CudaGraphStep
+from dgkd_core.models import build_model
+from dgkd_core.train import Distiller, _EagerStep, make_autocast, train
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+LOSS = {"lam": 0.5, "temperature": 4.0, "convention": "paper"}
+
+
+def _pair(seed: int = 0):
+    """Two identical (distiller, optimizer) pairs: resnet8 student, one resnet14 guide."""
+    torch.manual_seed(seed)
+    student = build_model("resnet8", 10).cuda()
+    guide = build_model("resnet14", 10).cuda()
+    made = []
+    for _ in range(2):
+        distiller = Distiller(copy.deepcopy(student), [copy.deepcopy(guide)], LOSS)
+        opt = torch.optim.SGD(distiller.student.parameters(), lr=0.1, momentum=0.9,
+                              weight_decay=5e-4, fused=True)
+        made.append((distiller, opt))
+    return made
+
+
+def _batches(n: int, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(32, 3, 32, 32, generator=g).cuda(),
+             torch.randint(0, 10, (32,), generator=g).cuda(),
+             torch.tensor([float(i % 2)])) for i in range(n)]  # the guide kept, dropped, ...
+
+
+def test_graph_step_replays_the_eager_step_through_an_lr_change():
+    (d_eager, o_eager), (d_graph, o_graph) = _pair()
+    fp32 = make_autocast({"bf16": False})
+    eager = _EagerStep(d_eager, o_eager, fp32, d_eager.term_names)
+    graph = CudaGraphStep.or_fallback(_EagerStep(d_graph, o_graph, fp32, d_graph.term_names),
+                                      d_graph, o_graph, torch.device("cuda"))
+    assert isinstance(graph, CudaGraphStep)
+    # lr 0.1 for three steps, then 0.01: the second lr must reach the captured optimizer
+    for i, (x, y, keep) in enumerate(_batches(6)):
+        lr = 0.1 if i < 3 else 0.01
+        for opt in (o_eager, o_graph):
+            for group in opt.param_groups:
+                group["lr"] = lr
+        t_eager = eager(x, y, keep, lr)
+        t_graph = graph(x, y, keep, lr)
+        assert graph.disabled_reason is None, graph.disabled_reason
+        torch.testing.assert_close(t_graph, t_eager, rtol=1e-4, atol=1e-5)
+    assert graph.graph_lr == 0.01
+    for (name, a), b in zip(d_eager.student.state_dict().items(),
+                            d_graph.student.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=f"weights differ at {name}")
+    # momentum buffers too: the warm-up before the first capture must leave no trace
+    for pa, pb in zip(d_eager.student.parameters(), d_graph.student.parameters()):
+        torch.testing.assert_close(o_graph.state[pb]["momentum_buffer"],
+                                   o_eager.state[pa]["momentum_buffer"], rtol=1e-4, atol=1e-5)
+
+
+def test_graph_step_takes_a_ragged_last_batch_eagerly():
+    (d_eager, o_eager), (d_graph, o_graph) = _pair(seed=3)
+    fp32 = make_autocast({"bf16": False})
+    eager = _EagerStep(d_eager, o_eager, fp32, d_eager.term_names)
+    graph = CudaGraphStep.or_fallback(_EagerStep(d_graph, o_graph, fp32, d_graph.term_names),
+                                      d_graph, o_graph, torch.device("cuda"))
+    batches = _batches(4, seed=5)
+    x, y, keep = batches[2]
+    batches[2] = (x[:7], y[:7], keep)  # smaller batch between full ones
+    for x, y, keep in batches:
+        torch.testing.assert_close(graph(x, y, keep, 0.1), eager(x, y, keep, 0.1),
+                                   rtol=1e-4, atol=1e-5)
+    for a, b in zip(d_eager.student.parameters(), d_graph.student.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "synthetic.pt"
+    prepare_dataset("synthetic", path, seed=0, synthetic_train=1024, synthetic_test=256)
+    return path
+
+
+def _cfg(**over):
+    cfg = {"model": "resnet8", "seed": 7, "epochs": 3, "batch_size": 128,
+           "optimizer": {"lr": 0.05}, "schedule": {"name": "cosine"}, "device": "cuda"}
+    cfg.update(over)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def same_seed_runs(tiny_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return [(train(_cfg(), tiny_data, root / name, progress=False), root / name / "model.pt")
+            for name in ("a", "b")]
+
+
+def test_fast_trainer_uses_the_graph_and_repeats_itself(same_seed_runs):
+    (a, _), (b, _) = same_seed_runs
+    assert a["device"].startswith("cuda")
+    assert a["determinism"]["fast"] == {"bf16": True, "channels_last": True, "cuda_graph": True}
+    assert a["determinism"]["cuda_graph_fallback"] is None
+    assert abs(a["top1_last"] - b["top1_last"]) <= 1.0
+
+
+def test_fast_trainer_on_cuda_is_bit_identical_for_one_seed(same_seed_runs):
+    """deterministic: true (the default) promises this on one GPU model and software stack."""
+    (_, path_a), (_, path_b) = same_seed_runs
+    sa = torch.load(path_a, weights_only=True)["state_dict"]
+    sb = torch.load(path_b, weights_only=True)["state_dict"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_fast_path_matches_plain_fp32(same_seed_runs, tiny_data, tmp_path):
+    (a, _), _ = same_seed_runs
+    plain = train(_cfg(fast={"bf16": False, "channels_last": False, "cuda_graph": False}),
+                  tiny_data, tmp_path / "plain", progress=False)
+    # bf16 changes the rounding, not the training: the accuracies stay close (256 test images)
+    assert abs(a["top1_last"] - plain["top1_last"]) < 10.0
