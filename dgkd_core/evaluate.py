@@ -37,17 +37,31 @@ def evaluate(model: nn.Module, loader, *, bf16: bool = False) -> dict[str, float
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data_path: str | os.PathLike, *,
-                        batch_size: int = 1024, device: str = "auto") -> dict:
-    """Evaluate a saved model checkpoint on the test split of a prepared data file."""
+                        batch_size: int | None = None, device: str = "auto") -> dict:
+    """Evaluate a saved model checkpoint on the test split of a prepared data file.
+
+    Precision, memory format and batch size follow the run config stored in the checkpoint, as
+    in training's own evaluation: on the same device this reproduces `metrics.json`'s top1_last
+    exactly (bf16 on a GPU can flip a near-tied prediction against an fp32 evaluation)."""
+    from dgkd_core.config import resolve_run_config
     from dgkd_core.data import load_prepared, make_loaders
-    from dgkd_core.train import load_guide
+    from dgkd_core.train import fast_settings, load_checkpoint, load_guide
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
                        else ("cpu" if device == "auto" else device))
     data = load_prepared(data_path)
     model = load_guide(checkpoint, data.meta, dev)
+    stored = load_checkpoint(checkpoint).get("config")
+    cfg = resolve_run_config(stored) if stored else None
+    fast = (fast_settings(cfg, dev) if cfg
+            else {"bf16": False, "channels_last": False, "cuda_graph": False})
+    batch_size = batch_size or (cfg["eval_batch_size"] if cfg else 1024)
+    if fast["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
     _, test_loader = make_loaders(data, batch_size=batch_size, eval_batch_size=batch_size,
-                                  device=dev, seed=0, augment=False, channels_last=False)
-    result = evaluate(model, test_loader)
-    result.update({"checkpoint": str(checkpoint), "data": str(data_path)})
+                                  device=dev, seed=0, augment=False,
+                                  channels_last=fast["channels_last"])
+    result = evaluate(model, test_loader, bf16=fast["bf16"])
+    result.update({"checkpoint": str(checkpoint), "data": str(data_path),
+                   "bf16": fast["bf16"], "channels_last": fast["channels_last"]})
     return result

@@ -104,6 +104,7 @@ class CudaGraphStep:
                 log.warning("CUDA graph capture failed (%s); falling back to the eager step "
                             "for the rest of this run", self.disabled_reason)
                 return self.eager(x, y, keep, lr)
+            s = self.static  # _capture made new static buffers
         s["x"].copy_(x, non_blocking=True)
         s["y"].copy_(y, non_blocking=True)
         if keep is not None:

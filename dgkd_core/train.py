@@ -624,7 +624,9 @@ def _final_metrics(cfg, meta, history, device, fast, guides, wall_start, resumed
         "determinism": {"deterministic": cfg["deterministic"], "fast": fast,
                         # why the CUDA graph was given up for the eager step, if it was
                         "cuda_graph_fallback": graph_fallback,
-                        "bit_identical_resume": device.type == "cpu"},
+                        # CPU: always. CUDA: with `deterministic`, checked on an H200 (the
+                        # resume and same-seed tests of tests/test_train.py, 2026-11-28).
+                        "bit_identical_resume": device.type == "cpu" or cfg["deterministic"]},
         "versions": environment_info(device),
         "device": str(device),
         "data_checksum": meta.get("checksum"),

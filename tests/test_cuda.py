@@ -39,12 +39,32 @@ def _batches(n: int, seed: int = 1):
              torch.tensor([float(i % 2)])) for i in range(n)]  # the guide kept, dropped, ...
 
 
-def test_graph_step_replays_the_eager_step_through_an_lr_change():
+@pytest.fixture
+def fp32_without_tf32():
+    """Full fp32 convolutions and matmuls: TF32 (on by default for cuDNN) rounds to 10 bits, and
+    the captured and eager steps may pick different convolution algorithms."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield make_autocast({"bf16": False})
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _assert_same_updates(start, eager_params, graph_params, what="weights"):
+    """Each tensor's change over the run agrees to 1 % of its size. A step replayed with a stale
+    lr, or a warm-up step left in the weights or momentum, changes it by tens of percent."""
+    for i, (s0, a, b) in enumerate(zip(start, eager_params, graph_params)):
+        delta_eager, delta_graph = a.detach() - s0, b.detach() - s0
+        err = (delta_graph - delta_eager).norm() / delta_eager.norm().clamp_min(1e-12)
+        assert err < 1e-2, f"{what} tensor {i}: relative difference {err:.2e} of its update"
+
+
+def test_graph_step_replays_the_eager_step_through_an_lr_change(fp32_without_tf32):
     (d_eager, o_eager), (d_graph, o_graph) = _pair()
-    fp32 = make_autocast({"bf16": False})
-    eager = _EagerStep(d_eager, o_eager, fp32, d_eager.term_names)
-    graph = CudaGraphStep.or_fallback(_EagerStep(d_graph, o_graph, fp32, d_graph.term_names),
-                                      d_graph, o_graph, torch.device("cuda"))
+    start = [p.detach().clone() for p in d_eager.student.parameters()]
+    eager = _EagerStep(d_eager, o_eager, fp32_without_tf32, d_eager.term_names)
+    graph = CudaGraphStep.or_fallback(
+        _EagerStep(d_graph, o_graph, fp32_without_tf32, d_graph.term_names),
+        d_graph, o_graph, torch.device("cuda"))
     assert isinstance(graph, CudaGraphStep)
     # lr 0.1 for three steps, then 0.01: the second lr must reach the captured optimizer
     for i, (x, y, keep) in enumerate(_batches(6)):
@@ -55,31 +75,31 @@ def test_graph_step_replays_the_eager_step_through_an_lr_change():
         t_eager = eager(x, y, keep, lr)
         t_graph = graph(x, y, keep, lr)
         assert graph.disabled_reason is None, graph.disabled_reason
-        torch.testing.assert_close(t_graph, t_eager, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(t_graph, t_eager, rtol=1e-3, atol=1e-5)
     assert graph.graph_lr == 0.01
-    for (name, a), b in zip(d_eager.student.state_dict().items(),
-                            d_graph.student.state_dict().values()):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=f"weights differ at {name}")
+    _assert_same_updates(start, d_eager.student.parameters(), d_graph.student.parameters())
     # momentum buffers too: the warm-up before the first capture must leave no trace
-    for pa, pb in zip(d_eager.student.parameters(), d_graph.student.parameters()):
-        torch.testing.assert_close(o_graph.state[pb]["momentum_buffer"],
-                                   o_eager.state[pa]["momentum_buffer"], rtol=1e-4, atol=1e-5)
+    zeros = [torch.zeros_like(p) for p in start]
+    _assert_same_updates(zeros,
+                         [o_eager.state[p]["momentum_buffer"] for p in d_eager.student.parameters()],
+                         [o_graph.state[p]["momentum_buffer"] for p in d_graph.student.parameters()],
+                         what="momentum")
 
 
-def test_graph_step_takes_a_ragged_last_batch_eagerly():
+def test_graph_step_takes_a_ragged_last_batch_eagerly(fp32_without_tf32):
     (d_eager, o_eager), (d_graph, o_graph) = _pair(seed=3)
-    fp32 = make_autocast({"bf16": False})
-    eager = _EagerStep(d_eager, o_eager, fp32, d_eager.term_names)
-    graph = CudaGraphStep.or_fallback(_EagerStep(d_graph, o_graph, fp32, d_graph.term_names),
-                                      d_graph, o_graph, torch.device("cuda"))
+    start = [p.detach().clone() for p in d_eager.student.parameters()]
+    eager = _EagerStep(d_eager, o_eager, fp32_without_tf32, d_eager.term_names)
+    graph = CudaGraphStep.or_fallback(
+        _EagerStep(d_graph, o_graph, fp32_without_tf32, d_graph.term_names),
+        d_graph, o_graph, torch.device("cuda"))
     batches = _batches(4, seed=5)
     x, y, keep = batches[2]
     batches[2] = (x[:7], y[:7], keep)  # smaller batch between full ones
     for x, y, keep in batches:
         torch.testing.assert_close(graph(x, y, keep, 0.1), eager(x, y, keep, 0.1),
-                                   rtol=1e-4, atol=1e-5)
-    for a, b in zip(d_eager.student.parameters(), d_graph.student.parameters()):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+                                   rtol=1e-3, atol=1e-5)
+    _assert_same_updates(start, d_eager.student.parameters(), d_graph.student.parameters())
 
 
 @pytest.fixture(scope="module")
