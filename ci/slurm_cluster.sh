@@ -26,6 +26,7 @@
 #   DGKD_SLURM_STATE      state dir (PID files, logs, spool, MariaDB data)  [/var/tmp/dgkd-slurm]
 #   DGKD_SLURM_PARTITION  partition name                                    [debug]
 #   DGKD_SLURM_GPUS       number of fake GPUs on the node                   [1]
+#   DGKD_SLURM_SHARDS     shards per fake GPU (jobs asking --gres=shard:1 share a GPU) [4]
 #   DGKD_SLURM_DB_PORT    port of the private MariaDB                       [3307]
 #   DGKD_SLURM_TIMEOUT    seconds to wait for each daemon / the idle node   [90]
 #   DGKD_SLURM_FORCE      1 = overwrite an /etc/slurm/slurm.conf we did not write
@@ -37,6 +38,7 @@ set -euo pipefail
 STATE=${DGKD_SLURM_STATE:-/var/tmp/dgkd-slurm}
 PARTITION=${DGKD_SLURM_PARTITION:-debug}
 NGPUS=${DGKD_SLURM_GPUS:-1}
+NSHARDS=${DGKD_SLURM_SHARDS:-4}
 DB_PORT=${DGKD_SLURM_DB_PORT:-3307}
 TIMEOUT=${DGKD_SLURM_TIMEOUT:-90}
 CONF_DIR=/etc/slurm
@@ -198,11 +200,12 @@ TaskPlugin=task/affinity
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=$def_mem
-GresTypes=gpu
+# gres/shard: up to NSHARDS jobs share one GPU (select/cons_tres is required for it).
+GresTypes=gpu,shard
 # Accounting through slurmdbd, so sacct works as on a real cluster.
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
-AccountingStorageTRES=gres/gpu
+AccountingStorageTRES=gres/gpu,gres/shard
 JobAcctGatherType=jobacct_gather/linux
 AccountingStoreFlags=job_comment
 JobAcctGatherFrequency=30
@@ -218,12 +221,13 @@ SlurmdTimeout=60
 InactiveLimit=0
 Waittime=0
 ReturnToService=2
-NodeName=$node NodeAddr=127.0.0.1 $hw RealMemory=$mem_line Gres=gpu:$NGPUS State=UNKNOWN
+NodeName=$node NodeAddr=127.0.0.1 $hw RealMemory=$mem_line Gres=gpu:$NGPUS,shard:$((NGPUS * NSHARDS)) State=UNKNOWN
 PartitionName=$PARTITION Nodes=$node Default=YES MaxTime=INFINITE State=UP
 EOF
 
     for ((i = 0; i < NGPUS; i++)); do
         gpu_files+="NodeName=$node Name=gpu File=/dev/dgkd-fakegpu$i"$'\n'
+        gpu_files+="NodeName=$node Name=shard Count=$NSHARDS File=/dev/dgkd-fakegpu$i"$'\n'
     done
     write_if_changed "$CONF_DIR/gres.conf" 644 <<EOF && CONFIG_CHANGED=1 || true
 $MARKER
@@ -410,7 +414,7 @@ cmd_up() {
         fi
         sleep 0.3
     done
-    log "cluster up: node $(node_name) is $(node_state) in partition $PARTITION with gres gpu:$NGPUS" \
+    log "cluster up: node $(node_name) is $(node_state) in partition $PARTITION with gres gpu:$NGPUS,shard:$((NGPUS * NSHARDS))" \
         "(install ${t_install}s, start $((SECONDS - t0 - t_install))s)"
 }
 

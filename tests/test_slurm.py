@@ -116,7 +116,7 @@ def submitted_jobs(log_text: str) -> dict[str, str]:
 
 
 SACCT_FIELDS = ["JobID", "JobName", "Comment", "State", "ExitCode", "Partition", "Timelimit",
-                "AllocTRES", "ReqTRES"]
+                "AllocTRES", "ReqTRES", "Start", "End"]
 
 
 def sacct(job_ids) -> list[dict]:
@@ -394,3 +394,40 @@ def test_preempted_training_job_resumes_to_the_same_result(slurm_cluster, tmp_pa
     hist_local = pd.read_csv(local_dir / teacher_run.file("history.csv"))
     cols = [c for c in hist_local.columns if not RUN_DESCRIPTION_KEYS.search(c)]
     pd.testing.assert_frame_equal(hist_slurm[cols], hist_local[cols])
+
+
+@pytest.mark.slurm
+def test_training_jobs_share_one_gpu_through_shards(demo_runs, tmp_path):
+    """(e) Several training jobs on one GPU: with `gres: "shard:1"` instead of `gpu: 1` (the
+    README's "Several trainings on one GPU"), independent training jobs run at the same time on
+    the cluster's one GPU, each still its own SLURM job, and each ends with the metrics of the
+    local run. (With `gpu: 1` the one GPU runs them one after the other.)"""
+    from dgkd_core import paths
+
+    cfg = merged_config(REPO / DEMO, REPO / OVERLAY)
+    dataset = next(iter(cfg["datasets"]))
+    chain = next(iter(cfg["chains"].values()))
+    seed = cfg["seeds"][0]
+    # The two trainings that need nothing but the data: the teacher and the NoKD student.
+    runs = [paths.make_run(dataset, seed, "nokd", [model])
+            for model in (chain["teacher"], chain["student"])]
+    targets = [run.file("metrics.json") for run in runs]
+    slurm_dir = copy_repo(tmp_path / "slurm")
+    log = tmp_path / "slurm.log"
+    # --set-resources replaces the profile's set-resources block: this is the whole of it here.
+    proc = start(["snakemake", "--profile", "slurm", *targets, *TEST_OVERLAY,
+                  "--set-resources", "train_model:gres=shard:1"], slurm_dir, log)
+    text = finish(proc, log, timeout=600)
+
+    jobs = submitted_jobs(text)
+    rows = sacct(jobs)
+    assert len(rows) == len(targets) == 2, rows
+    for r in rows:
+        assert r["State"] == "COMPLETED", r
+        tres = r["AllocTRES"].split(",")
+        assert "gres/shard=1" in tres and not any(t.startswith("gres/gpu") for t in tres), r
+    (start_a, end_a), (start_b, end_b) = [(r["Start"], r["End"]) for r in rows]
+    assert start_a < end_b and start_b < end_a, f"the two jobs did not overlap in time: {rows}"
+    for target in targets:
+        assert comparable_metrics(slurm_dir / target) == \
+            comparable_metrics(demo_runs["local_dir"] / target)
