@@ -13,7 +13,8 @@ Every run works in a copy of the repository and types the user's command as writ
     filled in (this replaces the profile's default-resources as a whole, so it restates all);
   - faster status polling than the plugin's defaults (2 s instead of 40 s before the first check),
     which only shortens the waits.
-Job counts stay small: each job costs status polling, and the one fake GPU runs one at a time.
+Job counts stay small: each job costs status polling, and the one fake GPU runs one at a time
+(its 4 shards run up to 4 jobs that ask for `gres: "shard:1"`, test (e)).
 
 The tests that need no cluster (profile layout, dry run through the profile) run everywhere.
 """
