@@ -99,7 +99,9 @@ def _baseline_img_s(data, spec, device, steps, warmup):
 
 
 def _project_img_s(data, spec, device, steps, warmup):
-    """The project's trainer step, built from the same pieces `train()` uses."""
+    """The project's trainer step, built from the same pieces `train()` uses.
+
+    Returns (images/s, the CUDA graph's fallback reason or None)."""
     from dgkd_core.config import DEFAULT_RUN_CONFIG
     from dgkd_core.train import seed_everything
 
@@ -149,7 +151,9 @@ def _time_project_step(data, spec, device, steps, warmup):
             if done == warmup + steps:
                 break
     _sync(device)
-    return steps * BATCH_SIZE / (time.perf_counter() - t0)
+    # why the captured step fell back to eager, if it did (None: the graph was timed)
+    return (steps * BATCH_SIZE / (time.perf_counter() - t0),
+            getattr(step, "disabled_reason", None))
 
 
 def _sync(device):
@@ -174,19 +178,22 @@ def _demo_workflow_wall_s() -> float:
         return time.perf_counter() - t0
 
 
-def run(device: torch.device, steps: int, warmup: int, with_workflow: bool) -> dict:
+def run(device: torch.device, steps: int, warmup: int, with_workflow: bool,
+        train_images: int = 50_000) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         # The data's content does not matter for speed; 50,000 images like CIFAR's train split.
         path = Path(tmp) / "bench.pt"
-        prepare_dataset("synthetic", path, seed=0, synthetic_train=50_000, synthetic_test=1_000)
+        prepare_dataset("synthetic", path, seed=0, synthetic_train=train_images,
+                        synthetic_test=1_000)
         data = load_prepared(path)
     entries = []
     for workload, spec in WORKLOADS.items():
         base = _baseline_img_s(data, spec, device, steps, warmup)
-        proj = _project_img_s(data, spec, device, steps, warmup)
+        proj, graph_fallback = _project_img_s(data, spec, device, steps, warmup)
         entries.append({"workload": workload, "device": _device_name(device),
                         "batch_size": BATCH_SIZE, "baseline_img_s": round(base, 1),
-                        "project_img_s": round(proj, 1), "ratio": round(proj / base, 2)})
+                        "project_img_s": round(proj, 1), "ratio": round(proj / base, 2),
+                        "cuda_graph_fallback": graph_fallback})
     result = {"date": datetime.date.today().isoformat(), "device": _device_name(device),
               "torch": torch.__version__, "timed_steps": steps, "workloads": entries}
     if with_workflow:
@@ -250,7 +257,7 @@ def main(args) -> int:
         return 0
     steps = args.steps or (400 if device.type == "cuda" else 15)
     warmup = 20 if device.type == "cuda" else 3
-    result = run(device, steps, warmup, not args.skip_workflow)
+    result = run(device, steps, warmup, not args.skip_workflow, args.train_images)
     io.atomic_write_json(result, Path(args.out))
     print(format_table(result))
     print(f"written: {args.out}")

@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--steps", type=int, default=None, help="timed steps per workload")
     p.add_argument("--skip-workflow", action="store_true", help="skip the demo workflow timing")
+    p.add_argument("--train-images", type=int, default=50_000,
+                   help="size of the synthetic training set the loops read (CIFAR's: 50000)")
     p.add_argument("--parity", action="store_true",
                    help="instead: accuracy of the fast path vs plain fp32 eager over 3 seeds")
     p.add_argument("--parity-data", help="prepared data file for --parity (default: synthetic)")

@@ -1,0 +1,33 @@
+"""The speed benchmark's command: what it writes and prints (its figures are in
+docs/performance.md, never asserted on: speed targets are not timed tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+KEYS = {"workload", "device", "batch_size", "baseline_img_s", "project_img_s", "ratio"}
+
+
+def test_bench_writes_one_entry_per_workload_and_prints_the_table(tmp_path):
+    out = tmp_path / "benchmarks" / "step.json"
+    res = subprocess.run(
+        [sys.executable, "-m", "dgkd_core", "bench", "--device", "cpu", "--steps", "1",
+         "--train-images", "512", "--skip-workflow", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = json.loads(out.read_text())
+    entries = {e["workload"]: e for e in result["workloads"]}
+    assert set(entries) == {"dgkd_student_resnet26-20-14-8", "teacher_resnet26_ce"}
+    for e in entries.values():
+        assert KEYS <= e.keys()
+        assert e["batch_size"] == 128 and e["device"].startswith("CPU")
+        assert e["baseline_img_s"] > 0 and e["project_img_s"] > 0
+        assert abs(e["ratio"] - e["project_img_s"] / e["baseline_img_s"]) < 0.01
+        assert e["cuda_graph_fallback"] is None  # no graph on a CPU, so nothing fell back
+    # the printed table names the device and each workload
+    assert result["device"] in res.stdout
+    assert all(name in res.stdout for name in entries)
