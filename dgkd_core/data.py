@@ -442,9 +442,14 @@ def _prepare_synthetic(seed: int, n_train: int, n_test: int) -> dict:
                            "synthetic")
 
 
-def _split_seed(seed: int, split: str) -> int:
-    digest = hashlib.sha256(f"dgkd-synthetic:{int(seed)}:{split}".encode()).digest()
+def _derived_seed(label: str) -> int:
+    """A 63-bit seed that is a pure function of `label` (sha256, first 8 bytes)."""
+    digest = hashlib.sha256(label.encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _split_seed(seed: int, split: str) -> int:
+    return _derived_seed(f"dgkd-synthetic:{int(seed)}:{split}")
 
 
 # Synthetic task: 10 solid shapes, one per class; each image holds one large object of its class
@@ -685,7 +690,8 @@ def load_prepared(path: str | os.PathLike, *, verify: bool = True) -> PreparedDa
 # =========================================================================== loaders
 
 
-def _as_device(device: str | torch.device | None) -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """"auto" (or None) -> cuda where a CUDA device is visible, else cpu; anything else as is."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -693,8 +699,7 @@ def _as_device(device: str | torch.device | None) -> torch.device:
 
 def epoch_seed(seed: int, epoch: int, stream: str) -> int:
     """A 63-bit seed that is a pure function of (seed, epoch, stream)."""
-    digest = hashlib.sha256(f"dgkd-loader:{stream}:{int(seed)}:{int(epoch)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    return _derived_seed(f"dgkd-loader:{stream}:{int(seed)}:{int(epoch)}")
 
 
 def draw_augment_params(n: int, generator: torch.Generator, pad: int = 4
@@ -877,7 +882,7 @@ class TensorLoader(_EpochLoader):
                             f"{list(images_uint8.shape)}")
         if labels.shape != (images_uint8.shape[0],):
             raise DataError(f"labels must be [{images_uint8.shape[0]}], got {list(labels.shape)}")
-        self.device = _as_device(device)
+        self.device = resolve_device(device)
         self.train = bool(train)
         self.augment = bool(augment) and self.train
         self.pad = int(pad)
@@ -1018,7 +1023,7 @@ class StreamLoader(_EpochLoader):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         self.train = (split == "train") if train is None else bool(train)
         self.augment = bool(augment) and self.train
-        self.device = _as_device(device)
+        self.device = resolve_device(device)
         self.split = split
         resize = meta.get("resize")
         size = tuple(resize) if resize else None

@@ -44,18 +44,17 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_path: str | os.PathL
     in training's own evaluation: on the same device this reproduces `metrics.json`'s top1_last
     exactly (bf16 on a GPU can flip a near-tied prediction against an fp32 evaluation)."""
     from dgkd_core.config import resolve_run_config
-    from dgkd_core.data import load_prepared, make_loaders
+    from dgkd_core.data import load_prepared, make_loaders, resolve_device
     from dgkd_core.train import fast_settings, load_checkpoint, load_guide
 
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
-                       else ("cpu" if device == "auto" else device))
+    dev = resolve_device(device)
     data = load_prepared(data_path)
-    model = load_guide(checkpoint, data.meta, dev)
-    stored = load_checkpoint(checkpoint).get("config")
-    cfg = resolve_run_config(stored) if stored else None
-    fast = (fast_settings(cfg, dev) if cfg
-            else {"bf16": False, "channels_last": False, "cuda_graph": False})
-    batch_size = batch_size or (cfg["eval_batch_size"] if cfg else 1024)
+    ckpt = load_checkpoint(checkpoint)
+    model = load_guide(checkpoint, data.meta, dev, ckpt=ckpt)
+    # Every checkpoint train() writes holds its run config; one from elsewhere gets the defaults.
+    cfg = resolve_run_config(ckpt.get("config") or {"model": ckpt["model"]})
+    fast = fast_settings(cfg, dev)
+    batch_size = batch_size or cfg["eval_batch_size"]
     if fast["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     _, test_loader = make_loaders(data, batch_size=batch_size, eval_batch_size=batch_size,

@@ -100,6 +100,14 @@ def learning_curves_figure(curves: pd.DataFrame, out_paths) -> None:
     _draw_panels(curves, draw, out_paths)
 
 
+def _label_ablation_panel(ax, part: pd.DataFrame, xlabel: str) -> None:
+    """Axis labels, the chain's ends in the title, and the legend of one ablation panel."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("student top-1 % (last epoch)")
+    ax.set_title(f"{ax.get_title()}: {part['teacher'].iloc[0]} → {part['student'].iloc[0]}")
+    ax.legend(fontsize=8)
+
+
 def num_tas_figure(table: pd.DataFrame, out_paths) -> None:
     """Student top-1 against the number of TAs, one line per method; x marks the paper's."""
 
@@ -112,10 +120,7 @@ def num_tas_figure(table: pd.DataFrame, out_paths) -> None:
         if not paper.empty:
             ax.plot(paper["n_tas"], paper["paper_top1"], label="paper", **PAPER_STYLE)
         ax.set_xticks(sorted(part["n_tas"].unique()))
-        ax.set_xlabel("number of TAs")
-        ax.set_ylabel("student top-1 % (last epoch)")
-        ax.set_title(f"{ax.get_title()}: {part['teacher'].iloc[0]} → {part['student'].iloc[0]}")
-        ax.legend(fontsize=8)
+        _label_ablation_panel(ax, part, "number of TAs")
 
     _draw_panels(table, draw, out_paths)
 
@@ -139,9 +144,6 @@ def keep_prob_figure(table: pd.DataFrame, out_paths) -> None:
         if not paper.empty:
             ax.plot(paper["keep_prob"], paper["paper_top1"], label="paper", **PAPER_STYLE)
         ax.set_xlim(min(sweep["keep_prob"].min(), 1.0) - 0.05, 1.02)
-        ax.set_xlabel("keep probability p")
-        ax.set_ylabel("student top-1 % (last epoch)")
-        ax.set_title(f"{ax.get_title()}: {part['teacher'].iloc[0]} → {part['student'].iloc[0]}")
-        ax.legend(fontsize=8)
+        _label_ablation_panel(ax, part, "keep probability p")
 
     _draw_panels(table, draw, out_paths)

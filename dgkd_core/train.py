@@ -9,6 +9,7 @@ Final outputs (`model.pt`, `metrics.json`, `history.csv`) are written atomically
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -27,7 +28,7 @@ import torch.nn as nn
 
 from dgkd_core import io
 from dgkd_core.config import TRAINING_CODE_VERSION, config_hash, resolve_run_config
-from dgkd_core.data import epoch_seed, load_prepared, make_loaders
+from dgkd_core.data import epoch_seed, load_prepared, make_loaders, resolve_device
 from dgkd_core.evaluate import evaluate
 from dgkd_core.losses import dgkd_loss, draw_keep_mask, draw_released_drop_mask, guide_term_names
 from dgkd_core.models import build_model
@@ -92,9 +93,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
-def load_guide(path: str | os.PathLike, meta: dict, device: torch.device) -> nn.Module:
-    """Build a frozen guide from its checkpoint, after checking it fits this dataset."""
-    ckpt = load_checkpoint(path)
+def load_guide(path: str | os.PathLike, meta: dict, device: torch.device,
+               ckpt: dict | None = None) -> nn.Module:
+    """Build a frozen guide from its checkpoint, after checking it fits this dataset.
+
+    ckpt: `load_checkpoint(path)`'s result, where the caller has it already."""
+    ckpt = ckpt if ckpt is not None else load_checkpoint(path)
     if int(ckpt["num_classes"]) != int(meta["num_classes"]):
         raise TrainingError(
             f"guide {path} was trained with {ckpt['num_classes']} classes on "
@@ -175,14 +179,14 @@ def pick_device(cfg: dict) -> torch.device:
     if cfg["device"] == "cuda" and not torch.cuda.is_available():
         raise TrainingError("run-config 'device' is cuda but no CUDA device is visible; "
                             "set device: auto or cpu")
-    if cfg["device"] == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg["device"])
+    return resolve_device(cfg["device"])
 
 
 # Which fast-path parts a device supports. channels_last also helps oneDNN's CPU convolutions
 # (about 2x for these ResNets on a 2-core x86 CPU); bf16 and CUDA graphs are CUDA-only.
 _FAST_ON_CPU = {"bf16": False, "channels_last": True, "cuda_graph": False}
+# Every part off: the plain fp32 eager path (parity checks, debugging).
+FAST_OFF = {"bf16": False, "channels_last": False, "cuda_graph": False}
 
 
 def fast_settings(cfg: dict, device: torch.device) -> dict[str, bool]:
@@ -520,8 +524,6 @@ def _out_of_time(wall_start, budget, epoch_times, elapsed, steps_done, steps_tot
 
 def _file_fingerprint(path: str) -> str:
     """sha256 of a guide checkpoint: a retrained guide (same name and size) must not match."""
-    import hashlib
-
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 

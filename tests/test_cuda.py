@@ -11,15 +11,16 @@ import torch
 from dgkd_core.data import prepare_dataset
 from dgkd_core.fast import CudaGraphStep
 from dgkd_core.models import build_model
-from dgkd_core.train import Distiller, _EagerStep, make_autocast, train
+from dgkd_core.train import FAST_OFF, Distiller, _EagerStep, make_autocast, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 LOSS = {"lam": 0.5, "temperature": 4.0, "convention": "paper"}
 
 
-def _pair(seed: int = 0):
-    """Two identical (distiller, optimizer) pairs: resnet8 student, one resnet14 guide."""
+def _eager_and_graph(autocast, seed: int = 0):
+    """The same resnet8 student (one resnet14 guide) twice: once behind the eager step, once
+    behind the CUDA-graph step. Returns ((distiller, optimizer, step) for each, start weights)."""
     torch.manual_seed(seed)
     student = build_model("resnet8", 10).cuda()
     guide = build_model("resnet14", 10).cuda()
@@ -28,8 +29,12 @@ def _pair(seed: int = 0):
         distiller = Distiller(copy.deepcopy(student), [copy.deepcopy(guide)], LOSS)
         opt = torch.optim.SGD(distiller.student.parameters(), lr=0.1, momentum=0.9,
                               weight_decay=5e-4, fused=True)
-        made.append((distiller, opt))
-    return made
+        made.append((distiller, opt, _EagerStep(distiller, opt, autocast, distiller.term_names)))
+    d_graph, o_graph, eager_inside = made[1]
+    graph = CudaGraphStep.or_fallback(eager_inside, d_graph, o_graph, torch.device("cuda"))
+    assert isinstance(graph, CudaGraphStep)
+    made[1] = (d_graph, o_graph, graph)
+    return made, [p.detach().clone() for p in student.parameters()]
 
 
 def _batches(n: int, seed: int = 1):
@@ -59,13 +64,8 @@ def _assert_same_updates(start, eager_params, graph_params, what="weights"):
 
 
 def test_graph_step_replays_the_eager_step_through_an_lr_change(fp32_without_tf32):
-    (d_eager, o_eager), (d_graph, o_graph) = _pair()
-    start = [p.detach().clone() for p in d_eager.student.parameters()]
-    eager = _EagerStep(d_eager, o_eager, fp32_without_tf32, d_eager.term_names)
-    graph = CudaGraphStep.or_fallback(
-        _EagerStep(d_graph, o_graph, fp32_without_tf32, d_graph.term_names),
-        d_graph, o_graph, torch.device("cuda"))
-    assert isinstance(graph, CudaGraphStep)
+    ((d_eager, o_eager, eager), (d_graph, o_graph, graph)), start = \
+        _eager_and_graph(fp32_without_tf32)
     # lr 0.1 for three steps, then 0.01: the second lr must reach the captured optimizer
     for i, (x, y, keep) in enumerate(_batches(6)):
         lr = 0.1 if i < 3 else 0.01
@@ -79,20 +79,15 @@ def test_graph_step_replays_the_eager_step_through_an_lr_change(fp32_without_tf3
     assert graph.graph_lr == 0.01
     _assert_same_updates(start, d_eager.student.parameters(), d_graph.student.parameters())
     # momentum buffers too: the warm-up before the first capture must leave no trace
-    zeros = [torch.zeros_like(p) for p in start]
-    _assert_same_updates(zeros,
-                         [o_eager.state[p]["momentum_buffer"] for p in d_eager.student.parameters()],
-                         [o_graph.state[p]["momentum_buffer"] for p in d_graph.student.parameters()],
-                         what="momentum")
+    def momentum(distiller, opt):
+        return [opt.state[p]["momentum_buffer"] for p in distiller.student.parameters()]
+
+    _assert_same_updates([torch.zeros_like(p) for p in start], momentum(d_eager, o_eager),
+                         momentum(d_graph, o_graph), what="momentum")
 
 
 def test_graph_step_takes_a_ragged_last_batch_eagerly(fp32_without_tf32):
-    (d_eager, o_eager), (d_graph, o_graph) = _pair(seed=3)
-    start = [p.detach().clone() for p in d_eager.student.parameters()]
-    eager = _EagerStep(d_eager, o_eager, fp32_without_tf32, d_eager.term_names)
-    graph = CudaGraphStep.or_fallback(
-        _EagerStep(d_graph, o_graph, fp32_without_tf32, d_graph.term_names),
-        d_graph, o_graph, torch.device("cuda"))
+    ((d_eager, _, eager), (d_graph, _, graph)), start = _eager_and_graph(fp32_without_tf32, seed=3)
     batches = _batches(4, seed=5)
     x, y, keep = batches[2]
     batches[2] = (x[:7], y[:7], keep)  # smaller batch between full ones
@@ -141,7 +136,7 @@ def test_fast_trainer_on_cuda_is_bit_identical_for_one_seed(same_seed_runs):
 
 def test_fast_path_matches_plain_fp32(same_seed_runs, tiny_data, tmp_path):
     (a, _), _ = same_seed_runs
-    plain = train(_cfg(fast={"bf16": False, "channels_last": False, "cuda_graph": False}),
+    plain = train(_cfg(fast=FAST_OFF),
                   tiny_data, tmp_path / "plain", progress=False)
     # bf16 changes the rounding, not the training: the accuracies stay close (256 test images)
     assert abs(a["top1_last"] - plain["top1_last"]) < 10.0
