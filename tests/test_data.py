@@ -210,10 +210,10 @@ def test_imagefolder_prepare(tmp_path):
 
 
 def test_imagefolder_parallel_decode_matches_serial(tmp_path, monkeypatch):
-    import dgkd_core.data as data_mod
+    from dgkd_core.data import imagefolder
 
     _write_folder(tmp_path / "folder", n_train=5)
-    monkeypatch.setattr(data_mod, "_DECODE_CHUNK", 4)  # several chunks -> the process pool
+    monkeypatch.setattr(imagefolder, "DECODE_CHUNK", 4)  # several chunks -> the process pool
     a = prepare_dataset("imagefolder", tmp_path / "a.pt", root=tmp_path / "folder", workers=2)
     b = prepare_dataset("imagefolder", tmp_path / "b.pt", root=tmp_path / "folder", workers=1)
     assert a["checksum"] == b["checksum"]

@@ -1,0 +1,355 @@
+"""Loaders that train from a prepared file: :class:`TensorLoader` (cached uint8 tensor on the
+device), :class:`StreamLoader` (a stream descriptor's files, read each epoch) and
+:func:`make_loaders`, which picks one for a prepared file."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+
+from dgkd_core.data.augment import Normalizer, crop_flip, draw_augment_params
+from dgkd_core.data.imagefolder import open_rgb
+from dgkd_core.data.prepared import DataError, PreparedData, load_prepared
+from dgkd_core.data.seeds import epoch_seed
+
+__all__ = ["StreamLoader", "TensorLoader", "make_loaders", "resolve_device"]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """"auto" (or None) -> cuda where a CUDA device is visible, else cpu; anything else as is."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class _EpochState:
+    """Shared bookkeeping: which epoch, which batch comes next, and the epoch generator state."""
+
+    def __init__(self, num_samples: int, batch_size: int, generator_seed: int, drop_last: bool):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.generator_seed = int(generator_seed)
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.next_batch = 0
+        self.gen_state: torch.Tensor | None = None  # None: derive from (seed, epoch)
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.next_batch, self.gen_state = int(epoch), 0, None
+
+    def generator(self, stream: str) -> torch.Generator:
+        g = torch.Generator()
+        if self.gen_state is not None:
+            g.set_state(self.gen_state)
+        else:
+            g.manual_seed(epoch_seed(self.generator_seed, self.epoch, stream))
+        return g
+
+    def state_dict(self, stream: str) -> dict:
+        return {"epoch": self.epoch, "next_batch": self.next_batch,
+                "generator_state": self.generator(stream).get_state(),
+                "generator_seed": self.generator_seed, "num_samples": self.num_samples,
+                "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict, owner: str) -> None:
+        for key in ("num_samples", "batch_size", "generator_seed"):
+            if key in state and int(state[key]) != getattr(self, key):
+                raise ValueError(f"{owner} state has {key}={state[key]}, but this loader has "
+                                 f"{getattr(self, key)}")
+        self.epoch = int(state["epoch"])
+        self.next_batch = int(state["next_batch"])
+        gs = state.get("generator_state")
+        self.gen_state = gs.clone() if isinstance(gs, torch.Tensor) else None
+
+    def finish_epoch(self) -> None:
+        """Called when an epoch has been fully yielded: the next iteration starts the next epoch."""
+        self.set_epoch(self.epoch + 1)
+
+
+class _EpochLoader:
+    """What both loaders share: epoch bookkeeping in ``self._state`` (an :class:`_EpochState`)."""
+
+    _STREAM = ""
+    _state: _EpochState
+
+    @property
+    def batch_size(self) -> int:
+        return self._state.batch_size
+
+    @property
+    def epoch(self) -> int:
+        return self._state.epoch
+
+    @property
+    def drop_last(self) -> bool:
+        return self._state.drop_last
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` at its first batch at the next iteration."""
+        self._state.set_epoch(epoch)
+
+    def state_dict(self) -> dict:
+        """Where iteration stands: {"epoch", "next_batch", "generator_state", ...} (CPU values)."""
+        return self._state.state_dict(self._STREAM)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume at batch ``state["next_batch"]`` of ``state["epoch"]`` at the next iteration."""
+        self._state.load_state_dict(state, type(self).__name__)
+
+
+class TensorLoader(_EpochLoader):
+    """Batches from a uint8 image tensor that lives on the training device (airbench style).
+
+    images_uint8: [N,3,H,W] uint8; labels: int64 [N]. Both are moved to ``device`` once.
+    Each iteration yields (x, y): x float [B,3,H,W] normalised with ``mean``/``std`` (0-1 scale,
+    per channel: (pixel/255 - mean)/std) in ``dtype`` (channels_last if asked), y int64 [B], both on
+    ``device``.
+
+    train=True: each epoch visits a random permutation; augment=True adds per-sample random crop
+    (4 px zero padding, i.e. black before normalisation, like torchvision
+    ``RandomCrop(32, padding=4)``) and horizontal flip, done in batch on the device. The
+    permutation and every augmentation number of epoch e are drawn on the CPU from a generator
+    seeded by (generator_seed, e), so epoch e is a pure function of (generator_seed, e) and the
+    same on every device. ``drop_last`` defaults to ``train``.
+    train=False: fixed order, no augmentation, no sample dropped.
+
+    Call ``set_epoch(e)`` before iterating epoch e (without it, iteration continues where the last
+    one stopped, and a finished epoch advances to the next). ``state_dict()`` taken between
+    batches records (epoch, next batch, generator state); ``load_state_dict()`` makes the next
+    iteration yield exactly the remaining batches of that epoch. ``len()`` is batches per epoch.
+    """
+
+    _STREAM = "tensor"
+
+    def __init__(self, images_uint8: torch.Tensor, labels: torch.Tensor, *, batch_size: int,
+                 mean: Sequence[float], std: Sequence[float], train: bool, augment: bool,
+                 device: str | torch.device | None, generator_seed: int = 0,
+                 drop_last: bool | None = None, channels_last: bool = False,
+                 dtype: torch.dtype = torch.float32, pad: int = 4) -> None:
+        if images_uint8.dtype != torch.uint8 or images_uint8.ndim != 4:
+            raise DataError(f"images must be uint8 [N,C,H,W], got {images_uint8.dtype} "
+                            f"{list(images_uint8.shape)}")
+        if labels.shape != (images_uint8.shape[0],):
+            raise DataError(f"labels must be [{images_uint8.shape[0]}], got {list(labels.shape)}")
+        self.device = resolve_device(device)
+        self.train = bool(train)
+        self.augment = bool(augment) and self.train
+        self.pad = int(pad)
+        self.images = images_uint8.to(self.device).contiguous()
+        self.labels = labels.to(device=self.device, dtype=torch.int64)
+        self.normalize = Normalizer(mean, std, self.device, dtype, channels_last)
+        drop = self.train if drop_last is None else bool(drop_last)
+        self._state = _EpochState(images_uint8.shape[0], int(batch_size), generator_seed, drop)
+        self._plan: tuple[tuple[int, int], Any] | None = None  # ((epoch, id), tensors)
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self._plan = None
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._plan = None
+
+    def _epoch_plan(self):
+        """Order and augmentation of the current epoch, drawn once on the CPU, moved to device."""
+        if self._plan is not None and self._plan[0] == self._state.epoch:
+            return self._plan[1]
+        n = self._state.num_samples
+        if not self.train:
+            plan = None
+        else:
+            g = self._state.generator(self._STREAM)
+            order = torch.randperm(n, generator=g)
+            aug = draw_augment_params(n, g, self.pad) if self.augment else None
+            if aug is not None:
+                aug = tuple(t.to(self.device, non_blocking=True) for t in aug)
+            plan = (order.to(self.device, non_blocking=True), aug)
+        self._plan = (self._state.epoch, plan)
+        return plan
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        st = self._state
+        plan = self._epoch_plan()
+        n, bs, total = st.num_samples, st.batch_size, len(st)
+        while st.next_batch < total:
+            k = st.next_batch
+            lo, hi = k * bs, min((k + 1) * bs, n)
+            if plan is None:
+                images, labels = self.images[lo:hi], self.labels[lo:hi]
+            else:
+                order, aug = plan
+                idx = order[lo:hi]
+                images, labels = self.images[idx], self.labels[idx]
+                if aug is not None:
+                    images = crop_flip(images, aug[0][lo:hi], aug[1][lo:hi], aug[2][lo:hi],
+                                       self.pad)
+            st.next_batch = k + 1
+            yield self.normalize(images), labels
+        st.finish_epoch()
+        self._plan = None
+
+
+# --------------------------------------------------------------------------- stream
+
+
+def _stream_load(path: str, size: tuple[int, int] | None, expected: tuple[int, int]):
+    return open_rgb(path, size, expected, "the first train image when it was prepared")
+
+
+class _StreamDataset:
+    """ImageFolder files -> uint8 [3,H,W]; items are (index, seed) so the per-sample augmentation
+    is a pure function of (loader seed, epoch, index) whatever the worker count."""
+
+    def __init__(self, folder, size, expected, augment, pad, classes, num_samples):
+        from torchvision.datasets import ImageFolder
+
+        self.ds = ImageFolder(folder, loader=partial(_stream_load, size=size, expected=expected))
+        if list(self.ds.classes) != list(classes) or len(self.ds) != num_samples:
+            raise DataError(f"{folder} changed since it was prepared (now {len(self.ds)} images, "
+                            f"{len(self.ds.classes)} classes; prepared: {num_samples} images, "
+                            f"{len(classes)} classes); prepare the dataset again")
+        self.augment, self.pad = augment, pad
+        self.height, self.width = expected
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, item: tuple[int, int]):
+        import torchvision.transforms.functional as TF
+
+        index, seed = item
+        img, label = self.ds[index]
+        if self.augment:  # torchvision RandomCrop(size, padding=pad) + RandomHorizontalFlip
+            g = torch.Generator().manual_seed(seed)
+            dy, dx, flip = draw_augment_params(1, g, self.pad)
+            img = TF.crop(TF.pad(img, [self.pad], fill=0), int(dy), int(dx), self.height,
+                          self.width)
+            if bool(flip):
+                img = TF.hflip(img)
+        return TF.pil_to_tensor(img), label
+
+
+class _ResumableSampler:
+    """Yields (index, per-sample seed) for positions [start, N) of an epoch's order."""
+
+    def __init__(self, order: torch.Tensor, seeds: torch.Tensor, start: int):
+        self.items = list(zip(order[start:].tolist(), seeds[start:].tolist()))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+
+class StreamLoader(_EpochLoader):
+    """Loader for a stream descriptor: reads ``root/<split>/<class>/*`` with torchvision each epoch.
+
+    Same interface as :class:`TensorLoader`: ``set_epoch``, iteration yielding (x float
+    [B,3,H,W] normalised with the descriptor's mean/std, y int64 [B]) on ``device``, ``len``,
+    ``state_dict``/``load_state_dict``. Files are listed by torchvision ``ImageFolder`` and decoded
+    with PIL in ``num_workers`` DataLoader processes (default up to 4; 0 = in this process),
+    resized to the prepared size if the descriptor has ``resize``, and, for train with augment,
+    padded by 4 zero pixels, randomly cropped and flipped with torchvision's functional
+    transforms (``RandomCrop(size, padding=4)`` + ``RandomHorizontalFlip``). The epoch order comes
+    from a CPU generator seeded by (seed, epoch), and each sample's crop/flip from a seed drawn
+    alongside it, so an epoch does not depend on the worker count and mid-epoch resume yields the
+    same batches as an uninterrupted run. This path is for datasets too large for the tensor
+    cache; it is correct but slow (PIL per image, every epoch).
+    """
+
+    _STREAM = "stream"
+
+    def __init__(self, prepared: PreparedData, split: str, *, batch_size: int,
+                 device: str | torch.device | None, seed: int = 0, train: bool | None = None,
+                 augment: bool = True, drop_last: bool | None = None, channels_last: bool = False,
+                 dtype: torch.dtype = torch.float32, num_workers: int | None = None,
+                 pad: int = 4) -> None:
+        meta = prepared.meta
+        if not meta.get("stream"):
+            raise DataError("StreamLoader needs a stream descriptor; cached data uses TensorLoader")
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        self.train = (split == "train") if train is None else bool(train)
+        self.augment = bool(augment) and self.train
+        self.device = resolve_device(device)
+        self.split = split
+        resize = meta.get("resize")
+        size = tuple(resize) if resize else None
+        expected = tuple(meta["image_size"])
+        labels = prepared.train_labels if split == "train" else prepared.test_labels
+        self.dataset = _StreamDataset(os.path.join(meta["root"], split), size, expected,
+                                      self.augment, int(pad), meta["classes"], len(labels))
+        self.normalize = Normalizer(meta["mean"], meta["std"], self.device, dtype, channels_last)
+        self.num_workers = (min(4, os.cpu_count() or 1) if num_workers is None else num_workers)
+        drop = self.train if drop_last is None else bool(drop_last)
+        self._state = _EpochState(len(self.dataset), int(batch_size), seed, drop)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        st = self._state
+        n, bs = st.num_samples, st.batch_size
+        if self.train:
+            g = st.generator(self._STREAM)
+            order = torch.randperm(n, generator=g)
+            seeds = torch.randint(0, 2**62, (n,), generator=g)
+        else:
+            order, seeds = torch.arange(n), torch.zeros(n, dtype=torch.int64)
+        total = len(st)
+        order, seeds = order[: total * bs], seeds[: total * bs]  # drop_last trims the tail
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=bs, drop_last=False, num_workers=self.num_workers,
+            sampler=_ResumableSampler(order, seeds, st.next_batch * bs),
+            pin_memory=self.device.type == "cuda",
+        )
+        for images, labels in loader:
+            st.next_batch += 1
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, dtype=torch.int64, non_blocking=True)
+            yield self.normalize(images), labels
+        st.finish_epoch()
+
+
+# --------------------------------------------------------------------------- make_loaders
+
+
+def make_loaders(prepared_or_path: PreparedData | str | os.PathLike, *, batch_size: int,
+                 eval_batch_size: int, device: str | torch.device | None, seed: int,
+                 augment: bool = True, channels_last: bool = False,
+                 dtype: torch.dtype = torch.float32, num_workers: int | None = None):
+    """(train_loader, test_loader) for a prepared file or :class:`PreparedData`.
+
+    Cached data gives :class:`TensorLoader`s (train: shuffled, ``augment`` crop/flip, drop_last;
+    test: fixed order, everything), a stream descriptor :class:`StreamLoader`s. The train loader's
+    randomness is seeded by ``seed``; both yield normalised float [B,3,H,W] and int64 [B] on
+    ``device``. ``num_workers`` applies to stream loaders only.
+    """
+    data = prepared_or_path
+    if not isinstance(data, PreparedData):
+        data = load_prepared(data)
+    if data.is_stream:
+        common = dict(device=device, seed=seed, channels_last=channels_last, dtype=dtype,
+                      num_workers=num_workers)
+        return (StreamLoader(data, "train", batch_size=batch_size, augment=augment, **common),
+                StreamLoader(data, "test", batch_size=eval_batch_size, augment=False, **common))
+    common = dict(mean=data.mean, std=data.std, device=device, channels_last=channels_last,
+                  dtype=dtype)
+    train = TensorLoader(data.train_images, data.train_labels, batch_size=batch_size, train=True,
+                         augment=augment, generator_seed=seed, **common)
+    test = TensorLoader(data.test_images, data.test_labels, batch_size=eval_batch_size,
+                        train=False, augment=False, generator_seed=seed, **common)
+    return train, test

@@ -1,0 +1,253 @@
+"""Preparing a dataset from its source (CIFAR via torchvision, an image folder, the synthetic task)
+into one prepared file; the format is described in :mod:`dgkd_core.data`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dgkd_core import io
+from dgkd_core.data.imagefolder import decode_all, image_size, listing_checksum
+from dgkd_core.data.prepared import (
+    FORMAT_VERSION,
+    DataError,
+    cached_payload,
+    channel_stats,
+    ordered_meta,
+)
+from dgkd_core.data.synthetic import SYNTHETIC_CLASSES, make_synthetic
+
+__all__ = [
+    "DATASET_SOURCES",
+    "DEFAULT_MAX_CACHED_BYTES",
+    "DEFAULT_MAX_CACHED_IMAGES",
+    "prepare_dataset",
+]
+
+DATASET_SOURCES = ("cifar10", "cifar100", "imagefolder", "synthetic")
+
+DEFAULT_MAX_CACHED_IMAGES = 2_000_000
+DEFAULT_MAX_CACHED_BYTES = 8 * 2**30  # uint8 bytes of train + test images kept in one file
+
+_CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+_STAT_SAMPLE = 20_000  # images used for a stream descriptor's mean/std
+
+
+def prepare_dataset(
+    source: str,
+    out_path: str | os.PathLike,
+    *,
+    root: str | os.PathLike | None = None,
+    download: bool = False,
+    name: str | None = None,
+    seed: int = 0,
+    resize: int | Sequence[int] | None = None,
+    synthetic_train: int = 5000,
+    synthetic_test: int = 1000,
+    max_cached_images: int = DEFAULT_MAX_CACHED_IMAGES,
+    max_cached_bytes: int = DEFAULT_MAX_CACHED_BYTES,
+    workers: int | None = None,
+) -> dict:
+    """Turn a dataset into one prepared file at ``out_path`` (written atomically); returns its meta.
+
+    source: one of ``DATASET_SOURCES``.
+    root: cifar10/cifar100: the folder holding ``cifar-10-batches-py``/``cifar-100-python`` (or
+        where the download goes; default ``<folder of out_path>/downloads``); imagefolder: the
+        folder with ``train/`` and ``test/`` (required). Unused for synthetic.
+    download: let torchvision download CIFAR when the files are missing.
+    name: dataset name recorded in meta (default: the source; for imagefolder the root's name).
+    seed: seed of the synthetic data (other sources ignore it).
+    resize: imagefolder only: resize every image to ``[H, W]`` (an int means square) with PIL
+        bilinear resampling; without it all images must share one size.
+    synthetic_train / synthetic_test: number of synthetic images per split.
+    max_cached_images / max_cached_bytes: above either, an imagefolder dataset is written as a
+        stream descriptor (``meta["stream"] = True``) read by :class:`StreamLoader`.
+    workers: processes decoding imagefolder images (default: up to 8, one per CPU core).
+
+    Same inputs give the same tensors and therefore the same ``meta["checksum"]``.
+    """
+    if source not in DATASET_SOURCES:
+        raise DataError(f"unknown dataset source {source!r}; choose one of "
+                        f"{', '.join(DATASET_SOURCES)}")
+    out_path = Path(out_path)
+    size = _parse_resize(resize)
+    if size is not None and source != "imagefolder":
+        raise DataError(f"resize applies to the imagefolder source only, not {source!r}")
+    if source in _CIFAR_FOLDERS:
+        root = Path(root) if root is not None else out_path.parent / "downloads"
+        payload = _prepare_cifar(source, root, download)
+    elif source == "imagefolder":
+        if root is None:
+            raise DataError("the imagefolder source needs root: a folder with train/<class>/... "
+                            "and test/<class>/...")
+        payload = _prepare_imagefolder(Path(root), size, max_cached_images, max_cached_bytes,
+                                       workers)
+    else:
+        payload = _prepare_synthetic(seed, synthetic_train, synthetic_test)
+
+    meta = payload["meta"]
+    meta["format"] = FORMAT_VERSION
+    meta["name"] = name or meta.pop("default_name", source)
+    meta.pop("default_name", None)
+    meta["source"] = source
+    meta = ordered_meta(meta)
+    payload["meta"] = meta
+    io.atomic_torch_save(payload, out_path)
+    return meta
+
+
+def _parse_resize(resize: int | Sequence[int] | None) -> tuple[int, int] | None:
+    if resize is None:
+        return None
+    if isinstance(resize, (int, np.integer)) and not isinstance(resize, bool):
+        values = [int(resize)] * 2
+    else:
+        try:
+            values = [int(v) for v in resize]  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            raise DataError(f"resize must be an int or [H, W], got {resize!r}") from None
+        if len(values) == 1:
+            values = values * 2
+    if len(values) != 2 or min(values) < 1:
+        raise DataError(f"resize must be a positive int or [H, W], got {resize!r}")
+    return values[0], values[1]
+
+
+# --------------------------------------------------------------------------- CIFAR (torchvision)
+
+
+def _prepare_cifar(source: str, root: Path, download: bool) -> dict:
+    import torchvision
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls = CIFAR10 if source == "cifar10" else CIFAR100
+    folder = root / _CIFAR_FOLDERS[source]
+    place = (f"Put the extracted '{folder.name}' folder at {folder.resolve()}, or the archive "
+             f"{cls.filename} (from {cls.url}) in {root.resolve()} with download on (torchvision "
+             f"then only extracts it)")
+    how = (f"{place}; or enable the download with `download: true` (`--download` on the command "
+           f"line) on a machine with internet access.")
+    if not download and not folder.is_dir():
+        raise DataError(f"{source} is not at {folder.resolve()} and download is off. {how}")
+    splits = {}
+    for split in ("train", "test"):
+        try:
+            ds = cls(str(root), train=split == "train", download=download and split == "train")
+        except RuntimeError as err:  # torchvision: files missing or md5 mismatch
+            raise DataError(f"{source} files in {folder.resolve()} are missing or corrupted "
+                            f"({err}). {how}") from err
+        except (OSError, ValueError) as err:  # URLError is an OSError
+            if download:
+                raise DataError(f"downloading {source} into {root.resolve()} failed ({err}); "
+                                f"this machine may be offline. {place}.") from err
+            raise DataError(f"cannot read {source} from {folder.resolve()}: {err}. {how}") from err
+        images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
+        labels = torch.as_tensor(np.asarray(ds.targets, dtype=np.int64))
+        splits[split] = (images, labels, list(ds.classes))
+    (train_x, train_y, classes), (test_x, test_y, _) = splits["train"], splits["test"]
+    detail = {"root": str(root.resolve()), "folder": folder.name, "download": bool(download),
+              "torchvision": torchvision.__version__}
+    return cached_payload(train_x, train_y, test_x, test_y, classes, detail, source)
+
+
+# --------------------------------------------------------------------------- ImageFolder
+
+
+def _list_imagefolder(root: Path) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
+    """Class names and (path, label) samples of root/train and root/test via torchvision."""
+    from torchvision.datasets import ImageFolder
+
+    if not root.is_dir():
+        raise DataError(f"imagefolder root {root} does not exist or is not a folder")
+    samples: dict[str, list[tuple[str, int]]] = {}
+    classes: dict[str, list[str]] = {}
+    for split in ("train", "test"):
+        folder = root / split
+        if not folder.is_dir():
+            raise DataError(f"imagefolder root {root} has no '{split}' folder: expected "
+                            f"{folder}/<class>/<image files> (ImageNet layout)")
+        try:
+            ds = ImageFolder(str(folder), allow_empty=False)
+        except (FileNotFoundError, RuntimeError) as err:
+            raise DataError(f"cannot list images in {folder}: {err}") from err
+        classes[split] = list(ds.classes)
+        samples[split] = [(p, int(t)) for p, t in ds.samples]
+    if classes["train"] != classes["test"]:
+        only_train = sorted(set(classes["train"]) - set(classes["test"]))
+        only_test = sorted(set(classes["test"]) - set(classes["train"]))
+        raise DataError(f"imagefolder {root}: train/ and test/ have different class folders "
+                        f"(only in train: {only_train or 'none'}; only in test: "
+                        f"{only_test or 'none'}); both splits need the same classes")
+    return classes["train"], samples
+
+
+def _prepare_imagefolder(root: Path, size: tuple[int, int] | None, max_images: int,
+                         max_bytes: int, workers: int | None) -> dict:
+    import torchvision
+
+    classes, samples = _list_imagefolder(root)
+    first = samples["train"][0][0]
+    expected = size if size is not None else image_size(first)
+    n_images = len(samples["train"]) + len(samples["test"])
+    est_bytes = n_images * 3 * expected[0] * expected[1]
+    detail = {"root": str(root.resolve()), "resize": list(size) if size else None,
+              "torchvision": torchvision.__version__}
+    if n_images > max_images or est_bytes > max_bytes:
+        return _stream_descriptor(root, classes, samples, size, expected, detail,
+                                  reason=f"{n_images} images, about {est_bytes / 2**30:.2f} GiB "
+                                         f"as uint8 (limits: {max_images} images, "
+                                         f"{max_bytes / 2**30:.2f} GiB)")
+    tensors = {}
+    for split in ("train", "test"):
+        paths = [p for p, _ in samples[split]]
+        tensors[split] = (decode_all(paths, size, expected, workers, first),
+                          torch.tensor([t for _, t in samples[split]], dtype=torch.int64))
+    (train_x, train_y), (test_x, test_y) = tensors["train"], tensors["test"]
+    return cached_payload(train_x, train_y, test_x, test_y, classes, detail, root.resolve().name)
+
+
+def _stream_descriptor(root, classes, samples, size, expected, detail, reason) -> dict:
+    """Meta + labels for a dataset read from its files at train time (no image tensors)."""
+    paths = [p for p, _ in samples["train"]]
+    step = max(1, len(paths) // _STAT_SAMPLE)
+    sample = paths[::step][:_STAT_SAMPLE]
+    mean, std = channel_stats(decode_all(sample, size, expected, None, paths[0]))
+    labels = {split: torch.tensor([t for _, t in samples[split]], dtype=torch.int64)
+              for split in ("train", "test")}
+    meta = {
+        "stream": True,
+        "classes": list(classes),
+        "num_classes": len(classes),
+        "image_size": list(expected),
+        "mean": mean,
+        "std": std,
+        "num_train": len(samples["train"]),
+        "num_test": len(samples["test"]),
+        "checksum": listing_checksum(samples, root),
+        "root": str(root.resolve()),
+        "resize": list(size) if size else None,
+        "source_detail": {**detail, "stream_reason": reason, "stats_images": len(sample),
+                          "checksum_of": "file listing (relative paths and labels)"},
+        "default_name": root.resolve().name,
+    }
+    return {"train_images": None, "train_labels": labels["train"],
+            "test_images": None, "test_labels": labels["test"], "meta": meta}
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+def _prepare_synthetic(seed: int, n_train: int, n_test: int) -> dict:
+    if n_train < 1 or n_test < 1:
+        raise DataError(f"synthetic_train and synthetic_test must be >= 1, got {n_train}, {n_test}")
+    train_x, train_y = make_synthetic(n_train, seed=seed, split="train")
+    test_x, test_y = make_synthetic(n_test, seed=seed, split="test")
+    # the generator's name and version as recorded in every prepared file, not a module path
+    detail = {"seed": int(seed), "generator": "dgkd_core.data.make_synthetic v1",
+              "train": int(n_train), "test": int(n_test)}
+    return cached_payload(train_x, train_y, test_x, test_y, SYNTHETIC_CLASSES, detail,
+                          "synthetic")
