@@ -1,5 +1,5 @@
 # DGKD (ICCV 2021) and its baselines: teacher -> TAs -> student, to results/table1.csv.
-# Layout and contracts: docs/design.md; usage: docs/workflow.md.
+# Layout and contracts: docs/design.md; usage: README.md.
 import os
 
 from snakemake.utils import min_version

@@ -9,133 +9,123 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 from typing import Any
+
+from dgkd_core.losses import CONVENTIONS
+from dgkd_core.methods import METHODS
+from dgkd_core.schema import ConfigError, check
+
+__all__ = ["ConfigError", "DEFAULT_RUN_CONFIG", "RUN_CONFIG_SCHEMA", "TRAINING_CODE_VERSION",
+           "config_hash", "deep_update", "parse_overrides", "resolve_run_config",
+           "settings_schema"]
 
 # Bump when a change in dgkd_core alters what training computes (losses, models, data path,
 # optimiser, schedule). The workflow puts it in every training rule's params, so bumping it
 # reruns every training job; Snakemake does not track imported modules by itself.
 TRAINING_CODE_VERSION = "1"
 
-METHODS = ("nokd", "kd", "takd", "dgkd", "sdgkd")
-SCHEDULES = ("step", "constant", "cosine")
-CONVENTIONS = ("paper", "released_code")
-DEVICES = ("auto", "cpu", "cuda")
-AUTO_BOOL = ("auto", True, False)
-
-DEFAULT_RUN_CONFIG: dict[str, Any] = {
-    "model": None,
-    "method": "nokd",
-    "seed": 0,
-    "epochs": 160,
-    "batch_size": 128,
-    "eval_batch_size": 1024,
-    "optimizer": {"lr": 0.1, "momentum": 0.9, "weight_decay": 1.0e-4, "nesterov": False},
-    "schedule": {"name": "step", "milestones": [0.5, 0.75], "gamma": 0.1},
-    "loss": {
-        "convention": "paper",
-        "lam": 0.5,
-        "temperature": 5.0,
-        "keep_prob": None,
-        "drop_teacher": False,
-        "drop_num": 0,
+# The run config's one definition: every key, its type, range and default. The defaults are
+# read from here (DEFAULT_RUN_CONFIG), the workflow's hyperparameter layers are checked against
+# it (settings_schema), and so is every run config train() receives (resolve_run_config).
+# Which models exist is the model registry's business (checked in resolve_run_config).
+_FLAG = {"enum": ["auto", True, False], "default": "auto"}
+RUN_CONFIG_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "model": {"type": ["string", "null"], "default": None,
+                  "description": "a name from dgkd_core.models.available_models()"},
+        "method": {"enum": list(METHODS), "default": "nokd",
+                   "description": "recorded with the run; the guides decide the loss"},
+        "seed": {"type": "integer", "minimum": 0, "default": 0},
+        "epochs": {"type": "integer", "minimum": 1, "default": 160},
+        "batch_size": {"type": "integer", "minimum": 1, "default": 128},
+        "eval_batch_size": {"type": "integer", "minimum": 1, "default": 1024},
+        "optimizer": {"type": "object", "additionalProperties": False, "default": {},
+                      "properties": {
+            "lr": {"type": "number", "exclusiveMinimum": 0, "default": 0.1},
+            "momentum": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0.9},
+            "weight_decay": {"type": "number", "minimum": 0, "default": 1.0e-4},
+            "nesterov": {"type": "boolean", "default": False}}},
+        "schedule": {"type": "object", "additionalProperties": False, "default": {},
+                     "properties": {
+            "name": {"enum": ["step", "constant", "cosine"], "default": "step"},
+            "milestones": {"type": "array", "default": [0.5, 0.75],
+                           "description": "fractions of the epochs",
+                           "items": {"type": "number", "exclusiveMinimum": 0,
+                                     "exclusiveMaximum": 1}},
+            "gamma": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.1}}},
+        "loss": {"type": "object", "additionalProperties": False, "default": {}, "properties": {
+            "convention": {"enum": list(CONVENTIONS), "default": "paper"},
+            "lam": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5},
+            "temperature": {"type": "number", "exclusiveMinimum": 0, "default": 5.0},
+            "keep_prob": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1,
+                          "default": None, "description": "set: stochastic DGKD"},
+            "drop_teacher": {"type": "boolean", "default": False},
+            "drop_num": {"type": "integer", "minimum": 0, "default": 0}}},
+        "augment": {"type": "boolean", "default": True},
+        "device": {"enum": ["auto", "cpu", "cuda"], "default": "auto"},
+        "fast": {"type": "object", "additionalProperties": False, "default": {}, "properties": {
+            "bf16": _FLAG, "channels_last": _FLAG, "cuda_graph": _FLAG}},
+        "deterministic": {"type": "boolean", "default": True},
+        # Seconds of wall time this job may use (e.g. the SLURM `runtime`); the trainer saves its
+        # resume state and exits before running out. None: no budget.
+        "time_budget_s": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None},
     },
-    "augment": True,
-    "device": "auto",
-    "fast": {"bf16": "auto", "channels_last": "auto", "cuda_graph": "auto"},
-    "deterministic": True,
-    # Seconds of wall time this job may use (e.g. the SLURM `runtime`); the trainer saves its
-    # resume state and exits before running out. None: no budget.
-    "time_budget_s": None,
 }
+# Set by the workflow for each run, so not part of a hyperparameter layer (settings_schema).
+_SET_BY_WORKFLOW = ("model", "method", "seed", "time_budget_s")
+
+
+def _defaults(schema: dict) -> Any:
+    if schema.get("type") == "object" and "properties" in schema:
+        return {k: _defaults(sub) for k, sub in schema["properties"].items()}
+    return copy.deepcopy(schema.get("default"))
+
+
+def _without_defaults(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {k: _without_defaults(v) for k, v in schema.items() if k != "default"}
+    return schema
+
+
+DEFAULT_RUN_CONFIG: dict[str, Any] = _defaults(RUN_CONFIG_SCHEMA)
 
 # Keys that change how fast or where a run goes, not what it computes: left out of the hash.
 _NON_SEMANTIC_KEYS = ("device", "time_budget_s", "eval_batch_size")
 
 
-class ConfigError(ValueError):
-    """A run config value is missing or outside its allowed range."""
+def settings_schema() -> dict:
+    """The schema of one hyperparameter layer of the workflow config: the run config's keys but
+    those the workflow sets per run, every key optional, no defaults (layers must not fill them)."""
+    schema = _without_defaults(RUN_CONFIG_SCHEMA)
+    for key in _SET_BY_WORKFLOW:
+        del schema["properties"][key]
+    return schema
 
 
-def _merge(base: dict, override: dict, path: str = "") -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        where = f"{path}{key}"
-        if key not in base:
-            allowed = ", ".join(sorted(base))
-            raise ConfigError(f"unknown run-config key '{where}'; allowed keys here: {allowed}")
-        if isinstance(base[key], dict):
-            if not isinstance(value, dict):
-                raise ConfigError(f"run-config key '{where}' must be a mapping, got {value!r}")
-            out[key] = _merge(base[key], value, f"{where}.")
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def _require(cond: bool, message: str) -> None:
-    if not cond:
-        raise ConfigError(message)
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+def _complete(schema: dict, value: Any) -> Any:
+    """`value` with every missing key filled from `schema`'s defaults, in the schema's order."""
+    if schema.get("type") == "object" and "properties" in schema:
+        value = value or {}
+        return {k: _complete(sub, value[k]) if k in value else _defaults(sub)
+                for k, sub in schema["properties"].items()}
+    return copy.deepcopy(value)
 
 
 def resolve_run_config(partial: dict) -> dict:
     """Fill defaults into `partial` and validate; returns a new dict. Raises ConfigError."""
-    cfg = _merge(DEFAULT_RUN_CONFIG, partial or {})
-    from dgkd_core.losses import check_loss_settings
+    if partial is not None and not isinstance(partial, dict):
+        raise ConfigError(f"a run config must be a mapping of keys to values, got "
+                          f"{type(partial).__name__} {partial!r}")
+    check(partial or {}, RUN_CONFIG_SCHEMA, what="run-config")
+    cfg = _complete(RUN_CONFIG_SCHEMA, partial)
     from dgkd_core.models import available_models
 
     names = available_models()
-    _require(cfg["model"] in names,
-             f"run-config 'model' is {cfg['model']!r}; available models: {', '.join(names)}")
-    _require(cfg["method"] in METHODS,
-             f"run-config 'method' is {cfg['method']!r}; allowed: {', '.join(METHODS)}")
-    _require(isinstance(cfg["seed"], int) and cfg["seed"] >= 0,
-             f"run-config 'seed' must be a non-negative integer, got {cfg['seed']!r}")
-    for key in ("epochs", "batch_size", "eval_batch_size"):
-        _require(isinstance(cfg[key], int) and not isinstance(cfg[key], bool) and cfg[key] >= 1,
-                 f"run-config '{key}' must be an integer >= 1, got {cfg[key]!r}")
-    opt = cfg["optimizer"]
-    _require(_is_number(opt["lr"]) and opt["lr"] > 0,
-             f"run-config 'optimizer.lr' must be a number > 0, got {opt['lr']!r}")
-    _require(_is_number(opt["momentum"]) and 0 <= opt["momentum"] < 1,
-             f"run-config 'optimizer.momentum' must be in [0, 1), got {opt['momentum']!r}")
-    _require(_is_number(opt["weight_decay"]) and opt["weight_decay"] >= 0,
-             f"run-config 'optimizer.weight_decay' must be >= 0, got {opt['weight_decay']!r}")
-    _require(isinstance(opt["nesterov"], bool),
-             f"run-config 'optimizer.nesterov' must be true or false, got {opt['nesterov']!r}")
-    sched = cfg["schedule"]
-    _require(sched["name"] in SCHEDULES,
-             f"run-config 'schedule.name' is {sched['name']!r}; allowed: {', '.join(SCHEDULES)}")
-    _require(isinstance(sched["milestones"], list)
-             and all(_is_number(m) and 0 < m < 1 for m in sched["milestones"]),
-             "run-config 'schedule.milestones' must be a list of fractions of the epochs in (0, 1),"
-             f" got {sched['milestones']!r}")
-    _require(_is_number(sched["gamma"]) and 0 < sched["gamma"] <= 1,
-             f"run-config 'schedule.gamma' must be in (0, 1], got {sched['gamma']!r}")
-    loss = cfg["loss"]
-    try:
-        check_loss_settings(loss["lam"], loss["temperature"], loss["keep_prob"],
-                            loss["convention"], loss["drop_num"])
-    except ValueError as err:
-        raise ConfigError(f"run-config 'loss': {err}") from None
-    _require(isinstance(loss["drop_teacher"], bool),
-             f"run-config 'loss.drop_teacher' must be true or false, got {loss['drop_teacher']!r}")
-    _require(isinstance(cfg["augment"], bool),
-             f"run-config 'augment' must be true or false, got {cfg['augment']!r}")
-    _require(cfg["device"] in DEVICES,
-             f"run-config 'device' is {cfg['device']!r}; allowed: {', '.join(DEVICES)}")
-    for key, value in cfg["fast"].items():
-        _require(value in AUTO_BOOL,
-                 f"run-config 'fast.{key}' is {value!r}; allowed: auto, true, false")
-    _require(isinstance(cfg["deterministic"], bool),
-             f"run-config 'deterministic' must be true or false, got {cfg['deterministic']!r}")
-    budget = cfg["time_budget_s"]
-    _require(budget is None or (_is_number(budget) and budget > 0),
-             f"run-config 'time_budget_s' must be null or a number of seconds > 0, got {budget!r}")
+    if cfg["model"] not in names:
+        raise ConfigError(f"run-config 'model' is {cfg['model']!r}; available models: "
+                          f"{', '.join(names)}")
     return cfg
 
 

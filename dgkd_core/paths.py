@@ -19,20 +19,20 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from dgkd_core.methods import METHODS, REGISTRY, canonical_method, get_method
+
 RESULTS = "results"
 RUN_FILES = ("model.pt", "metrics.json", "history.csv")
-METHODS = ("nokd", "kd", "takd", "dgkd", "sdgkd")
-# Methods whose run guided by the teacher alone is, by definition, plain KD: the first TA of
-# TAKD and of DGKD is the same job, `kd/<teacher>-<model>`.
-_KD_WHEN_ONE_GUIDE = ("takd", "dgkd")
 _LINEAGE_SEP = "-"
 _KEEP_PREFIX = "-p"
 
-# Regular expressions for the rules' wildcard_constraints.
+# Regular expressions for the rules' wildcard_constraints. A stochastic method's directory
+# carries its keep probability (`sdgkd-p0.75`).
 WILDCARD_CONSTRAINTS = {
     "dataset": r"[A-Za-z0-9_]+",
     "seed": r"\d+",
-    "method": r"nokd|kd|takd|dgkd|sdgkd-p[0-9.e+-]+",
+    "method": "|".join(f"{m.name}{re.escape(_KEEP_PREFIX)}[0-9.e+-]+" if m.stochastic else m.name
+                       for m in REGISTRY.values()),
     "lineage": r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*",
 }
 
@@ -43,18 +43,13 @@ class Run:
 
     dataset: str
     seed: int
-    method: str  # nokd | kd | takd | dgkd | sdgkd
+    method: str  # a name of dgkd_core.methods.METHODS
     lineage: tuple[str, ...]  # teacher first, the trained model last
     keep_prob: float | None = None  # sdgkd only
 
     @property
     def model(self) -> str:
         return self.lineage[-1]
-
-    @property
-    def guides_lineage(self) -> tuple[str, ...]:
-        """The models that led to this one (teacher first), without the model itself."""
-        return self.lineage[:-1]
 
     @property
     def method_dir(self) -> str:
@@ -78,19 +73,17 @@ def make_run(dataset: str, seed: int, method: str, lineage, keep_prob: float | N
     A TAKD or DGKD model guided by the teacher alone is `kd`; `keep_prob` belongs to sdgkd only.
     Raises ValueError for a lineage that does not fit the method."""
     lineage = tuple(lineage)
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
+    get_method(method)  # a clear error for an unknown method
     if not lineage or any(not m or _LINEAGE_SEP in m for m in lineage):
         raise ValueError(f"bad lineage {lineage!r}: model names, none containing '-'")
-    if method in _KD_WHEN_ONE_GUIDE and len(lineage) == 2:
-        method = "kd"
+    method = canonical_method(method, lineage)
     if (method == "nokd") != (len(lineage) == 1):
         raise ValueError(f"method {method} does not fit lineage {'-'.join(lineage)}: "
                          "nokd trains one model alone, every other method has guides")
     if method == "kd" and len(lineage) != 2:
         raise ValueError(f"kd has exactly one guide, the teacher; got lineage {'-'.join(lineage)}")
-    if (method == "sdgkd") != (keep_prob is not None):
-        raise ValueError("keep_prob is set for sdgkd runs, and only for them")
+    if get_method(method).stochastic != (keep_prob is not None):
+        raise ValueError("keep_prob is set for stochastic DGKD (sdgkd) runs, and only for them")
     return Run(dataset, int(seed), method, lineage,
                None if keep_prob is None else float(keep_prob))
 
@@ -173,3 +166,19 @@ def table_file(name: str, ext: str) -> str:
 
 def figure_file(name: str, ext: str) -> str:
     return f"{RESULTS}/figures/{name}.{ext}"
+
+
+def table1_targets() -> list[str]:
+    """Table 1's outputs: its table and the guides' table (CSV, Markdown), and its figures."""
+    return [
+        table_file("table1", "csv"), table_file("table1", "md"),
+        table_file("guides", "csv"), table_file("guides", "md"),
+        *[figure_file(name, ext) for name in ("methods", "learning_curves")
+          for ext in ("png", "pdf")],
+    ]
+
+
+def ablation_targets(name: str) -> list[str]:
+    """An ablation's table (CSV, Markdown) and figure (PNG, PDF)."""
+    return [table_file(f"ablations/{name}", "csv"), table_file(f"ablations/{name}", "md"),
+            figure_file(f"ablation_{name}", "png"), figure_file(f"ablation_{name}", "pdf")]

@@ -12,12 +12,11 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from dgkd_core.methods import colour  # noqa: E402
 from dgkd_core.report import method_label  # noqa: E402
 
 PAPER_STYLE = {"marker": "x", "color": "black", "linestyle": "none", "markersize": 8,
                "markeredgewidth": 2}
-METHOD_COLORS = {"nokd": "#7f7f7f", "kd": "#1f77b4", "takd": "#ff7f0e", "dgkd": "#2ca02c",
-                 "sdgkd": "#d62728"}
 
 
 def _save(fig, out_paths) -> None:
@@ -67,7 +66,7 @@ def methods_figure(table1: pd.DataFrame, out_paths) -> None:
         for xi, row in zip(x, part.itertuples()):
             ax.errorbar(xi, row.top1_last_mean, yerr=0.0 if pd.isna(row.top1_last_std)
                         else row.top1_last_std, marker="o", markersize=7, capsize=5,
-                        color=METHOD_COLORS.get(row.method, "#9467bd"))
+                        color=colour(row.method))
         if part["paper_top1"].notna().any():
             ax.plot(x, part["paper_top1"], label="paper", **PAPER_STYLE)
             ax.legend(loc="lower right", fontsize=8)
@@ -86,7 +85,7 @@ def learning_curves_figure(curves: pd.DataFrame, out_paths) -> None:
     def draw(ax, part):
         for (method, keep_prob, _), line in part.groupby(["method", "keep_prob", "lineage"],
                                                          sort=False, dropna=False):
-            color = METHOD_COLORS.get(method)
+            color = colour(method)
             ax.plot(line["epoch"], line["top1_mean"], label=method_label(method, keep_prob),
                     color=color)
             std = _errors(line["top1_std"])
@@ -115,7 +114,7 @@ def num_tas_figure(table: pd.DataFrame, out_paths) -> None:
         for method, line in part.groupby("method", sort=False):
             ax.errorbar(line["n_tas"], line["top1_last_mean"], yerr=_errors(line["top1_last_std"]),
                         marker="o", capsize=4, label=method_label(method),
-                        color=METHOD_COLORS.get(method))
+                        color=colour(method))
         paper = part.dropna(subset=["paper_top1"])
         if not paper.empty:
             ax.plot(paper["n_tas"], paper["paper_top1"], label="paper", **PAPER_STYLE)
@@ -132,14 +131,14 @@ def keep_prob_figure(table: pd.DataFrame, out_paths) -> None:
         sweep = part[part["method"] == "sdgkd"]
         ax.errorbar(sweep["keep_prob"], sweep["top1_last_mean"],
                     yerr=_errors(sweep["top1_last_std"]), marker="o", capsize=4,
-                    label=method_label("sdgkd"), color=METHOD_COLORS["sdgkd"])
+                    label=method_label("sdgkd"), color=colour("sdgkd"))
         for row in part[part["method"] == "dgkd"].itertuples():
-            ax.axhline(row.top1_last_mean, color=METHOD_COLORS["dgkd"], linestyle="--",
+            ax.axhline(row.top1_last_mean, color=colour("dgkd"), linestyle="--",
                        label=f"{method_label('dgkd')} (nothing dropped)")
             if not pd.isna(row.top1_last_std):
                 ax.axhspan(row.top1_last_mean - row.top1_last_std,
                            row.top1_last_mean + row.top1_last_std,
-                           color=METHOD_COLORS["dgkd"], alpha=0.1)
+                           color=colour("dgkd"), alpha=0.1)
         paper = sweep.dropna(subset=["paper_top1"])
         if not paper.empty:
             ax.plot(paper["keep_prob"], paper["paper_top1"], label="paper", **PAPER_STYLE)

@@ -14,25 +14,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from dgkd_core import paths
+from dgkd_core import methods, paths
 from dgkd_core.models import model_family
 from dgkd_core.reference import paper_value
 
-METHOD_LABELS = {
-    "nokd": "NoKD",
-    "kd": "KD",
-    "takd": "TAKD",
-    "dgkd": "DGKD",
-    "sdgkd": "Stochastic DGKD",
-}
 ARROW = " → "
 
 
 def method_label(method: str, keep_prob: float | None = None) -> str:
-    label = METHOD_LABELS.get(method, method)
-    if method == "sdgkd" and keep_prob is not None and not pd.isna(keep_prob):
-        label += f" (p={keep_prob:g})"
-    return label
+    """The registry's label (dgkd_core.methods), with the keep probability of a stochastic run."""
+    return methods.label(method, keep_prob)
 
 
 # ---------------------------------------------------------------------------- runs
@@ -131,15 +122,15 @@ def guides_table(guide_runs: pd.DataFrame) -> pd.DataFrame:
 def num_tas_table(student_runs: pd.DataFrame) -> pd.DataFrame:
     """TAKD vs DGKD by number of TAs. With no TA both are KD: that row is given for each."""
     table = summarise(student_runs).rename(columns={"model": "student"})
-    methods = [m for m in table["method"].unique() if m != "kd"] or ["kd"]
+    compared = [m for m in table["method"].unique() if m != "kd"] or ["kd"]
     parts = []
-    for method in methods:
+    for method in compared:
         part = table[table["method"].isin([method, "kd"])].copy()
         part["trained_as"] = part["method"]
         part["method"] = method
         parts.append(part)
     out = pd.concat(parts, ignore_index=True).sort_values("n_tas", kind="stable")
-    out = out.sort_values("method", key=lambda m: m.map(methods.index), kind="stable")
+    out = out.sort_values("method", key=lambda m: m.map(compared.index), kind="stable")
     return out[["dataset", "family", "method", "n_tas", "teacher", "tas", "student", "trained_as",
                 "n_seeds", "seeds", "epochs", "top1_last_mean", "top1_last_std",
                 "top1_best_epoch_mean", "paper_top1", "paper_approximate", "paper_source",

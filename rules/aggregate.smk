@@ -10,9 +10,9 @@ localrules:
 
 rule table1:
     input:
-        students=run_files(table1_runs(), "metrics.json"),
-        student_histories=run_files(table1_runs(), "history.csv"),
-        guides=run_files(table1_guide_runs(), "metrics.json"),
+        students=run_files(PLAN.table1_runs(), "metrics.json"),
+        student_histories=run_files(PLAN.table1_runs(), "history.csv"),
+        guides=run_files(PLAN.table1_guide_runs(), "metrics.json"),
     output:
         table=report(
             paths.table_file("table1", "csv"),

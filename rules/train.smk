@@ -1,4 +1,4 @@
-# One rule trains every model, from its guides' checkpoints (rules/common.smk: guide_runs).
+# One rule trains every model, from its guides' checkpoints (dgkd_core.plan: Plan.guides).
 # Its params are this job's own resolved run config and TRAINING_CODE_VERSION, so a changed
 # setting reruns exactly the jobs it reaches, and a change in dgkd_core's training maths
 # (a bumped TRAINING_CODE_VERSION) reruns every training job.
@@ -18,10 +18,10 @@ rule train_model:
         paths.train_benchmark(*RUN_WILDCARDS)
     conda:
         "../environment.yml"
-    threads: config["resources"]["threads"]
+    threads: SETTINGS["resources"]["threads"]
     resources:
         gpu_jobs=1,
-        mem_mb=config["resources"]["mem_mb"],
+        mem_mb=SETTINGS["resources"]["mem_mb"],
         runtime=get_runtime_minutes,
     params:
         run_config=get_run_config,

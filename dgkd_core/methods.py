@@ -1,0 +1,115 @@
+"""The one registry of distillation methods: name, label, colour, and who guides a run.
+
+A method's guide rule works on lineages (tuples of model names, teacher first, the trained model
+last), so that this module needs nothing else from dgkd_core: `paths` turns (method, lineage)
+pairs into runs, and the plan, the reports, the plots and the schema check all read this table.
+
+    NoKD    the model alone                        lineage (model,)
+    KD      the teacher                            lineage (teacher, model)
+    TAKD    the previous model of the chain        lineage (teacher, *tas, model)
+    DGKD    the teacher and every larger TA        lineage (teacher, *tas, model)
+    sDGKD   DGKD's guides, each dropped at random  lineage (teacher, *tas, model)
+
+A TAKD or DGKD model whose only guide is the teacher is, by definition, the KD run: the first TA
+of TAKD and of DGKD is one job, `kd/<teacher>-<ta1>` (`canonical_method`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+Lineage = tuple[str, ...]
+GuideSpec = tuple[str, Lineage]  # (method, lineage) of a guide run, before canonicalisation
+
+
+def _no_guides(lineage: Lineage) -> list[GuideSpec]:
+    return []
+
+
+def _teacher(lineage: Lineage) -> list[GuideSpec]:
+    return [("nokd", lineage[:1])]
+
+
+def _previous_in_chain(lineage: Lineage) -> list[GuideSpec]:
+    return [("takd", lineage[:-1])]
+
+
+def _teacher_and_every_larger_ta(lineage: Lineage) -> list[GuideSpec]:
+    # Each TA was itself trained by DGKD from everything above it (the first one is the KD run).
+    return _teacher(lineage) + [("dgkd", lineage[: i + 1]) for i in range(1, len(lineage) - 1)]
+
+
+def _alone(teacher: str, tas: Lineage, student: str) -> Lineage:
+    return (student,)
+
+
+def _from_teacher(teacher: str, tas: Lineage, student: str) -> Lineage:
+    return (teacher, student)
+
+
+def _along_chain(teacher: str, tas: Lineage, student: str) -> Lineage:
+    return (teacher, *tas, student)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method of Table 1.
+
+    guide_rule(lineage) -> [(method, lineage)] of the runs that guide a run, teacher first, then
+    TAs from largest to smallest. student_lineage(teacher, tas, student) -> the lineage of the run
+    that trains `student` by this method along a chain."""
+
+    name: str
+    label: str
+    colour: str  # matplotlib colour of its bars and curves
+    guide_rule: Callable[[Lineage], list[GuideSpec]]
+    student_lineage: Callable[[str, Lineage, str], Lineage]
+    needs_tas: bool  # a chain without TAs cannot run it
+    kd_when_teacher_only: bool  # its model guided by the teacher alone is the shared KD run
+    stochastic: bool = False  # carries a keep probability (loss.keep_prob) in its run
+
+
+REGISTRY: dict[str, Method] = {m.name: m for m in (
+    Method("nokd", "NoKD", "#7f7f7f", _no_guides, _alone, False, False),
+    Method("kd", "KD", "#1f77b4", _teacher, _from_teacher, False, False),
+    Method("takd", "TAKD", "#ff7f0e", _previous_in_chain, _along_chain, True, True),
+    Method("dgkd", "DGKD", "#2ca02c", _teacher_and_every_larger_ta, _along_chain, True, True),
+    # Its dropping applies to the final student only: its TAs are DGKD's.
+    Method("sdgkd", "Stochastic DGKD", "#d62728", _teacher_and_every_larger_ta, _along_chain,
+           True, False, stochastic=True),
+)}
+METHODS: tuple[str, ...] = tuple(REGISTRY)
+OTHER_COLOUR = "#9467bd"  # anything not in the registry (never expected)
+
+
+def get_method(name: str) -> Method:
+    """The registry entry of `name`; ValueError naming the allowed methods otherwise."""
+    try:
+        return REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown method {name!r}; allowed: {', '.join(METHODS)}") from None
+
+
+def canonical_method(name: str, lineage: Lineage) -> str:
+    """`kd` for a TAKD or DGKD model whose only guide is the teacher, `name` otherwise."""
+    return "kd" if get_method(name).kd_when_teacher_only and len(lineage) == 2 else name
+
+
+def guide_specs(name: str, lineage: Lineage) -> list[GuideSpec]:
+    """(method, lineage) of each run that guides the run (name, lineage), teacher first."""
+    return get_method(name).guide_rule(tuple(lineage))
+
+
+def label(name: str, keep_prob: float | None = None) -> str:
+    """Display label: `Stochastic DGKD (p=0.75)` for a stochastic run with its probability."""
+    method = REGISTRY.get(name)
+    text = method.label if method else name
+    if method is not None and method.stochastic and keep_prob is not None and keep_prob == keep_prob:
+        text += f" (p={keep_prob:g})"  # keep_prob == keep_prob: False for NaN (pandas' missing)
+    return text
+
+
+def colour(name: str) -> str:
+    method = REGISTRY.get(name)
+    return method.colour if method else OTHER_COLOUR

@@ -1,0 +1,315 @@
+"""The experiment plan: which training runs a workflow config asks for, and who guides whom.
+
+    plan = Plan(config)          # checks the config; raises ConfigError naming the key
+    plan.runs()                  # every training run, each once, guides before what they guide
+    plan.guides(run)             # the runs whose model.pt guide `run`, teacher first
+    plan.run_config(run)         # its resolved run config (defaults < per_family < per_role
+                                 #   < per_method < the run's own model, method, seed, keep_prob)
+
+A run is a dgkd_core.paths.Run (dataset, seed, method, lineage). Who guides a run is the method
+registry's rule (dgkd_core.methods); this module adds the config: chains, seeds, ablations and
+hyperparameter layers. Nothing here needs Snakemake; rules/common.smk only wires it in.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import cache
+from pathlib import Path
+
+import yaml
+
+from dgkd_core import methods, paths
+from dgkd_core.config import deep_update, resolve_run_config, settings_schema
+from dgkd_core.models import available_models, build_model, count_parameters, model_family
+from dgkd_core.paths import Run
+from dgkd_core.schema import ConfigError, check
+
+__all__ = ["ConfigError", "Plan", "ROLES", "default_schema_path", "evenly_spaced",
+           "load_workflow_schema"]
+
+ROLES = ("teacher", "ta", "student")
+_LAYER_GROUPS = ("per_family", "per_role", "per_method")
+
+
+def default_schema_path() -> Path:
+    """config/schema.yaml of the repository this package lives in."""
+    return Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
+
+
+def load_workflow_schema(path: str | Path | None = None) -> dict:
+    """The workflow config's schema, its `settings` entry replaced by the run config's own."""
+    path = Path(path) if path is not None else default_schema_path()
+    schema = yaml.safe_load(path.read_text())
+    schema["$defs"]["settings"] = settings_schema()
+    return schema
+
+
+def evenly_spaced(tas, k: int) -> list:
+    """k of `tas` (largest first), spread evenly along the chain: k=3 of 7 -> 2nd, 4th, 6th."""
+    n = len(tas)
+    return [tas[int((i + 1) * (n + 1) / (k + 1) + 0.5) - 1] for i in range(k)]
+
+
+def _chain_models(chain: dict) -> list[str]:
+    return [chain["teacher"], *chain.get("tas", []), chain["student"]]
+
+
+@cache
+def _parameter_count(model: str, num_classes: int, dataset: str) -> int:
+    return count_parameters(build_model(model, num_classes, dataset=dataset))
+
+
+class Plan:
+    """A checked workflow config and the training runs it plans.
+
+    config: the workflow config (config/config.yaml's layout); it is not modified: `self.config`
+    is a copy with the schema's defaults filled in. schema_path: config/schema.yaml by default.
+    `warnings` lists what is allowed but probably a mistake (a TA not smaller than its teacher)."""
+
+    def __init__(self, config: dict, schema_path: str | Path | None = None):
+        if not isinstance(config, dict):
+            raise ConfigError(f"the workflow config must be a mapping of keys to values, got "
+                              f"{type(config).__name__}")
+        self.config = copy.deepcopy(config)
+        check(self.config, load_workflow_schema(schema_path), what="config", fill_defaults=True)
+        self.hyperparameters = self.config["hyperparameters"]
+        self.ablations = self.config.get("ablations") or {}
+        self.warnings: list[str] = []
+        self._check_models()
+        self._check_datasets()
+        self._check_chains_have_tas()
+        self._check_ablations()
+        self._check_keep_prob()
+        self._check_families()
+        self._runs = self._with_guides(self._wanted_runs())
+        self._check_run_configs()
+        self._warn_on_chain_sizes()
+
+    # ------------------------------------------------------------------ the runs
+
+    def runs(self) -> list[Run]:
+        """Every training run, each once, guides before what they guide."""
+        return list(self._runs)
+
+    def guides(self, run: Run) -> list[Run]:
+        """The runs whose checkpoints guide `run`: teacher first, then TAs largest to smallest."""
+        return [paths.make_run(run.dataset, run.seed, method, lineage)
+                for method, lineage in methods.guide_specs(run.method, run.lineage)]
+
+    def table1_runs(self) -> list[Run]:
+        """Table 1's students: every dataset x chain x method x seed."""
+        return [self._student_run(dataset, seed, method, chain)
+                for dataset in self.config["datasets"]
+                for chain in self.config["chains"].values()
+                for method in self.config["methods"]
+                for seed in self.config["seeds"]]
+
+    def table1_guide_runs(self) -> list[Run]:
+        """The teachers and TAs behind Table 1's students."""
+        students = self.table1_runs()
+        is_student = set(students)
+        return [run for run in self._with_guides(students) if run not in is_student]
+
+    def ablation_runs(self, name: str) -> list[Run]:
+        """The students of ablation `name` (num_tas or keep_prob), each once."""
+        if name not in self.ablations:
+            raise ConfigError(f"ablations.{name} is not configured in the config file")
+        runs = self._num_tas_runs() if name == "num_tas" else self._keep_prob_runs()
+        return list(dict.fromkeys(runs))
+
+    def role(self, run: Run) -> str:
+        """teacher | ta | student, from the lineage: a model trained alone is a teacher if some
+        chain starts with it (else a NoKD student); a guided model is a student if some chain
+        goes from its teacher to it (else a TA)."""
+        chains = [chain for _, chain in self._all_chains()]
+        if len(run.lineage) == 1:
+            return "teacher" if any(c["teacher"] == run.model for c in chains) else "student"
+        pairs = {(c["teacher"], c["student"]) for c in chains}
+        return "student" if (run.lineage[0], run.model) in pairs else "ta"
+
+    def run_config(self, run: Run) -> dict:
+        """The resolved run config: defaults < per_family < per_role < per_method < the run."""
+        hp = self.hyperparameters
+        layers = [
+            hp["defaults"],
+            hp.get("per_family", {}).get(model_family(run.model), {}),
+            hp.get("per_role", {}).get(self.role(run), {}),
+            hp.get("per_method", {}).get(run.method, {}),
+            {"model": run.model, "method": run.method, "seed": run.seed,
+             "loss": {"keep_prob": run.keep_prob}},
+        ]
+        partial: dict = {}
+        for layer in layers:
+            partial = deep_update(partial, layer)
+        return resolve_run_config(partial)
+
+    def targets(self) -> list[str]:
+        """What `snakemake` builds by default: Table 1 and every configured ablation."""
+        targets = paths.table1_targets()
+        for name in ("num_tas", "keep_prob"):
+            if name in self.ablations:
+                targets += paths.ablation_targets(name)
+        return targets
+
+    def dataset_identity(self, name: str) -> dict:
+        """What the prepared data depends on. Where the files are (root, archive, download) is
+        left out: moving them does not retrain anything. New data gets a new dataset name."""
+        spec = self.config["datasets"][name]
+        return {k: spec.get(k) for k in ("source", "resize", "seed", "options")}
+
+    # ------------------------------------------------------------------ planning
+
+    def _sdgkd_keep_prob(self):
+        return (self.hyperparameters.get("per_method", {}).get("sdgkd", {}).get("loss", {})
+                .get("keep_prob"))
+
+    def _student_run(self, dataset, seed, method, chain, keep_prob=None) -> Run:
+        """The run that trains the chain's student by `method`."""
+        lineage = methods.get_method(method).student_lineage(
+            chain["teacher"], tuple(chain.get("tas", [])), chain["student"])
+        if methods.get_method(method).stochastic and keep_prob is None:
+            keep_prob = self._sdgkd_keep_prob()
+        return paths.make_run(dataset, seed, method, lineage, keep_prob)
+
+    def _with_guides(self, runs) -> list[Run]:
+        """`runs` and every run they depend on, each once, guides first."""
+        out: dict[Run, None] = {}
+
+        def visit(run):
+            if run not in out:
+                for guide in self.guides(run):
+                    visit(guide)
+                out[run] = None
+
+        for run in runs:
+            visit(run)
+        return list(out)
+
+    def _wanted_runs(self) -> list[Run]:
+        runs = self.table1_runs()
+        if "num_tas" in self.ablations:
+            runs += self._num_tas_runs()
+        if "keep_prob" in self.ablations:
+            runs += self._keep_prob_runs()
+        return runs
+
+    def _num_tas_runs(self) -> list[Run]:
+        ab = self.ablations["num_tas"]
+        return [self._student_run(ab["dataset"], seed, method,
+                                  {**ab, "tas": evenly_spaced(ab["tas"], k)})
+                for k in ab["ta_counts"]
+                for method in ab["methods"]
+                for seed in ab.get("seeds", self.config["seeds"])]
+
+    def _keep_prob_runs(self) -> list[Run]:
+        """Stochastic DGKD at each keep probability, and DGKD (no dropping) for reference."""
+        ab = self.ablations["keep_prob"]
+        chain = self.config["chains"][ab["chain"]]
+        sweep = [(p, "sdgkd") for p in ab["keep_probs"]] + [(None, "dgkd")]
+        return [self._student_run(ab["dataset"], seed, method, chain, keep_prob=p)
+                for p, method in sweep
+                for seed in ab.get("seeds", self.config["seeds"])]
+
+    def _all_chains(self) -> list[tuple[str, dict]]:
+        """(where, chain) for Table 1's chains and the TA-count ablation's chain."""
+        named = [(f"chains.{name}", chain) for name, chain in self.config["chains"].items()]
+        if "num_tas" in self.ablations:
+            named.append(("ablations.num_tas", self.ablations["num_tas"]))
+        return named
+
+    # ------------------------------------------------------------------ checks
+
+    def _check_models(self) -> None:
+        known = available_models()
+        for where, chain in self._all_chains():
+            for model in _chain_models(chain):
+                if model not in known:
+                    raise ConfigError(f"{where}: unknown model '{model}'; available models: "
+                                      f"{', '.join(known)}")
+
+    def _check_datasets(self) -> None:
+        for name, spec in self.config["datasets"].items():
+            where = f"datasets.{name}"
+            if spec.get("archive") and spec["source"] != "imagefolder":
+                raise ConfigError(f"{where}.archive: only the imagefolder source is unpacked "
+                                  "from an archive")
+            if spec["source"] == "imagefolder" and not (spec.get("root") or spec.get("archive")):
+                raise ConfigError(f"{where}: the imagefolder source needs `root` (a folder with "
+                                  "train/<class>/ and test/<class>/) or `archive` (a .tar of one)")
+        for key, ablation in self.ablations.items():
+            if ablation["dataset"] not in self.config["datasets"]:
+                raise ConfigError(f"ablations.{key}.dataset is '{ablation['dataset']}'; datasets "
+                                  f"defined: {', '.join(self.config['datasets'])}")
+
+    def _check_chains_have_tas(self) -> None:
+        needing = [m for m in self.config["methods"] if methods.get_method(m).needs_tas]
+        for name, chain in self.config["chains"].items():
+            if needing and not chain.get("tas"):
+                raise ConfigError(
+                    f"chain '{name}' has no TA (chains.{name}.tas is empty), but methods "
+                    f"{', '.join(needing)} need at least one; add TAs or drop those methods")
+
+    def _check_ablations(self) -> None:
+        if "num_tas" in self.ablations:
+            ab = self.ablations["num_tas"]
+            too_many = [k for k in ab["ta_counts"] if k > len(ab["tas"])]
+            if too_many:
+                raise ConfigError(f"ablations.num_tas.ta_counts {too_many} exceed the "
+                                  f"{len(ab['tas'])} TAs listed in ablations.num_tas.tas")
+        if "keep_prob" in self.ablations:
+            chain = self.ablations["keep_prob"]["chain"]
+            chains = self.config["chains"]
+            if chain not in chains:
+                raise ConfigError(f"ablations.keep_prob.chain is '{chain}'; chains defined: "
+                                  f"{', '.join(chains)}")
+            if not chains[chain].get("tas"):
+                raise ConfigError(f"ablations.keep_prob.chain '{chain}' has no TA; stochastic "
+                                  "DGKD needs at least one")
+
+    def _layers(self) -> dict[str, dict]:
+        """Every hyperparameter layer by its place in the config (`per_role.student`, ...)."""
+        layers = {"defaults": self.hyperparameters["defaults"]}
+        for group in _LAYER_GROUPS:
+            for key, settings in self.hyperparameters.get(group, {}).items():
+                layers[f"{group}.{key}"] = settings
+        return layers
+
+    def _check_keep_prob(self) -> None:
+        """keep_prob makes a run stochastic DGKD, so it is set under per_method.sdgkd only."""
+        for where, settings in self._layers().items():
+            if where != "per_method.sdgkd" and settings.get("loss", {}).get("keep_prob") is not None:
+                raise ConfigError(f"hyperparameters.{where}.loss.keep_prob: the keep probability "
+                                  "belongs under hyperparameters.per_method.sdgkd.loss.keep_prob")
+        if "sdgkd" in self.config["methods"] and self._sdgkd_keep_prob() is None:
+            raise ConfigError("methods include sdgkd, but hyperparameters.per_method.sdgkd.loss."
+                              "keep_prob is not set (stochastic DGKD's keep probability, e.g. 0.75)")
+
+    def _check_families(self) -> None:
+        families = sorted({model_family(m) for m in available_models()})
+        for family in self.hyperparameters.get("per_family", {}):
+            if family not in families:
+                raise ConfigError(f"hyperparameters.per_family.{family}: unknown model family; "
+                                  f"allowed: {', '.join(families)}")
+
+    def _check_run_configs(self) -> None:
+        for run in self._runs:
+            try:
+                self.run_config(run)
+            except ConfigError as err:
+                raise ConfigError(f"hyperparameters for {run.dir}: {err}") from None
+
+    def _warn_on_chain_sizes(self) -> None:
+        """Each model of a chain should be larger than the next one (a warning, not an error)."""
+        for where, chain in self._all_chains():
+            models = _chain_models(chain)
+            datasets = [chain["dataset"]] if "dataset" in chain else list(self.config["datasets"])
+            for dataset in datasets:
+                classes = 100 if self.config["datasets"][dataset]["source"] == "cifar100" else 10
+                for bigger, smaller in zip(models, models[1:]):
+                    n_big = _parameter_count(bigger, classes, dataset)
+                    n_small = _parameter_count(smaller, classes, dataset)
+                    if n_big <= n_small:
+                        self.warnings.append(
+                            f"Warning: {where} on {dataset}: {bigger} ({n_big:,} parameters) is "
+                            f"not larger than {smaller} ({n_small:,}), which it guides")

@@ -1,0 +1,99 @@
+"""JSON-schema checks with short errors: the key's path, the bad value and what is allowed.
+
+Both the workflow config (config/schema.yaml, through dgkd_core.plan) and the run config
+(dgkd_core.config.RUN_CONFIG_SCHEMA) are checked here, so each rule is written once, in a schema.
+Types are strict: `true` is not an integer, `4.0` is not an integer, and numbers are finite.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from typing import Any
+
+from jsonschema import Draft202012Validator, validators
+from jsonschema.exceptions import best_match
+
+
+class ConfigError(ValueError):
+    """A config value is missing or outside its allowed range; the message names the key."""
+
+
+def _is_integer(_checker, value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(_checker, value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+_STRICT_TYPES = Draft202012Validator.TYPE_CHECKER.redefine_many(
+    {"integer": _is_integer, "number": _is_number})
+StrictValidator = validators.extend(Draft202012Validator, type_checker=_STRICT_TYPES)
+
+
+def _filling_defaults(base):
+    """A validator class that also writes each missing property's `default` into the instance."""
+    check_properties = base.VALIDATORS["properties"]
+
+    def properties(validator, props, instance, schema):
+        if validator.is_type(instance, "object"):
+            for key, sub in props.items():
+                if isinstance(sub, dict) and "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from check_properties(validator, props, instance, schema)
+
+    return validators.extend(base, {"properties": properties})
+
+
+_FillingValidator = _filling_defaults(StrictValidator)
+# YAML 1.1 (PyYAML) reads 1e6 and 5e-4 as strings: only 1.0e6 and 5.0e-4 are floats.
+_YAML11_FLOAT = re.compile(r"^[-+]?\d+(\.\d*)?[eE][-+]?\d+$")
+
+
+def check(instance: Any, schema: dict, *, what: str, fill_defaults: bool = False) -> None:
+    """Validate `instance` against `schema`; raise ConfigError with one short message.
+
+    what: how the message names the document ("run-config", "config"). fill_defaults: write
+    missing properties' defaults into `instance` (in place), as Snakemake's validate does."""
+    cls = _FillingValidator if fill_defaults else StrictValidator
+    error = best_match(cls(schema).iter_errors(instance))
+    if error is not None:
+        raise ConfigError(describe(error, what))
+
+
+def _allowed(values) -> str:
+    return ", ".join("null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+                     for v in values)
+
+
+def describe(error, what: str) -> str:
+    """One line for a jsonschema ValidationError: where, the bad value, what is allowed."""
+    path = ".".join(str(p) for p in error.absolute_path)
+    key = f"{what} key '{path}'" if path else what
+    value, kind, rule = error.instance, error.validator, error.validator_value
+    if kind == "additionalProperties":
+        known = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(value) - set(known))
+        where = f" under '{path}'" if path else ""
+        return (f"unknown {what} key {', '.join(map(repr, extra))}{where}; allowed keys here: "
+                f"{', '.join(known) or 'none'}")
+    if kind == "enum":
+        return f"{key} is {value!r}, which is not one of {_allowed(rule)}"
+    if kind == "type":
+        hint = ""
+        if isinstance(value, str) and _YAML11_FLOAT.match(value):
+            mantissa, exp = re.split("[eE]", value)
+            hint = (f" (YAML reads {value} as text: write {mantissa if '.' in mantissa else mantissa + '.0'}"
+                    f"e{exp} for a number)")
+        wanted = " or ".join(rule) if isinstance(rule, list) else rule
+        return f"{key} is {value!r}, but it must be of type {wanted}{hint}"
+    bounds = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">",
+              "exclusiveMaximum": "<"}
+    if kind in bounds:
+        return f"{key} is {value!r}, but it must be {bounds[kind]} {rule}"
+    if kind == "required":
+        return f"{key} lacks {error.message.split(' is a required')[0]}, which is required"
+    return f"{key}: {error.message}"
