@@ -16,8 +16,10 @@ rule extract_archive:
         paths.log_file("extract_archive", "{dataset}"),
     conda:
         "../environment.yml"
-    shell:
-        "mkdir -p {output:q} && tar -xf {input:q} -C {output:q} > {log:q} 2>&1"
+    # In Python, not `tar -xf`: links, devices and paths out of the folder are refused (GNU tar
+    # unpacks symlinks, which preparing then follows), and the folder appears only when complete.
+    script:
+        "../workflow_scripts/extract_archive.py"
 
 
 rule prepare_data:

@@ -24,6 +24,7 @@ from dgkd_core.data import (
     TensorLoader,
     augment_batch,
     crop_flip,
+    extract_archive,
     load_prepared,
     make_loaders,
     make_synthetic,
@@ -339,6 +340,103 @@ def test_shared_cifar10_jpeg_subset(tmp_path):
                                "horse", "ship", "truck"]
     assert data.train_images.shape == (20, 3, 32, 32) and data.test_images.shape == (20, 3, 32, 32)
     assert data.train_labels.bincount().tolist() == [2] * 10
+
+
+# --------------------------------------------------------------------------- archives
+
+
+def _image_tar(tmp_path: Path, bad=None, mode: str = "w") -> Path:
+    """A tar of a small ImageFolder (2 classes, PNGs under train/<class>/ and test/<class>/);
+    ``bad(tar)`` adds further members after the good ones."""
+    import tarfile
+
+    folder = tmp_path / "images"
+    _write_folder(folder, classes=("cat", "dog"), n_train=3, n_test=1)
+    path = tmp_path / {"w": "images.tar", "w:gz": "images.tar.gz"}[mode]
+    with tarfile.open(path, mode) as tar:
+        for file in sorted(folder.rglob("*")):
+            tar.add(file, arcname=file.relative_to(folder).as_posix(), recursive=False)
+        if bad is not None:
+            bad(tar)
+    return path
+
+
+def _add_member(tar, name: str, kind: bytes, linkname: str = "", data: bytes = b"") -> None:
+    import io as bytes_io
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.size = kind, linkname, len(data)
+    tar.addfile(info, bytes_io.BytesIO(data) if data else None)
+
+
+@pytest.mark.parametrize("mode", ["w", "w:gz"])
+def test_extract_archive_unpacks_an_imagefolder(tmp_path, mode):
+    tar = _image_tar(tmp_path, mode=mode)
+    dest = tmp_path / "extracted" / "imgs"
+    assert extract_archive(tar, dest) == 8
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["imgs"]  # no partial folder left
+    unpacked = prepare_dataset("imagefolder", tmp_path / "a.pt", root=dest, workers=1)
+    original = prepare_dataset("imagefolder", tmp_path / "b.pt", root=tmp_path / "images",
+                               workers=1)
+    assert unpacked["checksum"] == original["checksum"] and unpacked["num_train"] == 6
+
+
+PNG_BYTES = b"\x89PNG\r\n\x1a\n not really"
+
+
+@pytest.mark.parametrize("name, kind, linkname, data, says", [
+    ("train/cat/passwd.png", b"2", "/etc/passwd", b"", "is a symbolic link (to '/etc/passwd')"),
+    ("train/cat/secret.png", b"2", "../../secret.png", b"", "is a symbolic link"),
+    ("train/dog/same.png", b"1", "train/cat/000.png", b"", "is a hard link"),
+    ("train/dog/fifo", b"6", "", b"", "is a device or fifo"),
+    ("../x.png", b"0", "", PNG_BYTES, "absolute path or '..'"),
+    ("train/../../x.png", b"0", "", PNG_BYTES, "absolute path or '..'"),
+    ("/tmp/x.png", b"0", "", PNG_BYTES, "absolute path or '..'"),
+])
+def test_extract_archive_refuses_links_devices_and_escapes(tmp_path, name, kind, linkname, data,
+                                                           says):
+    tar = _image_tar(tmp_path, bad=lambda t: _add_member(t, name, kind, linkname, data))
+    dest = tmp_path / "extracted" / "imgs"
+    with pytest.raises(DataError) as err:
+        extract_archive(tar, dest)
+    msg = str(err.value)
+    assert f"member {name!r}" in msg and str(tar) in msg and says in msg and "\n" not in msg
+    # the good members before the bad one were unpacked, then removed with the temporary folder
+    assert not dest.exists() and list(dest.parent.iterdir()) == []
+    assert not (tmp_path / "x.png").exists() and not Path("/tmp/x.png").exists()
+
+
+def test_extract_archive_unreadable_or_taken_destination(tmp_path):
+    good = _image_tar(tmp_path, mode="w:gz")
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (tmp_path / "notes.tar").write_text("not an archive")
+    for broken in (truncated, tmp_path / "notes.tar", tmp_path / "missing.tar"):
+        with pytest.raises(DataError, match=f"cannot unpack archive {re.escape(str(broken))}: "
+                           ) as err:
+            extract_archive(broken, tmp_path / "out" / "d")
+        assert "\n" not in str(err.value)
+        assert list((tmp_path / "out").iterdir()) == []
+    (tmp_path / "out" / "d").mkdir()  # an empty folder is replaced ...
+    assert extract_archive(good, tmp_path / "out" / "d") == 8
+    with pytest.raises(DataError, match="already exists and is not empty"):  # ... a full one not
+        extract_archive(good, tmp_path / "out" / "d")
+
+
+def test_too_large_to_cache_with_a_temporary_root_is_refused(tmp_path):
+    _write_folder(tmp_path / "unpacked", n_train=3, n_test=1)  # 12 images
+    with pytest.raises(DataError) as err:
+        prepare_dataset("imagefolder", tmp_path / "s.pt", root=tmp_path / "unpacked", name="imgs",
+                        max_cached_images=10, root_is_temporary=True, workers=1)
+    msg = str(err.value)
+    assert msg.startswith("dataset 'imgs' is given as an archive") and "\n" not in msg
+    assert "12 images" in msg and "limits: 10 images" in msg and "datasets.imgs.root" in msg
+    assert not (tmp_path / "s.pt").exists()
+    # small enough to cache: a temporary root is fine
+    meta = prepare_dataset("imagefolder", tmp_path / "c.pt", root=tmp_path / "unpacked",
+                           root_is_temporary=True, workers=1)
+    assert meta["stream"] is False
 
 
 # --------------------------------------------------------------------------- synthetic

@@ -169,6 +169,60 @@ def test_local_archive_config_unpacks_then_prepares(tmp_path):
     assert run.count("train_model") == 9  # the ResNet chain with two TAs, one seed
 
 
+def image_archive_config(tmp_path: Path, **options) -> dict:
+    """A 2-class imagefolder archive (16 train + 4 test 8x8 PNGs) as dataset `imgs`, trained by a
+    one-epoch plane3 -> plane2 chain (NoKD and KD, one seed)."""
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    archive = tmp_path / "imgs.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for split, n in (("train", 8), ("test", 2)):
+            for cls in ("cat", "dog"):
+                for i in range(n):
+                    png = tmp_path / "png" / split / cls / f"{i}.png"
+                    png.parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(png)
+                    tar.add(png, arcname=f"{split}/{cls}/{i}.png")
+    config = tiny(datasets={"imgs": {"source": "imagefolder", "archive": str(archive),
+                                     "options": options}},
+                  chains={"small": {"teacher": "plane3", "student": "plane2"}},
+                  methods=["nokd", "kd"], seeds=[1], ablations={})
+    config["hyperparameters"]["defaults"].update(batch_size=8, eval_batch_size=8)
+    return config
+
+
+def test_archive_dataset_unpacks_prepares_trains_and_is_removed(tmp_path):
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    proc = snakemake(workdir, config=image_archive_config(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+    results = workdir / "results"
+    assert (results / "data" / "imgs.pt").is_file() and (results / "table1.csv").is_file()
+    assert not (results / "extracted" / "imgs").exists()  # temp(): removed once prepared
+
+
+def test_archive_dataset_too_large_to_cache_is_refused_before_training(tmp_path):
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    proc = snakemake(workdir, config=image_archive_config(tmp_path, max_cached_images=10))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    log = (workdir / "results" / "logs" / "prepare_data" / "imgs.log").read_text()
+    errors = [line for line in log.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        "error: dataset 'imgs' is given as an archive, which is unpacked only for preparing, but "
+        "it is too large to cache (20 images, about 0.00 GiB as uint8; limits: 10 images, 8.00 "
+        "GiB): unpack it yourself and set datasets.imgs.root, or raise "
+        "options.max_cached_images/max_cached_bytes"], log
+    assert "Traceback" not in log
+    assert not (workdir / "results" / "data" / "imgs.pt").exists()
+    assert not (workdir / "results" / "runs").exists() and "rule train_model" not in out
+
+
 def test_lint_is_clean_and_rules_are_snakefmt_formatted(tmp_path):
     config = write_config(tmp_path / "tiny.yaml", TINY)
     lint = subprocess.run([SNAKEMAKE, "--lint", "--snakefile", str(REPO / "Snakefile"),

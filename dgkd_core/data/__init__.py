@@ -22,6 +22,8 @@ Sources (``DATASET_SOURCES``):
   ``max_cached_images`` images (or an estimated uint8 size above ``max_cached_bytes``) becomes a
   *stream descriptor*: no image tensors, ``meta["stream"] = True``, labels and the root are kept,
   and :class:`StreamLoader` reads the files at train time.
+* An image folder packed as a tar file is unpacked first by :func:`extract_archive` (regular
+  files and folders only: links, devices and fifos are refused).
 * ``synthetic``: an embedded, procedurally generated 10-class 32x32 RGB task (see
   :func:`make_synthetic`), deterministic from ``seed``; it needs no files and no network.
 
@@ -35,7 +37,8 @@ Every random number is drawn on the CPU from a generator that is a pure function
 from __future__ import annotations
 
 # One module per concern; the package re-exports every public name of the former single module
-# (``__all__`` is unchanged; resolve_device, epoch_seed and the constants are importable too).
+# (resolve_device, epoch_seed and the constants are importable too), plus extract_archive.
+from dgkd_core.data.archive import extract_archive
 from dgkd_core.data.augment import augment_batch, crop_flip, draw_augment_params
 from dgkd_core.data.loaders import StreamLoader, TensorLoader, make_loaders, resolve_device
 from dgkd_core.data.prepared import (
@@ -71,6 +74,7 @@ __all__ = [
     "channel_stats",
     "crop_flip",
     "draw_augment_params",
+    "extract_archive",
     "load_prepared",
     "make_loaders",
     "make_synthetic",

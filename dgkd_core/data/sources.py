@@ -51,6 +51,7 @@ def prepare_dataset(
     max_cached_images: int = DEFAULT_MAX_CACHED_IMAGES,
     max_cached_bytes: int = DEFAULT_MAX_CACHED_BYTES,
     workers: int | None = None,
+    root_is_temporary: bool = False,
 ) -> dict:
     """Turn a dataset into one prepared file at ``out_path`` (written atomically); returns its meta.
 
@@ -67,6 +68,9 @@ def prepare_dataset(
     max_cached_images / max_cached_bytes: above either, an imagefolder dataset is written as a
         stream descriptor (``meta["stream"] = True``) read by :class:`StreamLoader`.
     workers: processes decoding imagefolder images (default: up to 8, one per CPU core).
+    root_is_temporary: the imagefolder root is removed once the file is prepared (an unpacked
+        archive); a dataset too large to cache then raises DataError instead of becoming a
+        stream descriptor, which would point into a folder that is gone when training reads it.
 
     Same inputs give the same tensors and therefore the same ``meta["checksum"]``.
     """
@@ -85,7 +89,7 @@ def prepare_dataset(
             raise DataError("the imagefolder source needs root: a folder with train/<class>/... "
                             "and test/<class>/...")
         payload = _prepare_imagefolder(Path(root), size, max_cached_images, max_cached_bytes,
-                                       workers)
+                                       workers, name, root_is_temporary)
     else:
         payload = _prepare_synthetic(seed, synthetic_train, synthetic_test)
 
@@ -186,7 +190,8 @@ def _list_imagefolder(root: Path) -> tuple[list[str], dict[str, list[tuple[str, 
 
 
 def _prepare_imagefolder(root: Path, size: tuple[int, int] | None, max_images: int,
-                         max_bytes: int, workers: int | None) -> dict:
+                         max_bytes: int, workers: int | None, name: str | None,
+                         root_is_temporary: bool) -> dict:
     import torchvision
 
     classes, samples = _list_imagefolder(root)
@@ -197,10 +202,19 @@ def _prepare_imagefolder(root: Path, size: tuple[int, int] | None, max_images: i
     detail = {"root": str(root.resolve()), "resize": list(size) if size else None,
               "torchvision": torchvision.__version__}
     if n_images > max_images or est_bytes > max_bytes:
-        return _stream_descriptor(root, classes, samples, size, expected, detail,
-                                  reason=f"{n_images} images, about {est_bytes / 2**30:.2f} GiB "
-                                         f"as uint8 (limits: {max_images} images, "
-                                         f"{max_bytes / 2**30:.2f} GiB)")
+        size_text = f"{n_images} images, about {est_bytes / 2**30:.2f} GiB as uint8"
+        limits = f"{max_images} images, {max_bytes / 2**30:.2f} GiB"
+        reason = f"{size_text} (limits: {limits})"
+        if root_is_temporary:
+            # Refused here rather than keeping the unpacked folder for training: it would then
+            # have to outlive every training job (on a cluster, on storage that every node
+            # sees), which is what `root` already gives, with the user choosing where it lives.
+            name = name or root.resolve().name
+            raise DataError(f"dataset '{name}' is given as an archive, which is unpacked only for "
+                            f"preparing, but it is too large to cache ({size_text}; limits: "
+                            f"{limits}): unpack it yourself and set datasets.{name}.root, or "
+                            f"raise options.max_cached_images/max_cached_bytes")
+        return _stream_descriptor(root, classes, samples, size, expected, detail, reason=reason)
     tensors = {}
     for split in ("train", "test"):
         paths = [p for p, _ in samples[split]]
