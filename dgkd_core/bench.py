@@ -103,7 +103,7 @@ def _project_img_s(data, spec, device, steps, warmup):
 
     Returns (images/s, the CUDA graph's fallback reason or None)."""
     from dgkd_core.config import DEFAULT_RUN_CONFIG
-    from dgkd_core.train import seed_everything
+    from dgkd_core.runtime import seed_everything
 
     # The determinism settings `train()` runs under (they cost speed on a GPU), undone after so
     # the next baseline runs the released code's way.
@@ -122,7 +122,9 @@ def _project_img_s(data, spec, device, steps, warmup):
 
 def _time_project_step(data, spec, device, steps, warmup):
     from dgkd_core.config import DEFAULT_RUN_CONFIG
-    from dgkd_core.train import Distiller, _make_step, fast_settings, make_autocast
+    from dgkd_core.runtime import fast_settings, make_autocast
+    from dgkd_core.step import make_step
+    from dgkd_core.train import Distiller
 
     fast = fast_settings(DEFAULT_RUN_CONFIG, device)
     fmt = torch.channels_last if fast["channels_last"] else torch.contiguous_format
@@ -135,7 +137,7 @@ def _time_project_step(data, spec, device, steps, warmup):
                           **({"fused": True} if device.type == "cuda" else {"foreach": True}))
     autocast = make_autocast(fast)
     names = distiller.term_names
-    step = _make_step(distiller, opt, autocast, fast["cuda_graph"], device, names)
+    step = make_step(distiller, opt, autocast, fast["cuda_graph"], device, names)
     loader, _ = make_loaders(data, batch_size=BATCH_SIZE, eval_batch_size=1024, device=device,
                              seed=0, augment=True, channels_last=fast["channels_last"])
     done, t0, epoch = 0, None, 0
@@ -221,7 +223,8 @@ def parity(data_path: str, *, model: str, epochs: int, device: str, out_root: Pa
 
     Both go through `train()`; only `fast.*` differs (on a CPU `auto` means channels_last only,
     so there the two differ in memory format alone)."""
-    from dgkd_core.train import FAST_OFF, train
+    from dgkd_core.runtime import FAST_OFF
+    from dgkd_core.train import train
 
     runs = {"fast": [], "fp32_eager": []}
     for seed in PARITY_SEEDS:

@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from dgkd_core.config import ConfigError
-    from dgkd_core.train import TrainingError
+    from dgkd_core.checkpoints import TrainingError
 
     args = build_parser().parse_args(argv)
     setup_logging(args.log_file)

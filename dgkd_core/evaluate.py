@@ -8,6 +8,11 @@ from contextlib import nullcontext
 import torch
 import torch.nn as nn
 
+from dgkd_core.checkpoints import load_checkpoint, load_guide
+from dgkd_core.config import resolve_run_config
+from dgkd_core.data import load_prepared, make_loaders, resolve_device
+from dgkd_core.runtime import fast_settings
+
 
 def evaluate(model: nn.Module, loader, *, bf16: bool = False) -> dict[str, float]:
     """Accuracy in percent over every sample of `loader` (yields ([B,3,H,W] float, [B] int64)).
@@ -18,6 +23,8 @@ def evaluate(model: nn.Module, loader, *, bf16: bool = False) -> dict[str, float
     correct1 = correct5 = 0
     loss_sum, n = 0.0, 0
     device_type = next(model.parameters()).device.type
+    # Unlike the training step's autocast (`runtime.make_autocast`) the weight-cast cache stays
+    # on: nothing here is captured in a CUDA graph.
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else nullcontext()
     with torch.inference_mode(), autocast:
         for images, targets in loader:
@@ -43,10 +50,6 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_path: str | os.PathL
     Precision, memory format and batch size follow the run config stored in the checkpoint, as
     in training's own evaluation: on the same device this reproduces `metrics.json`'s top1_last
     exactly (bf16 on a GPU can flip a near-tied prediction against an fp32 evaluation)."""
-    from dgkd_core.config import resolve_run_config
-    from dgkd_core.data import load_prepared, make_loaders, resolve_device
-    from dgkd_core.train import fast_settings, load_checkpoint, load_guide
-
     dev = resolve_device(device)
     data = load_prepared(data_path)
     ckpt = load_checkpoint(checkpoint)

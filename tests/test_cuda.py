@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from dgkd_core.data import prepare_dataset
-from dgkd_core.fast import CudaGraphStep
 from dgkd_core.models import build_model
-from dgkd_core.train import FAST_OFF, Distiller, _EagerStep, make_autocast, train
+from dgkd_core.runtime import FAST_OFF, make_autocast
+from dgkd_core.step import CudaGraphStep, EagerStep
+from dgkd_core.train import Distiller, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -29,7 +30,7 @@ def _eager_and_graph(autocast, seed: int = 0):
         distiller = Distiller(copy.deepcopy(student), [copy.deepcopy(guide)], LOSS)
         opt = torch.optim.SGD(distiller.student.parameters(), lr=0.1, momentum=0.9,
                               weight_decay=5e-4, fused=True)
-        made.append((distiller, opt, _EagerStep(distiller, opt, autocast, distiller.term_names)))
+        made.append((distiller, opt, EagerStep(distiller, opt, autocast, distiller.term_names)))
     d_graph, o_graph, eager_inside = made[1]
     graph = CudaGraphStep.or_fallback(eager_inside, d_graph, o_graph, torch.device("cuda"))
     assert isinstance(graph, CudaGraphStep)

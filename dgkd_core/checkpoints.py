@@ -1,0 +1,92 @@
+"""Final model checkpoints (`model.pt`): writing, reading, and loading one as a frozen guide.
+
+`TrainingError` lives here, not in train.py, because loading a bad checkpoint is the first place
+it is raised and evaluate.py needs these loaders without importing the trainer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from dgkd_core import io
+from dgkd_core.config import config_hash
+from dgkd_core.models import build_model
+
+CHECKPOINT_FORMAT = 1
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (bad guide, non-finite loss, ...). No final output is written."""
+
+
+def save_checkpoint(path: Path, model: nn.Module, cfg: dict, meta: dict, extra: dict) -> None:
+    """The final model checkpoint: weights (on the CPU) plus what a guide check needs.
+
+    cfg: the resolved run config; meta: the prepared data's meta; extra: more top-level keys."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    io.atomic_torch_save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "state_dict": state,
+            "model": cfg["model"],
+            "dataset": meta["name"],
+            "data_checksum": meta.get("checksum"),
+            "num_classes": int(meta["num_classes"]),
+            "config_hash": config_hash(cfg),
+            "config": cfg,
+            **extra,
+        },
+        path,
+    )
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a final checkpoint; a truncated or corrupt file raises TrainingError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"checkpoint {path} does not exist; train that model first")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for truncated zip/pickle data
+        raise TrainingError(
+            f"checkpoint {path} is truncated or corrupt ({type(err).__name__}: {err}); "
+            "delete it and train that model again"
+        ) from None
+    if not isinstance(ckpt, dict) or not {"state_dict", "model", "num_classes"} <= ckpt.keys():
+        raise TrainingError(f"checkpoint {path} is not a dgkd_core model checkpoint")
+    return ckpt
+
+
+def load_guide(path: str | os.PathLike, meta: dict, device: torch.device,
+               ckpt: dict | None = None) -> nn.Module:
+    """Build a frozen guide from its checkpoint, after checking it fits this dataset.
+
+    ckpt: `load_checkpoint(path)`'s result, where the caller has it already."""
+    ckpt = ckpt if ckpt is not None else load_checkpoint(path)
+    if int(ckpt["num_classes"]) != int(meta["num_classes"]):
+        raise TrainingError(
+            f"guide {path} was trained with {ckpt['num_classes']} classes on "
+            f"'{ckpt.get('dataset')}', but this run's dataset '{meta['name']}' has "
+            f"{meta['num_classes']}; use guides trained on the same dataset"
+        )
+    theirs, ours = ckpt.get("data_checksum"), meta.get("checksum")
+    if theirs and ours and theirs != ours:
+        raise TrainingError(
+            f"guide {path} was trained on dataset '{ckpt.get('dataset')}' (checksum {theirs[:12]}), "
+            f"not on this run's '{meta['name']}' (checksum {ours[:12]}); use guides trained on "
+            "the same prepared data"
+        )
+    model = build_model(ckpt["model"], int(ckpt["num_classes"]), dataset=ckpt.get("dataset"))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device)
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """sha256 (hex) of a file's bytes: a retrained guide (same name and size) must not match."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
