@@ -17,7 +17,7 @@ from dgkd_core.schema import ConfigError, check
 
 __all__ = ["ConfigError", "DEFAULT_RUN_CONFIG", "RUN_CONFIG_SCHEMA", "TRAINING_CODE_VERSION",
            "config_hash", "deep_update", "parse_overrides", "resolve_run_config",
-           "settings_schema"]
+           "semantic_settings", "settings_schema"]
 
 # Bump when a change in dgkd_core alters what training computes (losses, models, data path,
 # optimiser, schedule). The workflow puts it in every training rule's params, so bumping it
@@ -129,9 +129,16 @@ def resolve_run_config(partial: dict) -> dict:
     return cfg
 
 
+def semantic_settings(cfg: dict) -> dict:
+    """The settings that determine what a run computes: `cfg` without those that change only how
+    fast or where it runs (device, time budget, evaluation batch size). They identify a run in
+    its hash and in the workflow's rerun params."""
+    return {k: v for k, v in cfg.items() if k not in _NON_SEMANTIC_KEYS}
+
+
 def config_hash(cfg: dict) -> str:
     """sha256 (hex, 16 chars) of the settings that determine what a run computes."""
-    semantic = {k: v for k, v in cfg.items() if k not in _NON_SEMANTIC_KEYS}
+    semantic = semantic_settings(cfg)
     semantic["training_code_version"] = TRAINING_CODE_VERSION
     blob = json.dumps(semantic, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -148,9 +155,19 @@ def parse_overrides(pairs: list[str]) -> dict:
         key, raw = pair.split("=", 1)
         node = out
         parts = key.strip().split(".")
-        for part in parts[:-1]:
+        if not all(parts):
+            raise ConfigError(f"--set {pair!r}: the key has an empty part; write key.sub=value")
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+            if not isinstance(node, dict):
+                where = ".".join(parts[: i + 1])
+                raise ConfigError(f"--set {pair!r}: '{where}' is already set to {node!r}, which "
+                                  "has no keys; set one or the other")
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {pair!r}: the value is not valid YAML "
+                              f"({str(err).splitlines()[0]})") from None
     return out
 
 

@@ -8,6 +8,7 @@ left as it was.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -15,7 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write_bytes", "atomic_torch_save", "atomic_write_json", "atomic_write_text"]
+__all__ = ["WriteError", "atomic_write_bytes", "atomic_torch_save", "atomic_write_json",
+           "atomic_write_text"]
+
+
+class WriteError(OSError):
+    """A file could not be written; the message names it, the cause (e.g. ENOSPC) and that the
+    previous file, if any, is unchanged."""
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -23,6 +30,27 @@ os.umask(_UMASK)
 
 def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     path = Path(path)
+    try:
+        return _replace_with(path, write)
+    except WriteError:
+        raise
+    except OSError as err:
+        code = errno.errorcode.get(err.errno, "")
+        cause = f"{err.strerror or err} ({code})" if code else str(err)
+        raise _write_error(err.errno, f"cannot write {path}: {cause}; the previous file, if "
+                           "any, is unchanged") from err
+
+
+def _write_error(code: int | None, message: str) -> WriteError:
+    error = WriteError(message)  # one argument: str(error) is the message alone
+    error.errno = code
+    return error
+
+
+def _replace_with(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
+    if path.parent.exists() and not path.parent.is_dir():
+        raise _write_error(errno.ENOTDIR, f"cannot write {path}: {path.parent} is a file, not "
+                           "a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

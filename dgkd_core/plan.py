@@ -20,13 +20,13 @@ from pathlib import Path
 import yaml
 
 from dgkd_core import methods, paths
-from dgkd_core.config import deep_update, resolve_run_config, settings_schema
+from dgkd_core.config import deep_update, resolve_run_config, semantic_settings, settings_schema
 from dgkd_core.models import available_models, build_model, count_parameters, model_family
 from dgkd_core.paths import Run
 from dgkd_core.schema import ConfigError, check
 
 __all__ = ["ConfigError", "Plan", "ROLES", "default_schema_path", "evenly_spaced",
-           "load_workflow_schema"]
+           "job_run_config", "load_workflow_schema"]
 
 ROLES = ("teacher", "ta", "student")
 _LAYER_GROUPS = ("per_family", "per_role", "per_method")
@@ -49,6 +49,18 @@ def evenly_spaced(tas, k: int) -> list:
     """k of `tas` (largest first), spread evenly along the chain: k=3 of 7 -> 2nd, 4th, 6th."""
     n = len(tas)
     return [tas[int((i + 1) * (n + 1) / (k + 1) + 0.5) - 1] for i in range(k)]
+
+
+def job_run_config(config: dict, output_file: str, run_settings: dict) -> dict:
+    """The full run config of the training job that writes `output_file` (a run's file).
+
+    run_settings: the job's rerun params (Plan.run_config without what cannot change a result);
+    the rest (eval_batch_size, device) comes from the plan, so changing it reruns nothing."""
+    cfg = Plan(config).run_config(paths.run_from_path(output_file))
+    if semantic_settings(cfg) != run_settings:
+        raise ConfigError(f"the plan's settings for {output_file} differ from the job's params; "
+                          "run Snakemake again from the same config")
+    return cfg
 
 
 def _chain_models(chain: dict) -> list[str]:

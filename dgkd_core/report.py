@@ -29,13 +29,33 @@ def method_label(method: str, keep_prob: float | None = None) -> str:
 # ---------------------------------------------------------------------------- runs
 
 
+class ReportError(ValueError):
+    """An input of a table cannot be used; the message names the file and what to do."""
+
+
+_METRIC_KEYS = ("epochs", "top1_last", "top5_last", "top1_best", "best_epoch", "wall_time_s")
+
+
+def read_metrics(path) -> dict:
+    """A run's metrics.json, checked for the keys the tables use; ReportError naming the file."""
+    redo = f"delete {path} and run the workflow again to retrain that model"
+    try:
+        with open(path, encoding="utf-8") as fh:
+            metrics = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ReportError(f"cannot read {path}: {err}; {redo}") from None
+    missing = [k for k in _METRIC_KEYS if not isinstance(metrics, dict) or k not in metrics]
+    if missing:
+        raise ReportError(f"{path} lacks {', '.join(missing)}; {redo}")
+    return metrics
+
+
 def load_runs(metrics_paths) -> pd.DataFrame:
     """One row per run: its identity (from the path) and its numbers (from metrics.json)."""
     rows = []
     for path in metrics_paths:
         run = paths.run_from_path(path)
-        with open(path) as fh:
-            metrics = json.load(fh)
+        metrics = read_metrics(path)
         guided = len(run.lineage) > 1
         rows.append({
             "dataset": run.dataset,

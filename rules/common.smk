@@ -11,7 +11,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
 from dgkd_core import paths
-from dgkd_core.config import TRAINING_CODE_VERSION
+from dgkd_core.config import TRAINING_CODE_VERSION, semantic_settings
 from dgkd_core.plan import ConfigError, Plan
 
 try:
@@ -56,8 +56,11 @@ def get_guide_checkpoints(wildcards):
     return run_files(PLAN.guides(run_of(wildcards)), "model.pt")
 
 
-def get_run_config(wildcards):
-    return PLAN.run_config(run_of(wildcards))
+def get_run_settings(wildcards):
+    """What the job computes, as its rerun params; the job's adapter adds the settings that
+    cannot change a result (eval_batch_size, device), so changing those reruns nothing.
+    """
+    return semantic_settings(PLAN.run_config(run_of(wildcards)))
 
 
 def get_runtime_minutes(wildcards):

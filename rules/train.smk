@@ -1,6 +1,7 @@
 # One rule trains every model, from its guides' checkpoints (dgkd_core.plan: Plan.guides).
-# Its params are this job's own resolved run config and TRAINING_CODE_VERSION, so a changed
-# setting reruns exactly the jobs it reaches, and a change in dgkd_core's training maths
+# Its params are this job's own resolved run config (but for the settings that cannot change a
+# result: dgkd_core.config.semantic_settings) and TRAINING_CODE_VERSION, so a changed setting
+# reruns exactly the jobs it reaches, and a change in dgkd_core's training maths
 # (a bumped TRAINING_CODE_VERSION) reruns every training job.
 
 
@@ -24,7 +25,7 @@ rule train_model:
         mem_mb=SETTINGS["resources"]["mem_mb"],
         runtime=get_runtime_minutes,
     params:
-        run_config=get_run_config,
+        run_settings=get_run_settings,
         training_code_version=TRAINING_CODE_VERSION,
     script:
         "../workflow_scripts/train_model.py"

@@ -326,6 +326,15 @@ def test_adding_a_seed_adds_only_that_seeds_jobs(finished):
 
 
 @pytest.mark.slow
+def test_settings_that_cannot_change_a_result_rerun_nothing(finished):
+    config = tiny()
+    config["hyperparameters"]["defaults"]["eval_batch_size"] = 64
+    config["hyperparameters"]["per_role"]["teacher"] = {"device": "auto"}
+    run = dry_run(finished, config=config)
+    assert run.nothing_to_do and not run.train_jobs, run.text
+
+
+@pytest.mark.slow
 def test_method_override_reaches_that_methods_jobs_only(finished):
     config = tiny()
     config["hyperparameters"]["per_method"]["takd"] = {"loss": {"temperature": 3.0}}
