@@ -68,16 +68,22 @@ class Method:
     needs_tas: bool  # a chain without TAs cannot run it
     kd_when_teacher_only: bool  # its model guided by the teacher alone is the shared KD run
     stochastic: bool = False  # carries a keep probability (loss.keep_prob) in its run
+    min_guides: int = 0  # how many guide checkpoints a run of it takes, at least
+    max_guides: int | None = 0  # ... and at most (None: no limit)
 
 
 REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("nokd", "NoKD", "#7f7f7f", _no_guides, _alone, False, False),
-    Method("kd", "KD", "#1f77b4", _teacher, _from_teacher, False, False),
-    Method("takd", "TAKD", "#ff7f0e", _previous_in_chain, _along_chain, True, True),
-    Method("dgkd", "DGKD", "#2ca02c", _teacher_and_every_larger_ta, _along_chain, True, True),
+    Method("kd", "KD", "#1f77b4", _teacher, _from_teacher, False, False,
+           min_guides=1, max_guides=1),
+    Method("takd", "TAKD", "#ff7f0e", _previous_in_chain, _along_chain, True, True,
+           min_guides=1, max_guides=1),
+    # At least the teacher and one TA: a DGKD model guided by the teacher alone is the KD run.
+    Method("dgkd", "DGKD", "#2ca02c", _teacher_and_every_larger_ta, _along_chain, True, True,
+           min_guides=2, max_guides=None),
     # Its dropping applies to the final student only: its TAs are DGKD's.
     Method("sdgkd", "Stochastic DGKD", "#d62728", _teacher_and_every_larger_ta, _along_chain,
-           True, False, stochastic=True),
+           True, False, stochastic=True, min_guides=2, max_guides=None),
 )}
 METHODS: tuple[str, ...] = tuple(REGISTRY)
 OTHER_COLOUR = "#9467bd"  # anything not in the registry (never expected)
@@ -89,6 +95,27 @@ def get_method(name: str) -> Method:
         return REGISTRY[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown method {name!r}; allowed: {', '.join(METHODS)}") from None
+
+
+def check_guides(name: str, n_guides: int, keep_prob: float | None) -> None:
+    """ValueError (one line) unless a run of method `name` with `n_guides` guide checkpoints and
+    loss.keep_prob `keep_prob` is what the method is: the rule the workflow's plan follows."""
+    method = get_method(name)
+    low, high = method.min_guides, method.max_guides
+    if not low <= n_guides <= (n_guides if high is None else high):
+        need = ("no" if high == 0 else f"exactly {low}" if low == high
+                else f"at least {low}" if high is None else f"{low} to {high}")
+        hint = ("; a model guided by the teacher alone is the KD run (method 'kd')"
+                if method.kd_when_teacher_only and n_guides == 1 else "")
+        raise ValueError(f"method {name!r} takes {need} guide checkpoint"
+                         f"{'' if low == high == 1 else 's'}, but {n_guides} "
+                         f"{'was' if n_guides == 1 else 'were'} given{hint}")
+    if method.stochastic and keep_prob is None:
+        raise ValueError(f"method {name!r} needs loss.keep_prob (the probability of keeping each "
+                         "guide), which is not set")
+    if not method.stochastic and keep_prob is not None:
+        raise ValueError(f"loss.keep_prob is {keep_prob} but method is {name!r}; a keep "
+                         "probability makes a run stochastic DGKD (method 'sdgkd')")
 
 
 def canonical_method(name: str, lineage: Lineage) -> str:

@@ -246,3 +246,30 @@ def test_chain_size_warning():
 def test_a_config_that_is_not_a_mapping():
     with pytest.raises(ConfigError, match="must be a mapping"):
         Plan([1, 2])
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "demo.yaml", "test_tiny.yaml"])
+def test_every_planned_run_passes_the_trainers_method_check(name):
+    """train() refuses a run whose method and guides disagree: the workflow never plans one."""
+    plan = Plan(yaml.safe_load((REPO / "config" / name).read_text()))
+    for run in plan.runs():
+        cfg = plan.run_config(run)
+        methods.check_guides(cfg["method"], len(plan.guides(run)), cfg["loss"]["keep_prob"])
+
+
+@pytest.mark.parametrize("method, n_guides, keep_prob, needle", [
+    ("nokd", 1, None, "takes no guide checkpoints, but 1 was given"),
+    ("kd", 0, None, "exactly 1 guide checkpoint, but 0 were given"),
+    ("dgkd", 1, None, "at least 2 guide checkpoints, but 1 was given; .* the KD run"),
+    ("sdgkd", 2, None, "needs loss.keep_prob"),
+    ("takd", 1, 0.5, "loss.keep_prob is 0.5 but method is 'takd'"),
+])
+def test_check_guides_refuses_a_mismatch(method, n_guides, keep_prob, needle):
+    with pytest.raises(ValueError, match=needle):
+        methods.check_guides(method, n_guides, keep_prob)
+
+
+def test_check_guides_accepts_each_methods_own_runs():
+    for args in (("nokd", 0, None), ("kd", 1, None), ("takd", 1, None), ("dgkd", 2, None),
+                 ("sdgkd", 3, 0.75)):
+        methods.check_guides(*args)
