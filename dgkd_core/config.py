@@ -13,6 +13,7 @@ from typing import Any
 
 from dgkd_core.losses import CONVENTIONS
 from dgkd_core.methods import METHODS
+from dgkd_core.models import INITS
 from dgkd_core.schema import ConfigError, check
 
 __all__ = ["ConfigError", "DEFAULT_RUN_CONFIG", "RUN_CONFIG_SCHEMA", "TRAINING_CODE_VERSION",
@@ -22,7 +23,8 @@ __all__ = ["ConfigError", "DEFAULT_RUN_CONFIG", "RUN_CONFIG_SCHEMA", "TRAINING_C
 # Bump when a change in dgkd_core alters what training computes (losses, models, data path,
 # optimiser, schedule). The workflow puts it in every training rule's params, so bumping it
 # reruns every training job; Snakemake does not track imported modules by itself.
-TRAINING_CODE_VERSION = "1"
+# 2: plain CNNs start from PyTorch's default initialisation, as in the released code (`init`).
+TRAINING_CODE_VERSION = "2"
 
 # The run config's one definition: every key, its type, range and default. The defaults are
 # read from here (DEFAULT_RUN_CONFIG), the workflow's hyperparameter layers are checked against
@@ -35,6 +37,10 @@ RUN_CONFIG_SCHEMA: dict[str, Any] = {
     "properties": {
         "model": {"type": ["string", "null"], "default": None,
                   "description": "a name from dgkd_core.models.available_models()"},
+        "init": {"enum": list(INITS), "default": "auto",
+                 "description": "the model's initialisation; auto: its family's, as in the "
+                                "released code (dgkd_core.models.default_init), written into the "
+                                "resolved config"},
         "method": {"enum": list(METHODS), "default": "nokd",
                    "description": "recorded with the run; the guides decide the loss"},
         "seed": {"type": "integer", "minimum": 0, "default": 0},
@@ -120,12 +126,14 @@ def resolve_run_config(partial: dict) -> dict:
                           f"{type(partial).__name__} {partial!r}")
     check(partial or {}, RUN_CONFIG_SCHEMA, what="run-config")
     cfg = _complete(RUN_CONFIG_SCHEMA, partial)
-    from dgkd_core.models import available_models
+    from dgkd_core.models import available_models, default_init
 
     names = available_models()
     if cfg["model"] not in names:
         raise ConfigError(f"run-config 'model' is {cfg['model']!r}; available models: "
                           f"{', '.join(names)}")
+    if cfg["init"] == "auto":  # metrics.json then says which initialisation ran
+        cfg["init"] = default_init(cfg["model"])
     return cfg
 
 

@@ -31,8 +31,11 @@ def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
     return [_conv3x3(cin, cout, bias=True), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
-def _init_weights(model: nn.Module) -> nn.Module:
-    """Kaiming-normal (fan_out, ReLU) convs with zero bias; BN weight 1, bias 0; Linear default."""
+def kaiming_normal_init(model: nn.Module) -> nn.Module:
+    """Kaiming-normal (fan_out, ReLU) convs with zero bias; BN weight 1, bias 0; Linear default.
+
+    For the CIFAR ResNets this is the released DGKD/TAKD code's normal(0, sqrt(2/n)), n = k²·C_out
+    (and RepDistiller's for WRN and VGG)."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -82,7 +85,6 @@ class CifarResNet(nn.Module):
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.features = nn.Sequential(*layers)
         self.fc = nn.Linear(64, num_classes)
-        _init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x))
@@ -126,7 +128,6 @@ class WideResNet(nn.Module):
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.features = nn.Sequential(*layers)
         self.fc = nn.Linear(cin, num_classes)
-        _init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x))
@@ -153,7 +154,6 @@ class CifarVGG(nn.Module):
             blocks.append(nn.Sequential(*layers))
         self.blocks = nn.ModuleList(blocks)
         self.fc = nn.Linear(cin, num_classes)
-        _init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pool_block3 = x.shape[-2] > 32
@@ -209,7 +209,6 @@ class PlainCNN(nn.Module):
         for a, b in pairwise(widths):
             fcs += [nn.Linear(a, b), nn.ReLU(inplace=True)]
         self.classifier = nn.Sequential(*fcs, nn.Linear(widths[-1], num_classes))
-        _init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
@@ -260,6 +259,35 @@ _REGISTRY: dict[str, tuple[str, _Builder]] = {
 }
 
 
+# The initialisation each family gets by default (`init: auto`): what the released DGKD code
+# does (REFERENCE.md): PyTorch's default layers for the plain CNNs, Kaiming-normal for the ResNets
+# (and RepDistiller's WRN and VGG); torchvision's own for its ImageNet ResNets.
+INITS = ("auto", "torch_default", "kaiming_normal", "torchvision")
+_FAMILY_INIT = {"resnet": "kaiming_normal", "plane": "torch_default", "wrn": "kaiming_normal",
+                "vgg": "kaiming_normal", "imagenet_resnet": "torchvision"}
+
+
+def default_init(name: str) -> str:
+    """What `init: auto` means for model `name` (see _FAMILY_INIT)."""
+    return _FAMILY_INIT[model_family(name)]
+
+
+def _initialise(model: nn.Module, init: str) -> nn.Module:
+    own_layers = isinstance(model, (CifarResNet, WideResNet, CifarVGG, PlainCNN))
+    if init == "torchvision" and own_layers:
+        raise ValueError("init torchvision applies to torchvision's ImageNet ResNets only; use "
+                         "auto, torch_default or kaiming_normal")
+    if init == "kaiming_normal":
+        return kaiming_normal_init(model)
+    if init == "torch_default" and own_layers:
+        return model  # built from PyTorch's layers, whose constructors initialise them
+    if init == "torch_default":  # torchvision's models apply their own init: undo it
+        for m in model.modules():
+            if hasattr(m, "reset_parameters") and m is not model:
+                m.reset_parameters()
+    return model
+
+
 def available_models() -> list[str]:
     """All registry names, sorted."""
     return sorted(_REGISTRY)
@@ -282,21 +310,25 @@ def model_family(name: str) -> str:
     return _lookup(name)[0]
 
 
-def build_model(name: str, num_classes: int, dataset: str | None = None) -> nn.Module:
+def build_model(name: str, num_classes: int, dataset: str | None = None,
+                init: str = "auto") -> nn.Module:
     """Build a freshly initialised model returning logits ``[B, num_classes]``.
 
     CIFAR models take normalised float ``[B, 3, 32, 32]``. ``dataset`` only selects the plain-CNN
     layout: "cifar10" gives REFERENCE.md's CIFAR-10 column, anything else (cifar100, None,
     synthetic, imagefolder, ...) the CIFAR-100 column. ``num_classes`` always sets the output size.
+    ``init``: one of ``INITS``; auto is the family's default (:func:`default_init`).
     """
     _, builder = _lookup(name)
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; allowed: {', '.join(INITS)}")
     try:
         num_classes = operator.index(num_classes)
     except TypeError:
         raise ValueError(f"num_classes must be an integer, got {num_classes!r}") from None
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-    return builder(num_classes, dataset)
+    return _initialise(builder(num_classes, dataset), default_init(name) if init == "auto" else init)
 
 
 def count_parameters(model: nn.Module) -> int:

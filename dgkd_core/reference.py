@@ -20,6 +20,11 @@ class PaperValue:
     source: str
     approximate: bool = False  # "about", or recovered without confirmation
 
+    @property
+    def recipe(self) -> str:
+        """How the source trained: what a reader must know before comparing with this project."""
+        return RECIPES[self.source]
+
     def label(self) -> str:
         return ("≈" if self.approximate else "") + f"{self.top1:.2f}"
 
@@ -27,6 +32,15 @@ class PaperValue:
 _DGKD = "DGKD (ICCV 2021)"
 _DGKD_ABLATION = "DGKD (ICCV 2021), 7-TA study"
 _TAKD_AUTHOR = "TAKD author's report"
+# The recipe behind each source (REFERENCE.md; docs/recipe.md). Neither is this project's default
+# recipe (augmentation, the paper's loss, last-epoch numbers), so a difference is not only noise.
+RECIPES = {
+    _DGKD: "the paper's recipe is not fully known; its released code keeps the best test epoch, "
+           "so these are probably best-epoch numbers",
+    _DGKD_ABLATION: "as the paper's Table 1: probably best-epoch numbers",
+    _TAKD_AUTHOR: "another recipe: TAKD's code (no augmentation, its own learning-rate schedule, "
+                  "λ and T searched per run, best-epoch selection)",
+}
 _PLAIN_TAS = ("plane8", "plane6", "plane4")
 _PLAIN_7_TAS = ("plane9", "plane8", "plane7", "plane6", "plane5", "plane4", "plane3")
 _RESNET_TAS = ("resnet20", "resnet14")

@@ -135,3 +135,43 @@ def test_unknown_name_error_lists_available_models():
 def test_too_few_classes_rejected(num_classes):
     with pytest.raises(ValueError, match="num_classes"):
         build_model("resnet8", num_classes)
+
+
+# ------------------------------------------------------------------ initialisation
+
+
+def _second_conv(model):
+    return [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][1]
+
+
+def test_plain_cnns_start_from_pytorchs_default_init_as_in_the_released_code():
+    """A 32->32 3x3 conv: PyTorch's default draws U(±1/sqrt(fan_in)), std 1/sqrt(3*288) = 0.0340;
+    Kaiming-normal (fan_out) has std sqrt(2/288) = 0.0833 and zero bias (REFERENCE.md)."""
+    torch.manual_seed(0)
+    conv = _second_conv(build_model("plane2", 100))  # CIFAR-100 layout: C32 MP C32
+    assert conv.in_channels == conv.out_channels == 32
+    assert abs(conv.weight.std().item() - 0.0340) < 0.003
+    assert conv.bias.abs().sum() > 0
+    torch.manual_seed(0)
+    conv = _second_conv(build_model("plane2", 100, init="kaiming_normal"))
+    assert abs(conv.weight.std().item() - 0.0833) < 0.006
+    assert conv.bias.abs().sum() == 0
+
+
+def test_resnets_keep_kaiming_normal_and_init_is_recorded():
+    from dgkd_core.config import resolve_run_config
+
+    torch.manual_seed(0)
+    auto = build_model("resnet8", 10)
+    torch.manual_seed(0)
+    kaiming = build_model("resnet8", 10, init="kaiming_normal")
+    assert all(torch.equal(a, b) for a, b in zip(auto.state_dict().values(),
+                                                 kaiming.state_dict().values()))
+    assert resolve_run_config({"model": "resnet8"})["init"] == "kaiming_normal"
+    assert resolve_run_config({"model": "plane4"})["init"] == "torch_default"
+    assert resolve_run_config({"model": "plane4", "init": "kaiming_normal"})["init"] == (
+        "kaiming_normal")
+    with pytest.raises(ValueError, match="unknown init"):
+        build_model("resnet8", 10, init="xavier")
+    with pytest.raises(ValueError, match="ImageNet ResNets only"):
+        build_model("resnet8", 10, init="torchvision")

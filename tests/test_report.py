@@ -117,6 +117,8 @@ def test_table1_aggregates_seeds_and_compares_with_the_paper(runs, tmp_path):
     assert dgkd["top1_best_epoch_mean"] == pytest.approx(50.0)
     assert dgkd["paper_top1"] == 48.92
     assert dgkd["diff_vs_paper"] == pytest.approx(49.0 - 48.92)
+    assert dgkd["diff_vs_paper_best"] == pytest.approx(50.0 - 48.92)  # best epochs 49 and 51
+    assert "best-epoch" in dgkd["paper_recipe"]
     assert math.isnan(table[table["method"] == "kd"]["paper_top1"].item())
 
     report.write_table(table, tmp_path / "t.csv", tmp_path / "t.md", "Table 1")
@@ -127,6 +129,18 @@ def test_table1_aggregates_seeds_and_compares_with_the_paper(runs, tmp_path):
     assert "49.00 ± 1.41" in md and "48.92" in md and "+0.08" in md
     assert "Stochastic DGKD (p=0.75)" in md and "≈50.15" in md
     assert "best epoch, mean; reference only" in md
+    assert "Δ vs paper (last epoch)" in md and "Δ vs paper (best epoch; reference only)" in md
+    assert "+1.08" in md  # the best-epoch difference, 50.00 - 48.92
+
+
+def test_reference_values_from_another_recipe_say_which(tmp_path):
+    run = paths.make_run("cifar100", 20, "nokd", ["resnet8"])
+    table = report.table1(report.load_runs([write_run(tmp_path, run, 60.0, 61.0)]))
+    assert table["paper_top1"].item() == 61.37
+    assert "another recipe" in table["paper_recipe"].item()
+    assert "no augmentation" in table["paper_recipe"].item()
+    md = report.markdown(table, "T")
+    assert "TAKD author's report: another recipe: TAKD's code (no augmentation" in md
 
 
 def test_guides_table(runs):
