@@ -21,23 +21,56 @@ def setup_logging(log_file: str | None = None) -> None:
     root.setLevel(logging.INFO)
 
 
-def _train(args) -> int:
+def read_run_file(path: str) -> dict:
+    """A `train --config` YAML file: a mapping; ConfigError naming the file otherwise."""
     import yaml
 
+    from dgkd_core.config import ConfigError
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            content = yaml.safe_load(fh)
+    except OSError as err:
+        raise ConfigError(f"cannot read --config {path}: {err.strerror or err}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"--config {path} is not valid YAML{where}: "
+                          f"{getattr(err, 'problem', None) or err}") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ConfigError(f"--config {path} holds a {type(content).__name__}, not a mapping of "
+                          "run-config keys (model: ..., epochs: ..., data: ..., out_dir: ...)")
+    return content
+
+
+def guide_list(guides) -> list[str]:
+    """`guides` as given in a run file or `--set`: one path, or a list of paths."""
+    from dgkd_core.config import ConfigError
+
+    if guides is None:
+        return []
+    if isinstance(guides, str):
+        return [guides]  # one guide; a string must not be split into characters
+    if isinstance(guides, list) and all(isinstance(g, str) and g for g in guides):
+        return guides
+    raise ConfigError(f"guides must be a path or a list of paths (teacher first), got "
+                      f"{guides!r}; e.g. --set 'guides=[teacher/model.pt, ta1/model.pt]'")
+
+
+def _train(args) -> int:
     from dgkd_core.config import ConfigError, deep_update, parse_overrides
     from dgkd_core.train import train
 
-    run = {}
-    if args.config:
-        with open(args.config) as fh:
-            run = yaml.safe_load(fh) or {}
+    run = read_run_file(args.config) if args.config else {}
     run = deep_update(run, parse_overrides(args.set or []))
     missing = [k for k in ("data", "out_dir") if not run.get(k)]
     if missing:
         raise ConfigError(f"train needs {' and '.join(missing)}: give them in --config or as "
                           f"--set {missing[0]}=...")
     where = {k: run.pop(k, None) for k in RUN_FILE_KEYS}
-    metrics = train(run, where["data"], where["out_dir"], where["guides"] or (),
+    metrics = train(run, where["data"], where["out_dir"], guide_list(where["guides"]),
                     progress=None)
     print(json.dumps({k: metrics[k] for k in ("model", "top1_last", "top1_best", "best_epoch",
                                               "wall_time_s")}))
@@ -70,6 +103,8 @@ def _bench(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dgkd_core", description=__doc__)
     parser.add_argument("--log-file", help="write log lines here instead of stderr")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show the whole traceback instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one model (resumes automatically)")
@@ -111,16 +146,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from dgkd_core.config import ConfigError
+def error_line(err: BaseException) -> str:
+    """One line for the user: the message's first line; the type where it adds something."""
     from dgkd_core.checkpoints import TrainingError
+    from dgkd_core.config import ConfigError
+    from dgkd_core.data import DataError
 
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if isinstance(err, (ConfigError, TrainingError, DataError, OSError)) and text:
+        return text
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. An error is one line on stderr and exit status 2 (the traceback with
+    --debug); a training stopped early to be resumed exits with its own status (75)."""
     args = build_parser().parse_args(argv)
     setup_logging(args.log_file)
     try:
         return args.func(args)
-    except (ConfigError, TrainingError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:  # every failure becomes one line; --debug shows where it came from
+        if args.debug:
+            raise
+        print(f"error: {error_line(err)}", file=sys.stderr)
         return 2
 
 
