@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -82,8 +84,54 @@ def load_guide(path: str | os.PathLike, meta: dict, device: torch.device,
             "the same prepared data"
         )
     model = build_model(ckpt["model"], int(ckpt["num_classes"]), dataset=ckpt.get("dataset"))
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, TypeError, AttributeError):  # torch's message lists every key: summarise
+        raise TrainingError(
+            f"checkpoint {path} does not fit its architecture {ckpt['model']!r}: "
+            f"{state_dict_mismatch(model.state_dict(), ckpt['state_dict'])}; train that model "
+            "again"
+        ) from None
+    bad = first_non_finite(ckpt["state_dict"])
+    if bad is not None:
+        raise TrainingError(f"checkpoint {path} holds non-finite values (inf or NaN) in {bad!r}; "
+                            "train that model again")
     return model.to(device)
+
+
+def first_non_finite(state: Mapping[str, Any]) -> str | None:
+    """The key of the first floating-point tensor of `state` (a state_dict) that holds inf or
+    NaN, or None when all are finite.
+
+    One reduction per tensor and one device sync in all; the key is looked for only when some
+    tensor is bad. The tensors must be on one device."""
+    floats = [(k, v) for k, v in state.items()
+              if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    if not floats:
+        return None
+    finite = torch.stack([v.isfinite().all() for _, v in floats])
+    if bool(finite.all()):
+        return None
+    return next(k for (k, _), ok in zip(floats, finite.tolist()) if not ok)
+
+
+def state_dict_mismatch(expected: Mapping[str, Any], given: Any) -> str:
+    """One line on how state_dict `given` differs from `expected` (a model's own): its first
+    missing key, unexpected key or shape mismatch, and how many differences there are."""
+    if not isinstance(given, Mapping):
+        return f"its state_dict is a {type(given).__name__}, not a mapping of tensors"
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [f"{k} has shape {list(getattr(given[k], 'shape', []))}, the model's is "
+              f"{list(expected[k].shape)}" for k in expected
+              if k in given and getattr(given[k], "shape", None) != expected[k].shape]
+    found = ([f"missing key {k!r}" for k in missing[:1]]
+             + [f"unexpected key {k!r}" for k in unexpected[:1]] + shapes[:1])
+    if not found:
+        return "its tensors cannot be loaded into the model"
+    total = len(missing) + len(unexpected) + len(shapes)
+    more = f" ({total} differences in all)" if total > 1 else ""
+    return ", ".join(found) + more
 
 
 def file_fingerprint(path: str | os.PathLike) -> str:

@@ -1,5 +1,6 @@
 """Where and how a run executes: device, fast-path settings, seeding and RNG state, the
-environment record, and the SIGTERM/SIGUSR1 stop flag."""
+environment record, and the stop flag (SIGTERM/SIGUSR1, or the workflow that started the run
+gone)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import os
 import platform
 import random
 import signal
+import time
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -68,17 +71,20 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def rng_state() -> dict:
-    """The global torch (CPU, and every CUDA device's) and Python RNG states."""
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    """The global torch (CPU, and every CUDA device's) and Python RNG states, as uint8 tensors
+    and plain lists: what `torch.load(weights_only=True)` reads back."""
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(), "python": [version, list(internal), gauss_next]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore what `rng_state()` returned."""
+    """Restore what `rng_state()` returned (also its older form, Python's state as a tuple)."""
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -107,11 +113,43 @@ def environment_info(device: torch.device) -> dict:
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGUSR1 while entered; the trainer checks `reason` after each step."""
+    """Set by SIGTERM/SIGUSR1 while entered, or once process `watch_pid` is gone; the trainer
+    checks `reason` after each step.
 
-    def __init__(self):
-        self.reason: str | None = None
+    watch_pid: the workflow that started this run (`workflow_ancestor_pid()`), or None. A
+    trainer whose workflow was killed (SIGKILL reaches no child) stops as on SIGTERM, so that
+    the rerun resumes it instead of retraining it. Reading `reason` looks at the process at most
+    once per `poll_interval_s` seconds (a clock read otherwise)."""
+
+    def __init__(self, watch_pid: int | None = None, poll_interval_s: float = 1.0):
+        self._reason: str | None = None
+        self.watch_pid = watch_pid
+        self.poll_interval_s = poll_interval_s
+        self._next_poll = 0.0  # time.monotonic() of the next look at watch_pid
         self._previous: dict[int, Any] = {}
+        # Taken now, so that a new process given the same pid later does not count as alive.
+        self._watch_start = _process_start_time(watch_pid) if watch_pid is not None else None
+
+    @property
+    def reason(self) -> str | None:
+        """Why the run must stop ("signal SIGTERM", ...), or None."""
+        if self._reason is None and self.watch_pid is not None:
+            now = time.monotonic()
+            if now >= self._next_poll:
+                self._next_poll = now + self.poll_interval_s
+                if not self._watched_alive():
+                    self._reason = f"parent workflow (pid {self.watch_pid}) is gone"
+        return self._reason
+
+    @reason.setter
+    def reason(self, value: str | None) -> None:
+        self._reason = value
+
+    def _watched_alive(self) -> bool:
+        if not process_exists(self.watch_pid):
+            return False
+        start = _process_start_time(self.watch_pid)
+        return self._watch_start is None or start is None or start == self._watch_start
 
     def __enter__(self):
         for sig in (signal.SIGTERM, signal.SIGUSR1):
@@ -127,3 +165,60 @@ class StopFlag:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def process_exists(pid: int) -> bool:
+    """True while process `pid` runs: it exists and (on Linux) is not a zombie, which is a dead
+    process not yet reaped by its parent."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        pass
+    stat = _proc_stat(pid)
+    return stat is None or stat[0] != "Z"
+
+
+def workflow_ancestor_pid() -> int | None:
+    """The pid of the nearest ancestor process that is Snakemake, or None (none, or no /proc).
+
+    Snakemake runs a script job as `python .snakemake/scripts/tmpXXXX.script.py`, sometimes
+    under a shell, so this walks up the parents. A process counts as Snakemake when one of its
+    command-line words (its program, script or `-m` module; not a `sh -c` command string, which
+    holds spaces) has a base name starting with "snakemake": `.snakemake/scripts/...` in the
+    trainer's own command line and its shell's does not count."""
+    pid = os.getppid()
+    while pid > 1:
+        try:
+            words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        if any(_is_snakemake_word(w.decode(errors="replace")) for w in words):
+            return pid
+        stat = _proc_stat(pid)
+        if stat is None:
+            return None
+        pid = int(stat[1])
+    return None
+
+
+def _is_snakemake_word(word: str) -> bool:
+    if not word or any(c.isspace() for c in word):
+        return False
+    return os.path.basename(word).lower().startswith("snakemake")
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat's fields from the 3rd (state, ppid, ...) on; None off Linux or if gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text.rsplit(")", 1)[1].split()  # the 2nd field, (comm), may hold spaces and ")"
+
+
+def _process_start_time(pid: int) -> str | None:
+    """Field 22 of /proc/<pid>/stat (clock ticks after boot), or None where unknown."""
+    stat = _proc_stat(pid)
+    return stat[19] if stat is not None and len(stat) > 19 else None

@@ -8,7 +8,8 @@ Final outputs (`model.pt`, `metrics.json`, `history.csv`) are written atomically
 
 `train()` is `Trainer(...).run()`: `setup()`, then `run_epoch()` per epoch (`run_step()` per
 batch), `stop_or_save()` after each step and epoch, and `finish()`. Where the run stands lives
-in one `TrainState`, which is what the resume state saves.
+in one `TrainState`, which is what the resume state saves (resume.py). A model state with inf or
+NaN in it is never saved, as a resume state or as `model.pt`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import logging
 import math
 import os
 import sys
+import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -26,19 +27,23 @@ import torch
 import torch.nn as nn
 
 from dgkd_core import io
-from dgkd_core.checkpoints import TrainingError, file_fingerprint, load_guide, save_checkpoint
-from dgkd_core.config import config_hash, resolve_run_config
+from dgkd_core.checkpoints import (TrainingError, file_fingerprint, first_non_finite, load_guide,
+                                   save_checkpoint)
+from dgkd_core.config import ConfigError, config_hash, resolve_run_config
 from dgkd_core.data import load_prepared, make_loaders
 from dgkd_core.evaluate import evaluate
 from dgkd_core.losses import dgkd_loss, draw_keep_mask, draw_released_drop_mask, guide_term_names
+from dgkd_core.methods import check_guides
 from dgkd_core.models import build_model
+from dgkd_core.resume import (RESUME_FILE, TrainState, read_resume_state, restore_resume_state,
+                              write_resume_state)
 from dgkd_core.runtime import (StopFlag, environment_info, epoch_generator, fast_settings,
-                               make_autocast, pick_device, rng_state, seed_everything,
-                               set_rng_state)
+                               make_autocast, pick_device, seed_everything)
 from dgkd_core.step import make_step
 
-# TrainingError is defined in checkpoints.py (evaluate.py needs it without the trainer) and
-# re-exported here, where callers have always imported it from.
+# TrainingError is defined in checkpoints.py (evaluate.py needs it without the trainer), and
+# TrainState and RESUME_FILE in resume.py; all are re-exported here, where callers have always
+# imported them from.
 __all__ = ["EXIT_RESUMABLE", "RESUME_FILE", "Distiller", "TrainState", "Trainer",
            "TrainingError", "TrainingInterrupted", "lr_at", "train"]
 
@@ -46,7 +51,6 @@ log = logging.getLogger("dgkd_core.train")
 
 # Exit status of a run that stopped early but left a resume state (EX_TEMPFAIL): retry it.
 EXIT_RESUMABLE = 75
-RESUME_FILE = "resume.pt"
 
 
 class TrainingInterrupted(SystemExit):
@@ -110,55 +114,31 @@ def lr_at(cfg: dict, epoch: int) -> float:
     return base * sched["gamma"] ** passed
 
 
-@dataclass
-class TrainState:
-    """Where a run stands. `epoch` to `history` go into the resume state (`keep_gen` only
-    mid-epoch); `epoch_times` is rebuilt from `history`.
-
-    A segment is the part of one epoch run in this process: all of it, or what is left of it
-    after a mid-epoch resume. Its sums stay on the device until it ends (no sync per step)."""
-
-    epoch: int = 0  # 0-based epoch in progress; == epochs when training is done
-    step: int = 0  # next step within `epoch`
-    sums: dict[str, float] | None = None  # per loss term: sum of (term x batch size), this epoch
-    images: int = 0  # training images seen in this epoch
-    train_time_s: float = 0.0  # seconds spent on training steps in this epoch
-    keep_gen: torch.Generator | None = None  # this epoch's guide keep-mask RNG
-    history: list[dict] = field(default_factory=list)  # history.csv's rows, one per epoch done
-    epoch_times: list[float] = field(default_factory=list)  # train_time_s of each epoch done
-    previous_stop: str | None = None  # why the attempt resumed from stopped; None: fresh start
-    segment_start: float = 0.0  # time.perf_counter() when this segment started
-    sums_dev: torch.Tensor | None = None  # float64 [n terms]: this segment's sums
-    bad_step: torch.Tensor | None = None  # int64 []: first non-finite step of the segment, or -1
-    last_terms: torch.Tensor | None = None  # float32 [n terms]: the last step's loss terms
-
-    def fold_sums(self, term_names: list[str]) -> None:
-        """Add the segment's device sums into `sums` (one sync) and zero them."""
-        values = self.sums_dev.cpu().tolist()
-        for k, v in zip(term_names, values):
-            self.sums[k] += v
-        self.sums_dev.zero_()
-
-
 class Trainer:
     """One training run of `train()`; see the module docstring for the order of the methods."""
 
     def __init__(self, config: dict, data_path: str | os.PathLike, out_dir: str | os.PathLike,
                  guide_checkpoints: Sequence[str | os.PathLike] = (),
-                 progress: bool | None = None):
+                 progress: bool | None = None, *, watch_pid: int | None = None):
         self.cfg = resolve_run_config(config)
         self.data_path = data_path
         self.out_dir = Path(out_dir)
         self.guide_paths = [str(p) for p in guide_checkpoints]
         loss_cfg, n_guides = self.cfg["loss"], len(self.guide_paths)
+        try:
+            check_guides(self.cfg["method"], n_guides, loss_cfg["keep_prob"])
+        except ValueError as err:  # else the run would be recorded under the wrong method
+            raise ConfigError(str(err)) from None
         if loss_cfg["convention"] == "released_code" and loss_cfg["drop_num"] > n_guides:
             raise TrainingError(f"loss.drop_num is {loss_cfg['drop_num']} but the run has only "
                                 f"{n_guides} guides")
         self.resume_path = self.out_dir / RESUME_FILE
         self.interactive = sys.stderr.isatty() if progress is None else progress
+        self.watch_pid = watch_pid
         self.state = TrainState()
         self.stop: StopFlag | None = None  # entered for the length of run()'s epoch loop
         self.bar = None  # this segment's progress bar, when interactive
+        self.good_resume_state = False  # a resume state this run loaded or wrote is on disk
 
     # ------------------------------------------------------------------------ set up
 
@@ -168,6 +148,7 @@ class Trainer:
         The order is fixed: building the guides and then the student draws from the seeded RNG."""
         cfg = self.cfg
         self.wall_start = time.time()
+        _check_writable_dir(self.out_dir)
         self.device = pick_device(cfg)
         self.fast = fast_settings(cfg, self.device)
         seed_everything(cfg["seed"], cfg["deterministic"])
@@ -217,7 +198,7 @@ class Trainer:
         Raises TrainingInterrupted (after saving) on a signal or a nearly spent time budget."""
         self.setup()
         cfg = self.cfg
-        with StopFlag() as self.stop:
+        with StopFlag(watch_pid=self.watch_pid) as self.stop:
             log.info("training %s (%s, seed %d) on %s for %d epochs, %d guides, %d steps/epoch",
                      cfg["model"], cfg["method"], cfg["seed"], self.device, cfg["epochs"],
                      len(self.guide_paths), len(self.train_loader))
@@ -313,12 +294,29 @@ class Trainer:
         s = self.state
         values = ", ".join(f"{k}={v:.4g}"
                            for k, v in zip(self.term_names, s.last_terms.float().cpu().tolist()))
-        kept = (f"the last good resume state ({self.resume_path}) is kept"
-                if self.resume_path.exists() else "no resume state had been written yet")
         raise TrainingError(
             f"non-finite loss at epoch {s.epoch + 1}, step {step + 1} (last step's terms: "
-            f"{values}); {kept}. Lower the learning rate or check the data and guides."
+            f"{values}); {self._kept()}. Lower the learning rate or check the data and guides."
         )
+
+    def _check_finite_model(self) -> None:
+        """TrainingError unless every floating tensor of the model's state_dict (weights and
+        BatchNorm statistics) is finite: a loss can stay finite while they overflow, and a
+        non-finite state must never be written as the last good one."""
+        bad = first_non_finite(self.model.state_dict())
+        if bad is None:
+            return
+        s = self.state
+        # The last step run: at an epoch's end `epoch` has moved on and `step` is back at 0.
+        epoch, step = (s.epoch, len(self.train_loader)) if s.step == 0 else (s.epoch + 1, s.step)
+        raise TrainingError(
+            f"non-finite model state at epoch {epoch}, step {step}: {bad!r} holds inf or NaN; "
+            f"{self._kept()}. Lower the learning rate or check the data and guides."
+        )
+
+    def _kept(self) -> str:
+        return (f"the last good resume state ({self.resume_path}) is kept"
+                if self.good_resume_state else "no resume state had been written yet")
 
     # ------------------------------------------------------------------------ stop and save
 
@@ -352,60 +350,22 @@ class Trainer:
         raise TrainingInterrupted(reason)
 
     def _save_resume(self, stop_reason: str | None) -> None:
-        s = self.state
-        payload = {
-            "identity": self.identity,
-            "stop_reason": stop_reason,  # logged on resume: a retried job's log is cleared
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "epoch": s.epoch,
-            "step": s.step,
-            "sums": s.sums,
-            "images": s.images,
-            "train_time_s": s.train_time_s,
-            "history": s.history,
-            "loader": self.train_loader.state_dict() if s.step else None,
-            # mid-epoch only: a new epoch derives its keep RNG from (seed, epoch)
-            "keep_gen": s.keep_gen.get_state() if s.step else None,
-            "rng": rng_state(),
-        }
-        io.atomic_torch_save(payload, self.resume_path)
+        self._check_finite_model()
+        write_resume_state(self.resume_path, self.state, identity=self.identity,
+                           stop_reason=stop_reason, model=self.model,
+                           optimizer=self.optimizer, loader=self.train_loader)
+        self.good_resume_state = True
 
     def _resume(self) -> None:
         s = self.state
-        s.previous_stop = self._load_resume()
-        if s.previous_stop:
+        payload = read_resume_state(self.resume_path, self.identity)
+        if payload is not None:
+            s.previous_stop = restore_resume_state(payload, s, self.model, self.optimizer,
+                                                   self.train_loader)
+            self.good_resume_state = True
             log.info("resumed from %s at epoch %d step %d (the previous attempt stopped: %s)",
                      self.resume_path, s.epoch + 1, s.step, s.previous_stop)
         s.epoch_times = [h["time_s"] for h in s.history]
-
-    def _load_resume(self) -> str | None:
-        """Load a compatible resume state; returns why the previous attempt stopped, or None."""
-        path, s = self.resume_path, self.state
-        if not path.exists():
-            return None
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:
-            log.warning("ignoring unreadable resume state %s (%s); starting from scratch",
-                        path, err)
-            return None
-        if payload.get("identity") != self.identity:
-            log.warning("resume state %s belongs to other settings, guides or data; starting "
-                        "from scratch", path)
-            return None
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        s.epoch, s.step = payload["epoch"], payload["step"]
-        s.sums, s.images = payload["sums"], payload["images"]
-        s.train_time_s = payload["train_time_s"]
-        s.history.extend(payload["history"])
-        if s.step:
-            self.train_loader.load_state_dict(payload["loader"])
-            s.keep_gen = torch.Generator()
-            s.keep_gen.set_state(payload["keep_gen"])
-        set_rng_state(payload["rng"])
-        return payload.get("stop_reason") or "killed without notice, resumed from the last epoch"
 
     # ------------------------------------------------------------------------ finish
 
@@ -413,6 +373,7 @@ class Trainer:
         """Write model.pt, history.csv and metrics.json (each atomically), remove the resume
         state and return metrics.json's content."""
         cfg, out_dir = self.cfg, self.out_dir
+        self._check_finite_model()
         metrics = self._metrics()
         out_dir.mkdir(parents=True, exist_ok=True)
         save_checkpoint(out_dir / "model.pt", self.model, cfg, self.meta,
@@ -471,17 +432,38 @@ def train(
     out_dir: str | os.PathLike,
     guide_checkpoints: Sequence[str | os.PathLike] = (),
     progress: bool | None = None,
+    *,
+    watch_pid: int | None = None,
 ) -> dict:
     """Train one model, resuming from `out_dir/resume.pt` if a compatible one exists.
 
     config: a run config (docs/design.md), resolved here. data_path: a prepared data file.
-    guide_checkpoints: teacher first, then TAs from largest to smallest. progress: a tqdm bar
-    per epoch (None: when stderr is a terminal). Returns metrics.json's content. Raises
-    TrainingError / ConfigError on bad input before writing anything."""
-    return Trainer(config, data_path, out_dir, guide_checkpoints, progress).run()
+    guide_checkpoints: teacher first, then TAs from largest to smallest; their number must fit
+    the config's method (`methods.check_guides`). progress: a tqdm bar per epoch (None: when
+    stderr is a terminal). watch_pid: the workflow process that started this run
+    (`runtime.workflow_ancestor_pid()`); once it is gone the run stops as on SIGTERM.
+    Returns metrics.json's content. Raises TrainingError / ConfigError on bad input before
+    training (an unwritable out_dir included) and before writing any output."""
+    return Trainer(config, data_path, out_dir, guide_checkpoints, progress,
+                   watch_pid=watch_pid).run()
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _check_writable_dir(path: Path) -> None:
+    """Make `path` and write and remove a probe file in it, so that a file in its place or a
+    folder without write access fails now, in one line, not after an epoch has trained."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        in_the_way = next((p for p in (path, *path.parents) if p.is_file()), None)
+        cause = (f"{in_the_way} is a file, not a folder" if in_the_way is not None
+                 else err.strerror or str(err))
+        raise TrainingError(f"out_dir {path} cannot be written: {cause}") from None
 
 
 def _out_of_time(wall_start, budget, epoch_times, elapsed, steps_done, steps_total) -> bool:

@@ -9,6 +9,7 @@ import torch
 
 from dgkd_core.cli import setup_logging
 from dgkd_core.plan import job_run_config
+from dgkd_core.runtime import workflow_ancestor_pid
 from dgkd_core.train import train
 
 setup_logging(snakemake.log[0])
@@ -25,4 +26,7 @@ train(
     os.path.dirname(snakemake.output.model),
     guide_checkpoints=snakemake.input.guides,
     progress=False,
+    # Killed with SIGKILL, Snakemake cannot stop its trainers: each stops once it sees Snakemake
+    # gone and leaves its resume state, so that the rerun resumes instead of retraining.
+    watch_pid=workflow_ancestor_pid(),
 )
