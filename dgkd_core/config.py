@@ -70,6 +70,16 @@ RUN_CONFIG_SCHEMA: dict[str, Any] = {
             "drop_teacher": {"type": "boolean", "default": False},
             "drop_num": {"type": "integer", "minimum": 0, "default": 0}}},
         "augment": {"type": "boolean", "default": True},
+        "normalize": {
+            "type": ["object", "null"], "default": None, "additionalProperties": False,
+            "required": ["mean", "std"],
+            "description": "per-channel mean and std (0-1 scale) in place of the dataset's own "
+                           "train-split statistics (null); the released code uses CIFAR-100's",
+            "properties": {
+                "mean": {"type": "array", "minItems": 3, "maxItems": 3,
+                         "items": {"type": "number", "minimum": 0, "maximum": 1}},
+                "std": {"type": "array", "minItems": 3, "maxItems": 3,
+                        "items": {"type": "number", "exclusiveMinimum": 0}}}},
         "device": {"enum": ["auto", "cpu", "cuda"], "default": "auto"},
         "fast": {"type": "object", "additionalProperties": False, "default": {}, "properties": {
             "bf16": _FLAG, "channels_last": _FLAG, "cuda_graph": _FLAG}},
@@ -132,6 +142,15 @@ def resolve_run_config(partial: dict) -> dict:
     if cfg["model"] not in names:
         raise ConfigError(f"run-config 'model' is {cfg['model']!r}; available models: "
                           f"{', '.join(names)}")
+    loss = cfg["loss"]
+    if loss["keep_prob"] is not None and loss["drop_num"] > 0:
+        raise ConfigError(f"run-config 'loss.keep_prob' ({loss['keep_prob']}) and "
+                          f"'loss.drop_num' ({loss['drop_num']}) are both set; set one: keep_prob "
+                          "drops each guide at random (the paper), drop_num exactly that many "
+                          "per batch (the released code)")
+    if loss["drop_num"] > 0 and not loss["drop_teacher"]:
+        raise ConfigError("run-config 'loss.drop_num' drops guides among all of them, teacher "
+                          "included (as the released code does): set loss.drop_teacher: true")
     if cfg["init"] == "auto":  # metrics.json then says which initialisation ran
         cfg["init"] = default_init(cfg["model"])
     return cfg

@@ -62,7 +62,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_path: str | os.PathL
         model = model.to(memory_format=torch.channels_last)
     _, test_loader = make_loaders(data, batch_size=batch_size, eval_batch_size=batch_size,
                                   device=dev, seed=0, augment=False,
-                                  channels_last=fast["channels_last"])
+                                  channels_last=fast["channels_last"],
+                                  normalization=cfg["normalize"])
     result = evaluate(model, test_loader, bf16=fast["bf16"])
     result.update({"checkpoint": str(checkpoint), "data": str(data_path),
                    "bf16": fast["bf16"], "channels_last": fast["channels_last"]})

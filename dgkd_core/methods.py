@@ -97,9 +97,11 @@ def get_method(name: str) -> Method:
         raise ValueError(f"unknown method {name!r}; allowed: {', '.join(METHODS)}") from None
 
 
-def check_guides(name: str, n_guides: int, keep_prob: float | None) -> None:
-    """ValueError (one line) unless a run of method `name` with `n_guides` guide checkpoints and
-    loss.keep_prob `keep_prob` is what the method is: the rule the workflow's plan follows."""
+def check_guides(name: str, n_guides: int, keep_prob: float | None, drop_num: int = 0) -> None:
+    """ValueError (one line) unless a run of method `name` with `n_guides` guide checkpoints,
+    loss.keep_prob `keep_prob` and loss.drop_num `drop_num` is what the method is: the rule the
+    workflow's plan follows. A stochastic run drops guides one way: keep_prob (each guide kept
+    with that probability, the paper) or drop_num (exactly that many dropped, the released code)."""
     method = get_method(name)
     low, high = method.min_guides, method.max_guides
     if not low <= n_guides <= (n_guides if high is None else high):
@@ -110,12 +112,21 @@ def check_guides(name: str, n_guides: int, keep_prob: float | None) -> None:
         raise ValueError(f"method {name!r} takes {need} guide checkpoint"
                          f"{'' if low == high == 1 else 's'}, but {n_guides} "
                          f"{'was' if n_guides == 1 else 'were'} given{hint}")
-    if method.stochastic and keep_prob is None:
+    dropping = keep_prob is not None or drop_num > 0
+    if keep_prob is not None and drop_num > 0:
+        raise ValueError(f"loss.keep_prob ({keep_prob}) and loss.drop_num ({drop_num}) are both "
+                         "set; set one: keep_prob drops each guide at random (the paper), "
+                         "drop_num exactly that many per batch (the released code)")
+    if method.stochastic and not dropping:
         raise ValueError(f"method {name!r} needs loss.keep_prob (the probability of keeping each "
-                         "guide), which is not set")
-    if not method.stochastic and keep_prob is not None:
-        raise ValueError(f"loss.keep_prob is {keep_prob} but method is {name!r}; a keep "
-                         "probability makes a run stochastic DGKD (method 'sdgkd')")
+                         "guide) or loss.drop_num (guides dropped per batch); neither is set")
+    if not method.stochastic and dropping:
+        what = f"loss.keep_prob is {keep_prob}" if keep_prob is not None else (
+            f"loss.drop_num is {drop_num}")
+        raise ValueError(f"{what} but method is {name!r}; dropping guides makes a run "
+                         "stochastic DGKD (method 'sdgkd')")
+    if drop_num > n_guides:
+        raise ValueError(f"loss.drop_num is {drop_num} but the run has only {n_guides} guides")
 
 
 def canonical_method(name: str, lineage: Lineage) -> str:
@@ -128,12 +139,17 @@ def guide_specs(name: str, lineage: Lineage) -> list[GuideSpec]:
     return get_method(name).guide_rule(tuple(lineage))
 
 
-def label(name: str, keep_prob: float | None = None) -> str:
-    """Display label: `Stochastic DGKD (p=0.75)` for a stochastic run with its probability."""
+def label(name: str, keep_prob: float | None = None, drop_num: int | None = None) -> str:
+    """Display label: `Stochastic DGKD (p=0.75)` or `Stochastic DGKD (drop 1)` for a stochastic
+    run with its dropping; NaN (pandas' missing value) counts as not given."""
     method = REGISTRY.get(name)
     text = method.label if method else name
-    if method is not None and method.stochastic and keep_prob is not None and keep_prob == keep_prob:
-        text += f" (p={keep_prob:g})"  # keep_prob == keep_prob: False for NaN (pandas' missing)
+    if method is None or not method.stochastic:
+        return text
+    if keep_prob is not None and keep_prob == keep_prob:  # x == x: False for NaN
+        return f"{text} (p={keep_prob:g})"
+    if drop_num is not None and drop_num == drop_num and drop_num > 0:
+        return f"{text} (drop {int(drop_num)})"
     return text
 
 

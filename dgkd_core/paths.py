@@ -25,14 +25,16 @@ RESULTS = "results"
 RUN_FILES = ("model.pt", "metrics.json", "history.csv")
 _LINEAGE_SEP = "-"
 _KEEP_PREFIX = "-p"
+_DROP_PREFIX = "-d"
 
 # Regular expressions for the rules' wildcard_constraints. A stochastic method's directory
-# carries its keep probability (`sdgkd-p0.75`).
+# carries its dropping: a keep probability (`sdgkd-p0.75`) or a number dropped (`sdgkd-d1`).
 WILDCARD_CONSTRAINTS = {
     "dataset": r"[A-Za-z0-9_]+",
     "seed": r"\d+",
-    "method": "|".join(f"{m.name}{re.escape(_KEEP_PREFIX)}[0-9.e+-]+" if m.stochastic else m.name
-                       for m in REGISTRY.values()),
+    "method": "|".join(
+        f"{m.name}({re.escape(_KEEP_PREFIX)}[0-9.e+-]+|{re.escape(_DROP_PREFIX)}[0-9]+)"
+        if m.stochastic else m.name for m in REGISTRY.values()),
     "lineage": r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*",
 }
 
@@ -45,7 +47,8 @@ class Run:
     seed: int
     method: str  # a name of dgkd_core.methods.METHODS
     lineage: tuple[str, ...]  # teacher first, the trained model last
-    keep_prob: float | None = None  # sdgkd only
+    keep_prob: float | None = None  # stochastic (sdgkd) only: each guide kept with it
+    drop_num: int | None = None  # stochastic only, instead: exactly this many guides dropped
 
     @property
     def model(self) -> str:
@@ -53,7 +56,7 @@ class Run:
 
     @property
     def method_dir(self) -> str:
-        return method_dir(self.method, self.keep_prob)
+        return method_dir(self.method, self.keep_prob, self.drop_num)
 
     @property
     def lineage_str(self) -> str:
@@ -67,10 +70,12 @@ class Run:
         return run_file(self.dataset, self.seed, self.method_dir, self.lineage_str, name)
 
 
-def make_run(dataset: str, seed: int, method: str, lineage, keep_prob: float | None = None) -> Run:
+def make_run(dataset: str, seed: int, method: str, lineage, keep_prob: float | None = None,
+             drop_num: int | None = None) -> Run:
     """The canonical run for a method and lineage.
 
-    A TAKD or DGKD model guided by the teacher alone is `kd`; `keep_prob` belongs to sdgkd only.
+    A TAKD or DGKD model guided by the teacher alone is `kd`; a stochastic (sdgkd) run has
+    exactly one of `keep_prob` and `drop_num`, and no other run has either.
     Raises ValueError for a lineage that does not fit the method."""
     lineage = tuple(lineage)
     get_method(method)  # a clear error for an unknown method
@@ -82,27 +87,35 @@ def make_run(dataset: str, seed: int, method: str, lineage, keep_prob: float | N
                          "nokd trains one model alone, every other method has guides")
     if method == "kd" and len(lineage) != 2:
         raise ValueError(f"kd has exactly one guide, the teacher; got lineage {'-'.join(lineage)}")
-    if get_method(method).stochastic != (keep_prob is not None):
-        raise ValueError("keep_prob is set for stochastic DGKD (sdgkd) runs, and only for them")
+    if get_method(method).stochastic != ((keep_prob is None) != (drop_num is None)):
+        raise ValueError("a stochastic DGKD (sdgkd) run has either keep_prob or drop_num, and "
+                         "no other run has one")
     return Run(dataset, int(seed), method, lineage,
-               None if keep_prob is None else float(keep_prob))
+               None if keep_prob is None else float(keep_prob),
+               None if drop_num is None else int(drop_num))
 
 
-def method_dir(method: str, keep_prob: float | None = None) -> str:
-    """`sdgkd-p0.75` for stochastic DGKD, the method's name otherwise."""
-    return method if keep_prob is None else f"{method}{_KEEP_PREFIX}{keep_prob:g}"
+def method_dir(method: str, keep_prob: float | None = None, drop_num: int | None = None) -> str:
+    """`sdgkd-p0.75` or `sdgkd-d1` for stochastic DGKD, the method's name otherwise."""
+    if keep_prob is not None:
+        return f"{method}{_KEEP_PREFIX}{keep_prob:g}"
+    return method if drop_num is None else f"{method}{_DROP_PREFIX}{drop_num}"
 
 
-def parse_method_dir(text: str) -> tuple[str, float | None]:
-    """Inverse of `method_dir`: `sdgkd-p0.75` -> ("sdgkd", 0.75)."""
+def parse_method_dir(text: str) -> tuple[str, float | None, int | None]:
+    """Inverse of `method_dir`: `sdgkd-p0.75` -> ("sdgkd", 0.75, None), `sdgkd-d1` ->
+    ("sdgkd", None, 1)."""
     method, sep, p = text.partition(_KEEP_PREFIX)
-    return method, (float(p) if sep else None)
+    if sep:
+        return method, float(p), None
+    method, sep, k = text.partition(_DROP_PREFIX)
+    return method, None, (int(k) if sep else None)
 
 
 def run_from_wildcards(dataset: str, seed, method: str, lineage: str) -> Run:
     """The Run that a rule's wildcards name (method directory and lineage as in the path)."""
-    name, keep_prob = parse_method_dir(method)
-    return make_run(dataset, int(seed), name, lineage.split(_LINEAGE_SEP), keep_prob)
+    name, keep_prob, drop_num = parse_method_dir(method)
+    return make_run(dataset, int(seed), name, lineage.split(_LINEAGE_SEP), keep_prob, drop_num)
 
 
 _RUN_RE = re.compile(

@@ -149,7 +149,7 @@ class Plan:
             hp.get("per_role", {}).get(self.role(run), {}),
             hp.get("per_method", {}).get(run.method, {}),
             {"model": run.model, "method": run.method, "seed": run.seed,
-             "loss": {"keep_prob": run.keep_prob}},
+             "loss": {"keep_prob": run.keep_prob, "drop_num": run.drop_num or 0}},
         ]
         partial: dict = {}
         for layer in layers:
@@ -172,17 +172,19 @@ class Plan:
 
     # ------------------------------------------------------------------ planning
 
-    def _sdgkd_keep_prob(self):
-        return (self.hyperparameters.get("per_method", {}).get("sdgkd", {}).get("loss", {})
-                .get("keep_prob"))
+    def _sdgkd_dropping(self) -> tuple[float | None, int | None]:
+        """(keep_prob, drop_num) of stochastic DGKD's final students: per_method.sdgkd.loss."""
+        loss = self.hyperparameters.get("per_method", {}).get("sdgkd", {}).get("loss", {})
+        return loss.get("keep_prob"), (loss.get("drop_num") or None)
 
     def _student_run(self, dataset, seed, method, chain, keep_prob=None) -> Run:
         """The run that trains the chain's student by `method`."""
         lineage = methods.get_method(method).student_lineage(
             chain["teacher"], tuple(chain.get("tas", [])), chain["student"])
+        drop_num = None
         if methods.get_method(method).stochastic and keep_prob is None:
-            keep_prob = self._sdgkd_keep_prob()
-        return paths.make_run(dataset, seed, method, lineage, keep_prob)
+            keep_prob, drop_num = self._sdgkd_dropping()
+        return paths.make_run(dataset, seed, method, lineage, keep_prob, drop_num)
 
     def _with_guides(self, runs) -> list[Run]:
         """`runs` and every run they depend on, each once, guides first."""
@@ -288,14 +290,25 @@ class Plan:
         return layers
 
     def _check_keep_prob(self) -> None:
-        """keep_prob makes a run stochastic DGKD, so it is set under per_method.sdgkd only."""
+        """keep_prob or drop_num makes a run stochastic DGKD, so they are set under
+        per_method.sdgkd only (elsewhere they would reach the TAs and other students too)."""
         for where, settings in self._layers().items():
-            if where != "per_method.sdgkd" and settings.get("loss", {}).get("keep_prob") is not None:
-                raise ConfigError(f"hyperparameters.{where}.loss.keep_prob: the keep probability "
-                                  "belongs under hyperparameters.per_method.sdgkd.loss.keep_prob")
-        if "sdgkd" in self.config["methods"] and self._sdgkd_keep_prob() is None:
-            raise ConfigError("methods include sdgkd, but hyperparameters.per_method.sdgkd.loss."
-                              "keep_prob is not set (stochastic DGKD's keep probability, e.g. 0.75)")
+            loss = settings.get("loss", {})
+            for key, unset in (("keep_prob", None), ("drop_num", 0)):
+                if where != "per_method.sdgkd" and loss.get(key, unset) != unset:
+                    raise ConfigError(
+                        f"hyperparameters.{where}.loss.{key}: guide dropping is stochastic "
+                        f"DGKD's; it belongs under hyperparameters.per_method.sdgkd.loss.{key}")
+        keep_prob, drop_num = self._sdgkd_dropping()
+        if keep_prob is not None and drop_num:
+            raise ConfigError(
+                "hyperparameters.per_method.sdgkd.loss sets both keep_prob and drop_num; set one: "
+                "keep_prob drops each guide at random (the paper), drop_num exactly that many "
+                "per batch (the released code)")
+        if "sdgkd" in self.config["methods"] and keep_prob is None and not drop_num:
+            raise ConfigError(
+                "methods include sdgkd, but hyperparameters.per_method.sdgkd.loss sets neither "
+                "keep_prob (stochastic DGKD's keep probability, e.g. 0.75) nor drop_num")
 
     def _check_families(self) -> None:
         families = sorted({model_family(m) for m in available_models()})

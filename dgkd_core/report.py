@@ -21,9 +21,10 @@ from dgkd_core.reference import RECIPES, paper_value
 ARROW = " → "
 
 
-def method_label(method: str, keep_prob: float | None = None) -> str:
-    """The registry's label (dgkd_core.methods), with the keep probability of a stochastic run."""
-    return methods.label(method, keep_prob)
+def method_label(method: str, keep_prob: float | None = None,
+                 drop_num: float | None = None) -> str:
+    """The registry's label (dgkd_core.methods), with a stochastic run's dropping."""
+    return methods.label(method, keep_prob, drop_num)
 
 
 # ---------------------------------------------------------------------------- runs
@@ -62,6 +63,7 @@ def load_runs(metrics_paths) -> pd.DataFrame:
             "family": model_family(run.model),
             "method": run.method,
             "keep_prob": run.keep_prob,
+            "drop_num": run.drop_num,
             "lineage": run.lineage_str,
             "teacher": run.lineage[0] if guided else "",
             "tas": ", ".join(run.lineage[1:-1]),
@@ -79,8 +81,8 @@ def load_runs(metrics_paths) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-_IDENTITY = ["dataset", "family", "method", "keep_prob", "lineage", "teacher", "tas", "n_tas",
-             "model"]
+_IDENTITY = ["dataset", "family", "method", "keep_prob", "drop_num", "lineage", "teacher", "tas",
+             "n_tas", "model"]
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
@@ -118,8 +120,8 @@ def _with_paper(table: pd.DataFrame) -> pd.DataFrame:
 
 # -------------------------------------------------------------------------- tables
 
-_TABLE1_COLUMNS = ["dataset", "family", "method", "keep_prob", "teacher", "tas", "student",
-                   "n_seeds", "seeds", "epochs", "top1_last_mean", "top1_last_std",
+_TABLE1_COLUMNS = ["dataset", "family", "method", "keep_prob", "drop_num", "teacher", "tas",
+                   "student", "n_seeds", "seeds", "epochs", "top1_last_mean", "top1_last_std",
                    "top5_last_mean", "top1_best_epoch_mean", "paper_top1", "paper_approximate",
                    "paper_source", "paper_recipe", "diff_vs_paper", "diff_vs_paper_best"]
 
@@ -219,8 +221,8 @@ def markdown(table: pd.DataFrame, title: str, note: str = "") -> str:
                     ("Lineage", lambda r: r.lineage)]
     else:
         show_p = "keep_prob" in has
-        columns.append(("Method", lambda r: method_label(r.method,
-                                                         r.keep_prob if show_p else None)))
+        columns.append(("Method", lambda r: method_label(
+            r.method, r.keep_prob if show_p else None, getattr(r, "drop_num", None))))
         if "n_tas" in has:
             columns.append(("TAs (n)", lambda r: str(r.n_tas)))
         columns += [("Teacher", lambda r: r.teacher), ("TAs", lambda r: r.tas),

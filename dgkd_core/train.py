@@ -126,12 +126,10 @@ class Trainer:
         self.guide_paths = [str(p) for p in guide_checkpoints]
         loss_cfg, n_guides = self.cfg["loss"], len(self.guide_paths)
         try:
-            check_guides(self.cfg["method"], n_guides, loss_cfg["keep_prob"])
+            check_guides(self.cfg["method"], n_guides, loss_cfg["keep_prob"],
+                         loss_cfg["drop_num"])
         except ValueError as err:  # else the run would be recorded under the wrong method
             raise ConfigError(str(err)) from None
-        if loss_cfg["convention"] == "released_code" and loss_cfg["drop_num"] > n_guides:
-            raise TrainingError(f"loss.drop_num is {loss_cfg['drop_num']} but the run has only "
-                                f"{n_guides} guides")
         self.resume_path = self.out_dir / RESUME_FILE
         self.interactive = sys.stderr.isatty() if progress is None else progress
         self.watch_pid = watch_pid
@@ -168,7 +166,8 @@ class Trainer:
         memory_format = (torch.channels_last if self.fast["channels_last"]
                          else torch.contiguous_format)
         guides = [load_guide(p, self.meta, self.device) for p in self.guide_paths]
-        model = build_model(self.cfg["model"], self.data.num_classes, dataset=self.meta["name"])
+        model = build_model(self.cfg["model"], self.data.num_classes, dataset=self.meta["name"],
+                            init=self.cfg["init"])
         self.model = model.to(self.device).to(memory_format=memory_format)
         guides = [g.to(memory_format=memory_format) for g in guides]
         self.distiller = Distiller(self.model, guides, self.cfg["loss"])
@@ -178,7 +177,7 @@ class Trainer:
         self.train_loader, self.test_loader = make_loaders(
             self.data, batch_size=cfg["batch_size"], eval_batch_size=cfg["eval_batch_size"],
             device=device, seed=cfg["seed"], augment=cfg["augment"],
-            channels_last=self.fast["channels_last"],
+            channels_last=self.fast["channels_last"], normalization=cfg["normalize"],
         )
         if len(self.train_loader) == 0:
             raise TrainingError(f"batch_size {cfg['batch_size']} is larger than the training set "
@@ -259,7 +258,7 @@ class Trainer:
         if loss_cfg["keep_prob"] is not None and n_guides > 0:
             return draw_keep_mask(n_guides, loss_cfg["keep_prob"],
                                   drop_teacher=loss_cfg["drop_teacher"], generator=gen)
-        if loss_cfg["convention"] == "released_code" and loss_cfg["drop_num"] > 0:
+        if loss_cfg["drop_num"] > 0:  # exactly drop_num dropped, as the released code does
             return draw_released_drop_mask(n_guides, loss_cfg["drop_num"], generator=gen)
         return None
 

@@ -198,7 +198,7 @@ def set_in(cfg: dict, dotted: str, value) -> dict:
     ("hyperparameters.per_role.student", {"optimiser": {"lr": 0.1}},
      ["'optimiser'", "per_role.student"]),
     ("hyperparameters.defaults.loss.keep_prob", 0.5, ["per_method.sdgkd.loss.keep_prob"]),
-    ("hyperparameters.per_method.sdgkd.loss", {}, ["keep_prob is not set"]),
+    ("hyperparameters.per_method.sdgkd.loss", {}, ["sets neither keep_prob", "nor drop_num"]),
     ("hyperparameters.defaults.optimizer.lr", "1e6", ["defaults.optimizer.lr", "write 1.0e6"]),
     ("hyperparameters.defaults.epochs", 0, ["defaults.epochs", ">= 1"]),
     ("hyperparameters.per_family", {"planes": {}}, ["per_family.planes", "plane, resnet"]),
@@ -254,7 +254,8 @@ def test_every_planned_run_passes_the_trainers_method_check(name):
     plan = Plan(yaml.safe_load((REPO / "config" / name).read_text()))
     for run in plan.runs():
         cfg = plan.run_config(run)
-        methods.check_guides(cfg["method"], len(plan.guides(run)), cfg["loss"]["keep_prob"])
+        methods.check_guides(cfg["method"], len(plan.guides(run)), cfg["loss"]["keep_prob"],
+                             cfg["loss"]["drop_num"])
 
 
 @pytest.mark.parametrize("method, n_guides, keep_prob, needle", [

@@ -279,7 +279,8 @@ class StreamLoader(_EpochLoader):
                  device: str | torch.device | None, seed: int = 0, train: bool | None = None,
                  augment: bool = True, drop_last: bool | None = None, channels_last: bool = False,
                  dtype: torch.dtype = torch.float32, num_workers: int | None = None,
-                 pad: int = 4) -> None:
+                 pad: int = 4, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None) -> None:
         meta = prepared.meta
         if not meta.get("stream"):
             raise DataError("StreamLoader needs a stream descriptor; cached data uses TensorLoader")
@@ -295,7 +296,10 @@ class StreamLoader(_EpochLoader):
         labels = prepared.train_labels if split == "train" else prepared.test_labels
         self.dataset = _StreamDataset(os.path.join(meta["root"], split), size, expected,
                                       self.augment, int(pad), meta["classes"], len(labels))
-        self.normalize = Normalizer(meta["mean"], meta["std"], self.device, dtype, channels_last)
+        # mean/std: the run's normalisation, the descriptor's train statistics by default
+        self.normalize = Normalizer(meta["mean"] if mean is None else mean,
+                                    meta["std"] if std is None else std,
+                                    self.device, dtype, channels_last)
         self.num_workers = (min(4, os.cpu_count() or 1) if num_workers is None else num_workers)
         drop = self.train if drop_last is None else bool(drop_last)
         self._state = _EpochState(len(self.dataset), int(batch_size), seed, drop)
@@ -330,24 +334,27 @@ class StreamLoader(_EpochLoader):
 def make_loaders(prepared_or_path: PreparedData | str | os.PathLike, *, batch_size: int,
                  eval_batch_size: int, device: str | torch.device | None, seed: int,
                  augment: bool = True, channels_last: bool = False,
-                 dtype: torch.dtype = torch.float32, num_workers: int | None = None):
+                 dtype: torch.dtype = torch.float32, num_workers: int | None = None,
+                 normalization: dict | None = None):
     """(train_loader, test_loader) for a prepared file or :class:`PreparedData`.
 
     Cached data gives :class:`TensorLoader`s (train: shuffled, ``augment`` crop/flip, drop_last;
     test: fixed order, everything), a stream descriptor :class:`StreamLoader`s. The train loader's
     randomness is seeded by ``seed``; both yield normalised float [B,3,H,W] and int64 [B] on
-    ``device``. ``num_workers`` applies to stream loaders only.
+    ``device``. ``num_workers`` applies to stream loaders only. ``normalization``: {"mean": [3],
+    "std": [3]} (0-1 scale) in place of the data's own train-split statistics (None: those).
     """
     data = prepared_or_path
     if not isinstance(data, PreparedData):
         data = load_prepared(data)
+    mean, std = ((normalization["mean"], normalization["std"]) if normalization
+                 else (data.mean, data.std))
     if data.is_stream:
         common = dict(device=device, seed=seed, channels_last=channels_last, dtype=dtype,
-                      num_workers=num_workers)
+                      num_workers=num_workers, mean=mean, std=std)
         return (StreamLoader(data, "train", batch_size=batch_size, augment=augment, **common),
                 StreamLoader(data, "test", batch_size=eval_batch_size, augment=False, **common))
-    common = dict(mean=data.mean, std=data.std, device=device, channels_last=channels_last,
-                  dtype=dtype)
+    common = dict(mean=mean, std=std, device=device, channels_last=channels_last, dtype=dtype)
     train = TensorLoader(data.train_images, data.train_labels, batch_size=batch_size, train=True,
                          augment=augment, generator_seed=seed, **common)
     test = TensorLoader(data.test_images, data.test_labels, batch_size=eval_batch_size,
