@@ -158,6 +158,15 @@ def test_paper_config_dag(tmp_path):
     assert "seed55/sdgkd-p0.75/resnet26-resnet20-resnet14-resnet8" in run.runs()
 
 
+def test_released_code_preset_dry_run(tmp_path):
+    """config/released_code.yaml: Table 1's layout, stochastic DGKD in its own sdgkd-d1 runs."""
+    run = dry_run(tmp_path, "results/table1.csv",
+                  configfiles=(REPO / "config" / "released_code.yaml",))
+    assert run.count("train_model") == 2 * 3 * (11 + 9)
+    assert "seed55/sdgkd-d1/resnet26-resnet20-resnet14-resnet8" in run.runs()
+    assert not any(r.startswith(("seed20/sdgkd-p", "seed31/sdgkd-p")) for r in run.runs())
+
+
 def test_local_archive_config_unpacks_then_prepares(tmp_path):
     config = yaml.safe_load((REPO / "config" / "cifar10_local.yaml").read_text())
     archive = (REPO / config["datasets"]["cifar10"]["archive"]).resolve()
