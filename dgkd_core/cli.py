@@ -1,4 +1,4 @@
-"""Command line: `python -m dgkd_core {train,evaluate,prepare-data,bench}`."""
+"""Command line: `python -m dgkd_core {train,evaluate,prepare-data,bench,reproduction}`."""
 
 from __future__ import annotations
 
@@ -100,6 +100,13 @@ def _bench(args) -> int:
     return bench_main(args)
 
 
+def _reproduction(args) -> int:
+    from dgkd_core.reproduction import write_from_config
+
+    print(write_from_config(args.config, args.workdir, args.command, args.out, args.commit))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dgkd_core", description=__doc__)
     parser.add_argument("--log-file", help="write log lines here instead of stderr")
@@ -143,6 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parity-model", default="resnet8")
     p.add_argument("--parity-epochs", type=int, default=5)
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("reproduction", help="Table 1's reproduction report: paired per-seed "
+                       "differences, the paper's claims, provenance (Markdown)")
+    p.add_argument("--config", action="append", required=True,
+                   help="workflow config; repeat for overlays (merged in order, as Snakemake's)")
+    p.add_argument("--workdir", default=".", help="the workflow's directory, holding results/")
+    p.add_argument("--command", required=True, help="the exact command that made the runs")
+    p.add_argument("--out", default="docs/reproduction.md")
+    p.add_argument("--commit", help="the code's commit, where this tree is no git checkout")
+    p.set_defaults(func=_reproduction)
     return parser
 
 
