@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from dgkd_core import io
+from dgkd_core.io import UnreadableFile, load_tensor_file
 from dgkd_core.config import config_hash
 from dgkd_core.models import build_model
 
@@ -53,38 +54,15 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise TrainingError(f"checkpoint {path} does not exist; train that model first")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated zip/pickle data
-        refused = _weights_only_refusal(err)
-        if refused is not None:  # a crafted or foreign pickle: refused unread, nothing ran
-            raise TrainingError(
-                f"checkpoint {path} holds more than tensors and plain values ({refused}), so "
-                "it was not loaded; it is not a dgkd_core model checkpoint: delete it and train "
-                "that model again"
-            ) from None
-        raise TrainingError(
-            f"checkpoint {path} is truncated or corrupt ({type(err).__name__}: "
-            f"{_first_line(err)}); delete it and train that model again"
-        ) from None
+        ckpt = load_tensor_file(path)
+    except UnreadableFile as err:
+        end = ("so it was not loaded; it is not a dgkd_core model checkpoint: delete it"
+               if err.refused else "delete it")
+        raise TrainingError(f"checkpoint {path} {err.reason}; {end} and train that model "
+                            "again") from None
     if not isinstance(ckpt, dict) or not {"state_dict", "model", "num_classes"} <= ckpt.keys():
         raise TrainingError(f"checkpoint {path} is not a dgkd_core model checkpoint")
     return ckpt
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0][:240] if lines else ""
-
-
-def _weights_only_refusal(err: BaseException) -> str | None:
-    """What `torch.load(weights_only=True)` refused, in one line (its message spans many lines
-    and suggests loading the file unsafely), or None when `err` is not such a refusal."""
-    for line in str(err).splitlines():
-        line = line.strip()
-        if line.startswith("WeightsUnpickler error:"):
-            what = line.removeprefix("WeightsUnpickler error:").split(". Please")[0].strip()
-            return what[:240] or "refused by the weights-only unpickler"
-    return None
 
 
 def load_guide(path: str | os.PathLike, meta: dict, device: torch.device,

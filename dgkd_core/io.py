@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["WriteError", "atomic_write_bytes", "atomic_torch_save", "atomic_write_json",
-           "atomic_write_text"]
+__all__ = ["UnreadableFile", "WriteError", "atomic_write_bytes", "atomic_torch_save",
+           "atomic_write_json", "atomic_write_text", "load_tensor_file"]
 
 
 class WriteError(OSError):
@@ -39,6 +39,35 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -
         cause = f"{err.strerror or err} ({code})" if code else str(err)
         raise _write_error(err.errno, f"cannot write {path}: {cause}; the previous file, if "
                            "any, is unchanged") from err
+
+
+class UnreadableFile(ValueError):
+    """A torch file could not be loaded safely; `reason` says why in one line, to follow the
+    file's name: "holds more than tensors and plain values (...)" (refused: nothing in it ran)
+    or "is truncated or corrupt (...)"."""
+
+    def __init__(self, path, reason: str, refused: bool):
+        super().__init__(f"{path} {reason}")
+        self.path, self.reason, self.refused = str(path), reason, refused
+
+
+def load_tensor_file(path: str | os.PathLike) -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU: tensors and plain values only, so a
+    crafted pickle cannot run code. Raises UnreadableFile with a one-line reason, never torch's
+    many-line refusal (which also suggests loading the file unsafely)."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt or refused data
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        refused = [line for line in lines if line.startswith("WeightsUnpickler error:")]
+        if refused:
+            what = refused[0].removeprefix("WeightsUnpickler error:").split(". Please")[0]
+            reason = f"holds more than tensors and plain values ({what.strip()[:200]})"
+            raise UnreadableFile(path, reason, refused=True) from None
+        detail = f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
+        raise UnreadableFile(path, f"is truncated or corrupt ({detail})", refused=False) from None
 
 
 def _write_error(code: int | None, message: str) -> WriteError:

@@ -6,7 +6,7 @@ computed in float32 even when the logits come in as bf16/fp16 (e.g. under autoca
 
 Guides are given teacher first, then teacher assistants from largest to smallest.
 
-Two conventions:
+Three conventions:
 
 * ``"paper"`` (the default): ``total = n·(1−λ)·CE + λ·Σ_i keep_i·KD_i`` with ``n`` guides and
   ``KD = T²·KL(softmax(guide/T) ‖ softmax(student/T))``, KL summed over classes and averaged over the
@@ -15,6 +15,8 @@ Two conventions:
   numbers: the KL is also divided by the class count (``nn.KLDivLoss()``'s default 'mean'
   reduction) and the CE weight is ``(1−λ)`` whatever ``n``; its guide dropping removes exactly
   ``drop_num`` terms, teacher included (:func:`draw_released_drop_mask`).
+* ``"released_code_batchmean"``: the released code's loss without its 1/C: CE weight ``(1−λ)``,
+  KD as in the paper. It exists for the convention ablation, to show what the 1/C does.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ __all__ = [
     "kd_loss",
 ]
 
-CONVENTIONS = ("paper", "released_code")
+CONVENTIONS = ("paper", "released_code", "released_code_batchmean")
 
 
 def _as_float(name: str, value) -> float:
@@ -120,6 +122,7 @@ def dgkd_loss(
 
     paper: ``total = n·(1−λ)·CE + λ·Σ keep_i·KD_i`` (n = 0: plain CE).
     released_code: ``total = (1−λ)·CE + λ·Σ keep_i·KD_i/C`` (n = 0: plain CE).
+    released_code_batchmean: ``total = (1−λ)·CE + λ·Σ keep_i·KD_i`` (n = 0: plain CE).
 
     Returns ``(total, terms)``: ``terms`` maps ``"ce"``, :func:`guide_term_names` and ``"total"``
     to 0-d float32 tensors (CE and each KD term unweighted and un-masked, KD in the chosen
@@ -137,6 +140,7 @@ def dgkd_loss(
     kd = torch.stack([kd_loss(student_logits, g, temperature) for g in guide_logits])
     if convention == "released_code":
         kd = kd / student_logits.shape[1]
+    if convention.startswith("released_code"):
         ce_weight = 1.0 - lam
     else:
         ce_weight = n * (1.0 - lam)

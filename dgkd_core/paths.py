@@ -26,15 +26,18 @@ RUN_FILES = ("model.pt", "metrics.json", "history.csv")
 _LINEAGE_SEP = "-"
 _KEEP_PREFIX = "-p"
 _DROP_PREFIX = "-d"
+_CONVENTION_SEP = "+"  # `dgkd+released_code`: a run of the convention ablation
 
 # Regular expressions for the rules' wildcard_constraints. A stochastic method's directory
-# carries its dropping: a keep probability (`sdgkd-p0.75`) or a number dropped (`sdgkd-d1`).
+# carries its dropping: a keep probability (`sdgkd-p0.75`) or a number dropped (`sdgkd-d1`); a
+# run of the convention ablation carries its loss convention (`dgkd+released_code`).
 WILDCARD_CONSTRAINTS = {
     "dataset": r"[A-Za-z0-9_]+",
     "seed": r"\d+",
-    "method": "|".join(
-        f"{m.name}({re.escape(_KEEP_PREFIX)}[0-9.e+-]+|{re.escape(_DROP_PREFIX)}[0-9]+)"
-        if m.stochastic else m.name for m in REGISTRY.values()),
+    "method": "(" + "|".join(
+        f"{m.name}({re.escape(_KEEP_PREFIX)}[0-9.e-]+|{re.escape(_DROP_PREFIX)}[0-9]+)"
+        if m.stochastic else m.name for m in REGISTRY.values())
+    + rf")({re.escape(_CONVENTION_SEP)}[a-z_]+)?",
     "lineage": r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*",
 }
 
@@ -49,6 +52,7 @@ class Run:
     lineage: tuple[str, ...]  # teacher first, the trained model last
     keep_prob: float | None = None  # stochastic (sdgkd) only: each guide kept with it
     drop_num: int | None = None  # stochastic only, instead: exactly this many guides dropped
+    convention: str | None = None  # the loss convention, where it is not the config's own
 
     @property
     def model(self) -> str:
@@ -56,7 +60,7 @@ class Run:
 
     @property
     def method_dir(self) -> str:
-        return method_dir(self.method, self.keep_prob, self.drop_num)
+        return method_dir(self.method, self.keep_prob, self.drop_num, self.convention)
 
     @property
     def lineage_str(self) -> str:
@@ -71,11 +75,12 @@ class Run:
 
 
 def make_run(dataset: str, seed: int, method: str, lineage, keep_prob: float | None = None,
-             drop_num: int | None = None) -> Run:
+             drop_num: int | None = None, convention: str | None = None) -> Run:
     """The canonical run for a method and lineage.
 
     A TAKD or DGKD model guided by the teacher alone is `kd`; a stochastic (sdgkd) run has
-    exactly one of `keep_prob` and `drop_num`, and no other run has either.
+    exactly one of `keep_prob` and `drop_num`, and no other run has either. `convention`: a loss
+    convention other than the config's (the convention ablation); a model trained alone has none.
     Raises ValueError for a lineage that does not fit the method."""
     lineage = tuple(lineage)
     get_method(method)  # a clear error for an unknown method
@@ -90,32 +95,41 @@ def make_run(dataset: str, seed: int, method: str, lineage, keep_prob: float | N
     if get_method(method).stochastic != ((keep_prob is None) != (drop_num is None)):
         raise ValueError("a stochastic DGKD (sdgkd) run has either keep_prob or drop_num, and "
                          "no other run has one")
+    if convention is not None and method == "nokd":
+        convention = None  # cross-entropy alone: every convention is the same loss
     return Run(dataset, int(seed), method, lineage,
                None if keep_prob is None else float(keep_prob),
-               None if drop_num is None else int(drop_num))
+               None if drop_num is None else int(drop_num), convention)
 
 
-def method_dir(method: str, keep_prob: float | None = None, drop_num: int | None = None) -> str:
-    """`sdgkd-p0.75` or `sdgkd-d1` for stochastic DGKD, the method's name otherwise."""
+def method_dir(method: str, keep_prob: float | None = None, drop_num: int | None = None,
+               convention: str | None = None) -> str:
+    """`sdgkd-p0.75` or `sdgkd-d1` for stochastic DGKD, the method's name otherwise; then
+    `+<convention>` for a run of the convention ablation."""
     if keep_prob is not None:
-        return f"{method}{_KEEP_PREFIX}{keep_prob:g}"
-    return method if drop_num is None else f"{method}{_DROP_PREFIX}{drop_num}"
+        text = f"{method}{_KEEP_PREFIX}{keep_prob:g}"
+    else:
+        text = method if drop_num is None else f"{method}{_DROP_PREFIX}{drop_num}"
+    return text if convention is None else f"{text}{_CONVENTION_SEP}{convention}"
 
 
-def parse_method_dir(text: str) -> tuple[str, float | None, int | None]:
-    """Inverse of `method_dir`: `sdgkd-p0.75` -> ("sdgkd", 0.75, None), `sdgkd-d1` ->
-    ("sdgkd", None, 1)."""
+def parse_method_dir(text: str) -> tuple[str, float | None, int | None, str | None]:
+    """Inverse of `method_dir`: `sdgkd-p0.75` -> ("sdgkd", 0.75, None, None),
+    `dgkd+released_code` -> ("dgkd", None, None, "released_code")."""
+    text, sep, convention = text.partition(_CONVENTION_SEP)
+    convention = convention if sep else None
     method, sep, p = text.partition(_KEEP_PREFIX)
     if sep:
-        return method, float(p), None
+        return method, float(p), None, convention
     method, sep, k = text.partition(_DROP_PREFIX)
-    return method, None, (int(k) if sep else None)
+    return method, None, (int(k) if sep else None), convention
 
 
 def run_from_wildcards(dataset: str, seed, method: str, lineage: str) -> Run:
     """The Run that a rule's wildcards name (method directory and lineage as in the path)."""
-    name, keep_prob, drop_num = parse_method_dir(method)
-    return make_run(dataset, int(seed), name, lineage.split(_LINEAGE_SEP), keep_prob, drop_num)
+    name, keep_prob, drop_num, convention = parse_method_dir(method)
+    return make_run(dataset, int(seed), name, lineage.split(_LINEAGE_SEP), keep_prob, drop_num,
+                    convention)
 
 
 _RUN_RE = re.compile(

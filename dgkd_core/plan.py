@@ -25,10 +25,11 @@ from dgkd_core.models import available_models, build_model, count_parameters, mo
 from dgkd_core.paths import Run
 from dgkd_core.schema import ConfigError, check
 
-__all__ = ["ConfigError", "Plan", "ROLES", "default_schema_path", "evenly_spaced",
+__all__ = ["ABLATIONS", "ConfigError", "Plan", "ROLES", "default_schema_path", "evenly_spaced",
            "job_run_config", "load_workflow_schema"]
 
 ROLES = ("teacher", "ta", "student")
+ABLATIONS = ("num_tas", "keep_prob", "convention")
 _LAYER_GROUPS = ("per_family", "per_role", "per_method")
 
 
@@ -106,7 +107,8 @@ class Plan:
 
     def guides(self, run: Run) -> list[Run]:
         """The runs whose checkpoints guide `run`: teacher first, then TAs largest to smallest."""
-        return [paths.make_run(run.dataset, run.seed, method, lineage)
+        # A run of the convention ablation is guided by TAs trained under its convention too.
+        return [paths.make_run(run.dataset, run.seed, method, lineage, convention=run.convention)
                 for method, lineage in methods.guide_specs(run.method, run.lineage)]
 
     def table1_runs(self) -> list[Run]:
@@ -127,8 +129,9 @@ class Plan:
         """The students of ablation `name` (num_tas or keep_prob), each once."""
         if name not in self.ablations:
             raise ConfigError(f"ablations.{name} is not configured in the config file")
-        runs = self._num_tas_runs() if name == "num_tas" else self._keep_prob_runs()
-        return list(dict.fromkeys(runs))
+        planners = {"num_tas": self._num_tas_runs, "keep_prob": self._keep_prob_runs,
+                    "convention": self._convention_runs}
+        return list(dict.fromkeys(planners[name]()))
 
     def role(self, run: Run) -> str:
         """teacher | ta | student, from the lineage: a model trained alone is a teacher if some
@@ -151,6 +154,8 @@ class Plan:
             {"model": run.model, "method": run.method, "seed": run.seed,
              "loss": {"keep_prob": run.keep_prob, "drop_num": run.drop_num or 0}},
         ]
+        if run.convention is not None:
+            layers.append({"loss": {"convention": run.convention}})
         partial: dict = {}
         for layer in layers:
             partial = deep_update(partial, layer)
@@ -159,7 +164,7 @@ class Plan:
     def targets(self) -> list[str]:
         """What `snakemake` builds by default: Table 1 and every configured ablation."""
         targets = paths.table1_targets()
-        for name in ("num_tas", "keep_prob"):
+        for name in ABLATIONS:
             if name in self.ablations:
                 targets += paths.ablation_targets(name)
         return targets
@@ -204,8 +209,9 @@ class Plan:
         runs = self.table1_runs()
         if "num_tas" in self.ablations:
             runs += self._num_tas_runs()
-        if "keep_prob" in self.ablations:
-            runs += self._keep_prob_runs()
+        for name in ("keep_prob", "convention"):
+            if name in self.ablations:
+                runs += self.ablation_runs(name)
         return runs
 
     def _num_tas_runs(self) -> list[Run]:
@@ -224,6 +230,22 @@ class Plan:
         return [self._student_run(ab["dataset"], seed, method, chain, keep_prob=p)
                 for p, method in sweep
                 for seed in ab.get("seeds", self.config["seeds"])]
+
+    def _convention_runs(self) -> list[Run]:
+        """Each method under each loss convention. A run whose convention is already the
+        config's is the Table 1 run itself; the others carry their convention (`dgkd+...`)."""
+        ab = self.ablations["convention"]
+        chain = self.config["chains"][ab["chain"]]
+        runs = []
+        for convention in ab["conventions"]:
+            for method in ab["methods"]:
+                for seed in ab.get("seeds", self.config["seeds"]):
+                    run = self._student_run(ab["dataset"], seed, method, chain)
+                    if self.run_config(run)["loss"]["convention"] != convention:
+                        run = paths.make_run(run.dataset, run.seed, run.method, run.lineage,
+                                             run.keep_prob, run.drop_num, convention)
+                    runs.append(run)
+        return runs
 
     def _all_chains(self) -> list[tuple[str, dict]]:
         """(where, chain) for Table 1's chains and the TA-count ablation's chain."""
@@ -271,15 +293,20 @@ class Plan:
             if too_many:
                 raise ConfigError(f"ablations.num_tas.ta_counts {too_many} exceed the "
                                   f"{len(ab['tas'])} TAs listed in ablations.num_tas.tas")
-        if "keep_prob" in self.ablations:
-            chain = self.ablations["keep_prob"]["chain"]
-            chains = self.config["chains"]
+        chains = self.config["chains"]
+        for name in ("keep_prob", "convention"):
+            if name not in self.ablations:
+                continue
+            chain = self.ablations[name]["chain"]
             if chain not in chains:
-                raise ConfigError(f"ablations.keep_prob.chain is '{chain}'; chains defined: "
+                raise ConfigError(f"ablations.{name}.chain is '{chain}'; chains defined: "
                                   f"{', '.join(chains)}")
-            if not chains[chain].get("tas"):
-                raise ConfigError(f"ablations.keep_prob.chain '{chain}' has no TA; stochastic "
-                                  "DGKD needs at least one")
+            needing = (["sdgkd"] if name == "keep_prob" else
+                       [m for m in self.ablations[name]["methods"]
+                        if methods.get_method(m).needs_tas])
+            if needing and not chains[chain].get("tas"):
+                raise ConfigError(f"ablations.{name}.chain '{chain}' has no TA, which "
+                                  f"{', '.join(needing)} need")
 
     def _layers(self) -> dict[str, dict]:
         """Every hyperparameter layer by its place in the config (`per_role.student`, ...)."""

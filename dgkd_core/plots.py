@@ -146,3 +146,22 @@ def keep_prob_figure(table: pd.DataFrame, out_paths) -> None:
         _label_ablation_panel(ax, part, "keep probability p")
 
     _draw_panels(table, draw, out_paths)
+
+
+def convention_figure(table: pd.DataFrame, out_paths) -> None:
+    """Student top-1 of each method under each loss convention: grouped bars, one group per
+    method, one bar per convention, seed std as error bars."""
+
+    def draw(ax, part):
+        conventions = list(dict.fromkeys(part["convention"]))
+        names = list(dict.fromkeys(part["method"]))
+        width = 0.8 / max(len(conventions), 1)
+        for i, convention in enumerate(conventions):
+            rows = part[part["convention"] == convention].set_index("method").reindex(names)
+            x = np.arange(len(names)) + (i - (len(conventions) - 1) / 2) * width
+            ax.bar(x, rows["top1_last_mean"], width, yerr=_errors(rows["top1_last_std"]),
+                   capsize=3, label=convention)
+        ax.set_xticks(np.arange(len(names)), [method_label(m) for m in names])
+        _label_ablation_panel(ax, part, "method")
+
+    _draw_panels(table, draw, out_paths)

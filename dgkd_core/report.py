@@ -64,6 +64,8 @@ def load_runs(metrics_paths) -> pd.DataFrame:
             "method": run.method,
             "keep_prob": run.keep_prob,
             "drop_num": run.drop_num,
+            # what ran, from the run's own config (the convention ablation's runs differ in it)
+            "convention": metrics.get("config", {}).get("loss", {}).get("convention", ""),
             "lineage": run.lineage_str,
             "teacher": run.lineage[0] if guided else "",
             "tas": ", ".join(run.lineage[1:-1]),
@@ -81,8 +83,8 @@ def load_runs(metrics_paths) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-_IDENTITY = ["dataset", "family", "method", "keep_prob", "drop_num", "lineage", "teacher", "tas",
-             "n_tas", "model"]
+_IDENTITY = ["dataset", "family", "method", "keep_prob", "drop_num", "convention", "lineage",
+             "teacher", "tas", "n_tas", "model"]
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
@@ -174,6 +176,19 @@ def keep_prob_table(student_runs: pd.DataFrame) -> pd.DataFrame:
                   "paper_recipe", "diff_vs_paper", "diff_vs_paper_best"]].reset_index(drop=True)
 
 
+def convention_table(student_runs: pd.DataFrame) -> pd.DataFrame:
+    """Each method under each loss convention (dgkd_core.losses.CONVENTIONS), methods in the
+    registry's order, conventions in CONVENTIONS' order."""
+    from dgkd_core.losses import CONVENTIONS
+
+    table = summarise(student_runs).rename(columns={"model": "student"})
+    table = table.sort_values("convention", key=lambda c: c.map(CONVENTIONS.index), kind="stable")
+    table = table.sort_values("method", key=lambda m: m.map(methods.METHODS.index), kind="stable")
+    return table[["dataset", "family", "method", "convention", "teacher", "tas", "student",
+                  "n_seeds", "seeds", "epochs", "top1_last_mean", "top1_last_std",
+                  "top1_best_epoch_mean"]].reset_index(drop=True)
+
+
 def learning_curves(runs: pd.DataFrame) -> pd.DataFrame:
     """Test top-1 per epoch, mean and std over seeds: dataset, family, method, keep_prob,
     lineage, epoch, top1_mean, top1_std."""
@@ -225,6 +240,8 @@ def markdown(table: pd.DataFrame, title: str, note: str = "") -> str:
             r.method, r.keep_prob if show_p else None, getattr(r, "drop_num", None))))
         if "n_tas" in has:
             columns.append(("TAs (n)", lambda r: str(r.n_tas)))
+        if "convention" in has:
+            columns.append(("Loss convention", lambda r: r.convention))
         columns += [("Teacher", lambda r: r.teacher), ("TAs", lambda r: r.tas),
                     ("Student", lambda r: r.student)]
     columns += [
@@ -233,9 +250,10 @@ def markdown(table: pd.DataFrame, title: str, note: str = "") -> str:
         ("Top-1 % (last epoch, mean ± std)", lambda r: _mean_std(r.top1_last_mean,
                                                                   r.top1_last_std)),
         ("Top-1 % (best epoch, mean; reference only)", lambda r: _number(r.top1_best_epoch_mean)),
-        ("Paper", _paper),
-        ("Δ vs paper (last epoch)", lambda r: _number(r.diff_vs_paper, signed=True)),
     ]
+    if "paper_top1" in has:
+        columns += [("Paper", _paper),
+                    ("Δ vs paper (last epoch)", lambda r: _number(r.diff_vs_paper, signed=True))]
     if "diff_vs_paper_best" in has:
         columns.append(("Δ vs paper (best epoch; reference only)",
                         lambda r: _number(r.diff_vs_paper_best, signed=True)))
@@ -247,7 +265,7 @@ def markdown(table: pd.DataFrame, title: str, note: str = "") -> str:
     for row in table.itertuples():
         cells = [str(fn(row)).replace("|", "\\|") for _, fn in columns]
         lines.append("| " + " | ".join(cells) + " |")
-    sources = sorted({s for s in table["paper_source"] if s})
+    sources = sorted({s for s in table.get("paper_source", []) if s})
     if sources:
         lines += ["", "Paper values: " + "; ".join(sources) + ". ≈: approximate or unconfirmed."]
         lines += [f"- {source}: {RECIPES[source]}." for source in sources]

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from dgkd_core import io
+from dgkd_core.io import UnreadableFile, load_tensor_file
 from dgkd_core.runtime import rng_state, set_rng_state
 
 __all__ = ["RESUME_FILE", "TrainState", "read_resume_state", "restore_resume_state",
@@ -89,10 +90,10 @@ def read_resume_state(path: Path, identity: dict) -> dict | None:
     if not path.exists():
         return None
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or refused data
-        log.warning("ignoring unreadable resume state %s (%s); starting from scratch",
-                    path, _one_line(err))
+        payload = load_tensor_file(path)
+    except UnreadableFile as err:
+        log.warning("ignoring unreadable resume state %s (it %s); starting from scratch",
+                    path, err.reason)
         return None
     if not isinstance(payload, dict) or payload.get("identity") != identity:
         log.warning("resume state %s belongs to other settings, guides or data; starting "
@@ -117,14 +118,3 @@ def restore_resume_state(payload: dict, state: TrainState, model: nn.Module,
         state.keep_gen.set_state(payload["keep_gen"])
     set_rng_state(payload["rng"])
     return payload.get("stop_reason") or "killed without notice, resumed from the last epoch"
-
-
-def _one_line(err: Exception) -> str:
-    """`err` in one short line: torch's weights_only refusal explains itself over many lines,
-    one of which says what was refused."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    refused = [line for line in lines if line.startswith("WeightsUnpickler error:")]
-    if refused:
-        what = refused[0].removeprefix("WeightsUnpickler error:").split(". Please")[0].strip()
-        return f"it holds more than tensors and plain values: {what}"[:240]
-    return f"{type(err).__name__}: {lines[0] if lines else ''}"[:240]

@@ -6,6 +6,7 @@ localrules:
     table1,
     ablation_num_tas,
     ablation_keep_prob,
+    ablation_convention,
 
 
 rule table1:
@@ -92,3 +93,27 @@ rule ablation_keep_prob:
         "../environment.yml"
     script:
         "../workflow_scripts/ablation_keep_prob.py"
+
+
+rule ablation_convention:
+    input:
+        students=get_ablation_metrics("convention"),
+    output:
+        table=report(
+            paths.table_file("ablations/convention", "csv"),
+            caption="../report/ablation_convention.rst",
+            category="Ablations",
+        ),
+        table_md=paths.table_file("ablations/convention", "md"),
+        figure_png=report(
+            paths.figure_file("ablation_convention", "png"),
+            caption="../report/ablation_convention.rst",
+            category="Ablations",
+        ),
+        figure_pdf=paths.figure_file("ablation_convention", "pdf"),
+    log:
+        paths.log_file("ablation_convention"),
+    conda:
+        "../environment.yml"
+    script:
+        "../workflow_scripts/ablation_convention.py"

@@ -294,16 +294,10 @@ CASES = [
     Case("evaluate_corrupt_checkpoint",
          ("evaluate", "--checkpoint", "{bad}", "--data", "{data}", "--device", "cpu"),
          "checkpoint {bad} is truncated or corrupt", prepare=truncated_guide),
-    pytest.param(
-        Case("evaluate_malicious_data",
-             ("evaluate", "--checkpoint", "{guide}", "--data", "{bad}", "--device", "cpu"),
-             "prepared data file {bad} is unreadable",
-             prepare=malicious_pickle(lambda ctx: ctx.bad), marker=True),
-        marks=pytest.mark.xfail(strict=True, reason=(
-            "dgkd_core/data/prepared.py puts torch's many-line weights-only refusal into its "
-            "message: the CLI shows its first line, with ANSI escapes and the advice to load "
-            "the file unsafely")),
-        id="evaluate_malicious_data"),
+    Case("evaluate_malicious_data",
+         ("evaluate", "--checkpoint", "{guide}", "--data", "{bad}", "--device", "cpu"),
+         "prepared data file {bad} is unreadable: it holds more than tensors and plain values",
+         prepare=malicious_pickle(lambda ctx: ctx.bad), marker=True),
     Case("evaluate_missing_data",
          ("evaluate", "--checkpoint", "{guide}", "--data", "{tmp}/nodata.pt", "--device", "cpu"),
          "prepared data file {tmp}/nodata.pt does not exist"),

@@ -157,6 +157,17 @@ def test_dgkd_loss_released_code_convention():
     assert total_r.item() == approx(0.7 * ce + 0.3 * (kd[1] + kd[2]) / C)
 
 
+def test_dgkd_loss_released_code_without_the_class_mean():
+    """released_code_batchmean: the released code's CE weight (1 - λ), the paper's KD (no 1/C)."""
+    keep = torch.tensor([1.0, 0.0, 1.0])
+    total, terms = dgkd_loss(STUDENT, GUIDES, TARGETS, lam=0.3, temperature=5.0, keep=keep,
+                             convention="released_code_batchmean")
+    ce = ref_ce(STUDENT.tolist(), TARGETS.tolist())
+    kd = [ref_kd(STUDENT.tolist(), g.tolist(), 5.0) for g in GUIDES]
+    assert total.item() == approx(0.7 * ce + 0.3 * (kd[0] + kd[2]))
+    assert terms["kd_teacher"].item() == approx(kd[0])
+
+
 def test_dgkd_loss_gradient_reaches_student_only():
     student = STUDENT.clone().requires_grad_(True)
     guides = [g.clone() for g in GUIDES]

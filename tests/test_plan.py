@@ -124,8 +124,9 @@ def test_runs_are_unique_and_guides_come_first():
     for run in runs:
         assert set(plan.guides(run)) <= seen, run
         seen.add(run)
-    # 2 TAs: 2n + 5 = 9 runs per seed (the ablations share them)
-    assert len(runs) == 9 * 2
+    # 2 TAs: 2n + 5 = 9 runs per seed (num_tas and keep_prob share them), and the convention
+    # ablation's own at seed 1: the KD student and TA, the DGKD TA and student
+    assert len(runs) == 9 * 2 + 4
 
 
 def test_ablations_plan_their_runs():
@@ -274,3 +275,34 @@ def test_check_guides_accepts_each_methods_own_runs():
     for args in (("nokd", 0, None), ("kd", 1, None), ("takd", 1, None), ("dgkd", 2, None),
                  ("sdgkd", 3, 0.75)):
         methods.check_guides(*args)
+
+
+# ---------------------------------------------------------------------- convention ablation
+
+
+def test_convention_ablation_trains_its_chain_under_each_convention():
+    from dgkd_core.losses import CONVENTIONS
+
+    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+    ablation = schema["properties"]["ablations"]["properties"]["convention"]["properties"]
+    assert ablation["conventions"]["items"]["enum"] == list(CONVENTIONS)
+    plan = Plan(config(ablations={"convention": {
+        "dataset": "synthetic", "chain": "plain", "methods": ["dgkd"], "seeds": [1],
+        "conventions": ["paper", "released_code"]}}))
+    paper, released = plan.ablation_runs("convention")
+    assert paper in plan.table1_runs()  # the config's own convention: Table 1's run itself
+    assert released.method_dir == "dgkd+released_code"
+    assert names(plan.guides(released)) == [
+        "nokd/plane5", "kd+released_code/plane5-plane4", "dgkd+released_code/plane5-plane4-plane3"]
+    for run in [released, *plan.guides(released)[1:]]:
+        assert plan.run_config(run)["loss"]["convention"] == "released_code"
+    assert plan.run_config(paper)["loss"]["convention"] == "paper"
+    assert paths.run_from_path(released.file("metrics.json")) == released
+
+
+def test_convention_ablation_needs_a_chain_with_tas_for_ta_methods():
+    cfg = config(chains={"direct": {"teacher": "plane5", "tas": [], "student": "plane2"}},
+                 methods=["kd"], ablations={"convention": {
+                     "dataset": "synthetic", "chain": "direct", "methods": ["kd", "dgkd"]}})
+    with pytest.raises(ConfigError, match="ablations.convention.chain 'direct' has no TA"):
+        Plan(cfg)

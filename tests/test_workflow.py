@@ -8,6 +8,7 @@ Dry runs (-n) need no training; the end-to-end part trains 18 one-epoch tiny mod
 from __future__ import annotations
 
 import copy
+import json
 import re
 import subprocess
 import sys
@@ -256,10 +257,13 @@ def finished(tmp_path_factory):
 
 
 def student_runs(seeds=(1, 2)) -> set[str]:
+    """Table 1's students, and the convention ablation's own (seed 1, config/test_tiny.yaml)."""
     lineage = "plane5-plane4-plane3-plane2"
     return {f"seed{s}/{m}" for s in seeds for m in (
         "nokd/plane2", "kd/plane5-plane2", f"takd/{lineage}", f"dgkd/{lineage}",
-        f"sdgkd-p0.75/{lineage}")}
+        f"sdgkd-p0.75/{lineage}")} | {
+        f"seed1/{m}+released_code_batchmean/{lin}"
+        for m, lin in (("kd", "plane5-plane2"), ("dgkd", lineage))}
 
 
 @pytest.mark.slow
@@ -284,10 +288,18 @@ def test_tiny_workflow_table_and_figures(finished):
         ("takd", 0), ("takd", 2), ("dgkd", 0), ("dgkd", 2)]
     keep = pd.read_csv(results / "ablations" / "keep_prob.csv")
     assert list(zip(keep["method"], keep["keep_prob"])) == [("sdgkd", 0.75), ("dgkd", 1.0)]
+    convention = pd.read_csv(results / "ablations" / "convention.csv")
+    assert list(zip(convention["method"], convention["convention"])) == [
+        ("kd", "paper"), ("kd", "released_code_batchmean"), ("dgkd", "paper"),
+        ("dgkd", "released_code_batchmean")]
+    ran = json.loads((results / "runs" / "synthetic" / "seed1" / "dgkd+released_code_batchmean"
+                      / "plane5-plane4-plane3-plane2" / "metrics.json").read_text())
+    assert ran["config"]["loss"]["convention"] == "released_code_batchmean"
 
     from PIL import Image
 
-    for name in ("methods", "learning_curves", "ablation_num_tas", "ablation_keep_prob"):
+    for name in ("methods", "learning_curves", "ablation_num_tas", "ablation_keep_prob",
+                 "ablation_convention"):
         with Image.open(results / "figures" / f"{name}.png") as image:
             image.verify()
             assert image.size[0] > 200 and image.size[1] > 200
@@ -309,8 +321,8 @@ def test_changing_student_settings_reruns_only_students(finished):
     config["hyperparameters"]["per_role"]["student"] = {"optimizer": {"lr": 0.02}}
     run = dry_run(finished, config=config)
     assert run.runs() == student_runs()
-    assert {r for r in run.rules if r != "train_model"} == {"table1", "ablation_num_tas",
-                                                            "ablation_keep_prob", "all"}
+    assert {r for r in run.rules if r != "train_model"} == {
+        "table1", "ablation_num_tas", "ablation_keep_prob", "ablation_convention", "all"}
 
 
 @pytest.mark.slow
@@ -321,7 +333,9 @@ def test_changing_ta_settings_reruns_tas_and_what_they_guide(finished):
     lineage = "plane5-plane4-plane3-plane2"
     expected = {f"seed{s}/{m}" for s in (1, 2) for m in (
         "kd/plane5-plane4", "takd/plane5-plane4-plane3", "dgkd/plane5-plane4-plane3",
-        f"takd/{lineage}", f"dgkd/{lineage}", f"sdgkd-p0.75/{lineage}")}
+        f"takd/{lineage}", f"dgkd/{lineage}", f"sdgkd-p0.75/{lineage}")} | {
+        f"seed1/{m}+released_code_batchmean/{lin}" for m, lin in (
+            ("kd", "plane5-plane4"), ("dgkd", "plane5-plane4-plane3"), ("dgkd", lineage))}
     assert run.runs() == expected  # teacher, NoKD and KD students untouched
     assert "prepare_data" not in run.rules
 

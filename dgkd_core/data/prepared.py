@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from dgkd_core.io import UnreadableFile, load_tensor_file
+
 __all__ = [
     "FORMAT_VERSION",
     "DataError",
@@ -142,10 +144,10 @@ def load_prepared(path: str | os.PathLike, *, verify: bool = True) -> PreparedDa
                         f"`python -m dgkd_core prepare-data --out {path} ...`")
     redo = f"delete {path} and prepare it again (python -m dgkd_core prepare-data)"
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, bad pickle, ...: several exception types
-        raise DataError(f"prepared data file {path} is unreadable (truncated or corrupt?): "
-                        f"{type(err).__name__}: {err}; {redo}") from err
+        payload = load_tensor_file(path)
+    except UnreadableFile as err:
+        raise DataError(f"prepared data file {path} is unreadable: it {err.reason}; {redo}"
+                        ) from None
     if not isinstance(payload, dict) or not isinstance(payload.get("meta"), dict):
         raise DataError(f"{path} is not a prepared data file (no meta dict); {redo}")
     meta = payload["meta"]
