@@ -197,11 +197,13 @@ def _git_state() -> str:
 def _schedule_text(metrics: dict) -> str:
     """A run's epochs, lr schedule, lr and batch size, from its metrics.json."""
     cfg = metrics.get("config", {})
-    sched = dict(cfg.get("schedule") or {})
-    name = sched.pop("name", "?")
-    details = f" ({', '.join(f'{k} {v}' for k, v in sched.items())})" if sched else ""
-    text = (f"{metrics['epochs']} epochs, {name} schedule{details}, "
-            f"lr {cfg.get('optimizer', {}).get('lr')}, batch {cfg.get('batch_size')}")
+    sched = cfg.get("schedule") or {}
+    name = sched.get("name", "?")
+    # Milestones (fractions of the epochs) and gamma act only in a step schedule.
+    details = (f" (×{sched.get('gamma')} at {sched.get('milestones')} of the epochs)"
+               if name == "step" else "")
+    text = (f"{metrics['epochs']} epoch{'s' * (metrics['epochs'] != 1)}, lr "
+            f"{cfg.get('optimizer', {}).get('lr')} {name}{details}, batch {cfg.get('batch_size')}")
     if metrics["epochs"] != PAPER_EPOCHS:
         text += f" (the paper's is {PAPER_EPOCHS} epochs: expect lower absolute numbers)"
     return text
