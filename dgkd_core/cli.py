@@ -6,10 +6,14 @@ import argparse
 import json
 import logging
 import sys
+import textwrap
 from pathlib import Path
 
 # Keys of a `train --config` file that say where things are, not how to train.
 RUN_FILE_KEYS = ("data", "out_dir", "guides")
+
+TRAIN_EXAMPLE = ("python -m dgkd_core train --set model=resnet8 --set data=results/data/cifar10.pt "
+                 "--set out_dir=runs/resnet8 --set epochs=30 --set logging.tensorboard=true")
 
 
 def setup_logging(log_file: str | None = None) -> None:
@@ -107,28 +111,110 @@ def _reproduction(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dgkd_core", description=__doc__)
-    parser.add_argument("--log-file", help="write log lines here instead of stderr")
-    parser.add_argument("--debug", action="store_true",
-                        help="on an error, show the whole traceback instead of one line")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _value_text(value) -> str:
+    """A value as YAML writes it: null, true, [0.5, 0.75]."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ", ".join(_value_text(v) for v in value) + "]"
+    return str(value)
 
-    p = sub.add_parser("train", help="train one model (resumes automatically)")
+
+def _range_text(leaf: dict) -> str:
+    """A schema's bounds: `in [0, 1]`, `in (0, 1)`, `>= 1`, `> 0`, or ''."""
+    low = next(((f"{b}", leaf[k]) for k, b in (("minimum", "["), ("exclusiveMinimum", "("))
+                if k in leaf), None)
+    high = next(((f"{b}", leaf[k]) for k, b in (("maximum", "]"), ("exclusiveMaximum", ")"))
+                 if k in leaf), None)
+    if low and high:
+        return f"in {low[0]}{low[1]}, {high[1]}{high[0]}"
+    if low:
+        return f"{'>=' if low[0] == '[' else '>'} {low[1]}"
+    if high:
+        return f"{'<=' if high[0] == ']' else '<'} {high[1]}"
+    return ""
+
+
+def _allowed_text(leaf: dict) -> str:
+    """What a run-config key allows, from its schema, then its description."""
+    if "enum" in leaf:
+        text = "one of " + ", ".join(_value_text(v) for v in leaf["enum"])
+    else:
+        types = leaf["type"] if isinstance(leaf["type"], list) else [leaf["type"]]
+        kinds = []
+        for kind in (t for t in types if t != "null"):
+            if kind == "array":
+                items = leaf.get("items", {})
+                count = (f"{leaf['minItems']} " if leaf.get("minItems") is not None
+                         and leaf.get("minItems") == leaf.get("maxItems") else "")
+                kind = f"list of {count}{items.get('type', 'value')}s {_range_text(items)}"
+            elif kind == "object":
+                kind = "mapping {" + ", ".join(leaf.get("properties", {})) + "}"
+            else:
+                kind = f"{kind} {_range_text(leaf)}"
+            kinds.append(kind.strip())
+        text = " or ".join(kinds + (["null"] if "null" in types else []))
+    return text + (f"; {leaf['description']}" if leaf.get("description") else "")
+
+
+def run_config_help() -> str:
+    """`train --help`'s list of the run-config keys, read from RUN_CONFIG_SCHEMA: each dotted key
+    with its default and what it allows, then an example command."""
+    from dgkd_core.config import run_config_keys
+
+    rows = [(key, _value_text(leaf.get("default")), _allowed_text(leaf))
+            for key, leaf in run_config_keys()]
+    key_w, default_w = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
+    indent = " " * (2 + key_w + 2 + default_w + 2)
+    lines = ["run-config keys (in --config, or --set KEY=VALUE): key, default, allowed values",
+             *(textwrap.fill(a, width=100, initial_indent=f"  {k:<{key_w}}  {d:<{default_w}}  ",
+                             subsequent_indent=indent) for k, d, a in rows), "",
+             textwrap.fill(f"and where things are: {', '.join(RUN_FILE_KEYS)} (data and out_dir "
+                           "are required; guides: teacher first, then TAs, largest first)",
+                           width=100), "", "example:", f"  {TRAIN_EXAMPLE}"]
+    return "\n".join(lines)
+
+
+def _common_options(in_subcommand: bool) -> argparse.ArgumentParser:
+    """--log-file and --debug, accepted before the subcommand and after it. After it they are
+    set only where given (SUPPRESS), so they do not undo the same option given before it."""
+    common = argparse.ArgumentParser(add_help=False)
+    unset = {"default": argparse.SUPPRESS} if in_subcommand else {}
+    common.add_argument("--log-file", help="write log lines here instead of stderr", **unset)
+    common.add_argument("--debug", action="store_true", **unset,
+                        help="on an error, show the whole traceback instead of one line")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dgkd_core", description=__doc__,
+                                     parents=[_common_options(False)])
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = [_common_options(True)]
+
+    p = sub.add_parser("train", help="train one model (resumes automatically)", parents=common,
+                       epilog=run_config_help(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML run config (docs/design.md) plus data, out_dir, guides")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a key, dotted for nesting (loss.lam=0.7); repeatable")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("evaluate", help="top-1/top-5 of a checkpoint on a prepared test split")
-    p.add_argument("--checkpoint", required=True)
+    p = sub.add_parser("evaluate", help="top-1/top-5 of a checkpoint on a prepared test split",
+                       parents=common)
+    p.add_argument("--checkpoint", required=True, help="a model.pt written by train")
     p.add_argument("--data", required=True, help="prepared data file (prepare-data's output)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto",
+                   help="auto (cuda where there is one, else cpu), cpu or cuda (default: auto)")
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("prepare-data", help="turn a dataset into one uint8 tensor file")
+    p = sub.add_parser("prepare-data", help="turn a dataset into one uint8 tensor file",
+                       parents=common)
     p.add_argument("--source", required=True,
-                   choices=["cifar10", "cifar100", "imagefolder", "synthetic"])
+                   choices=["cifar10", "cifar100", "imagefolder", "synthetic"],
+                   help="the kind of dataset")
     p.add_argument("--out", required=True, help="output file, e.g. results/data/cifar10.pt")
     p.add_argument("--root", help="dataset folder (torchvision CIFAR root or imagefolder root)")
     p.add_argument("--download", action="store_true", help="let torchvision download CIFAR")
@@ -137,9 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resize", type=int, nargs="+", help="resize imagefolder images to H [W]")
     p.set_defaults(func=_prepare)
 
-    p = sub.add_parser("bench", help="speed benchmark: project trainer vs the released loop")
-    p.add_argument("--out", default="results/benchmarks/step.json")
-    p.add_argument("--device", default="auto")
+    p = sub.add_parser("bench", help="speed benchmark: project trainer vs the released loop",
+                       parents=common)
+    p.add_argument("--out", default="results/benchmarks/step.json",
+                   help="the JSON result (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per workload")
     p.add_argument("--skip-workflow", action="store_true", help="skip the demo workflow timing")
     p.add_argument("--train-images", type=int, default=50_000,
@@ -147,17 +235,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parity", action="store_true",
                    help="instead: accuracy of the fast path vs plain fp32 eager over 3 seeds")
     p.add_argument("--parity-data", help="prepared data file for --parity (default: synthetic)")
-    p.add_argument("--parity-model", default="resnet8")
-    p.add_argument("--parity-epochs", type=int, default=5)
+    p.add_argument("--parity-model", default="resnet8",
+                   help="the model --parity trains (default: %(default)s)")
+    p.add_argument("--parity-epochs", type=int, default=5,
+                   help="epochs of each --parity run (default: %(default)s)")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("reproduction", help="Table 1's reproduction report: paired per-seed "
-                       "differences, the paper's claims, provenance (Markdown)")
+                       "differences, the paper's claims, provenance (Markdown)", parents=common)
     p.add_argument("--config", action="append", required=True,
                    help="workflow config; repeat for overlays (merged in order, as Snakemake's)")
     p.add_argument("--workdir", default=".", help="the workflow's directory, holding results/")
     p.add_argument("--command", required=True, help="the exact command that made the runs")
-    p.add_argument("--out", default="docs/reproduction.md")
+    p.add_argument("--out", default="docs/reproduction.md",
+                   help="the Markdown report (default: %(default)s)")
     p.add_argument("--commit", help="the code's commit, where this tree is no git checkout")
     p.set_defaults(func=_reproduction)
     return parser

@@ -18,7 +18,7 @@ from dgkd_core.schema import ConfigError, check
 
 __all__ = ["ConfigError", "DEFAULT_RUN_CONFIG", "RUN_CONFIG_SCHEMA", "TRAINING_CODE_VERSION",
            "config_hash", "deep_update", "parse_overrides", "resolve_run_config",
-           "semantic_settings", "settings_schema"]
+           "run_config_keys", "semantic_settings", "settings_schema"]
 
 # Bump when a change in dgkd_core alters what training computes (losses, models, data path,
 # optimiser, schedule). The workflow puts it in every training rule's params, so bumping it
@@ -86,11 +86,20 @@ RUN_CONFIG_SCHEMA: dict[str, Any] = {
         "deterministic": {"type": "boolean", "default": True},
         # Seconds of wall time this job may use (e.g. the SLURM `runtime`); the trainer saves its
         # resume state and exits before running out. None: no budget.
-        "time_budget_s": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None},
+        "time_budget_s": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None,
+                          "description": "seconds of wall time; null: no budget"},
+        "logging": {"type": "object", "additionalProperties": False, "default": {},
+                    "properties": {
+            "tensorboard": {"type": "boolean", "default": False,
+                            "description": "per-epoch scalars for TensorBoard (needs the "
+                                           "tensorboard extra)"},
+            "tensorboard_dir": {"type": ["string", "null"], "minLength": 1, "default": None,
+                                "description": "their folder; null: <out_dir>/tensorboard"}}},
     },
 }
-# Set by the workflow for each run, so not part of a hyperparameter layer (settings_schema).
-_SET_BY_WORKFLOW = ("model", "method", "seed", "time_budget_s")
+# Set by the workflow for each run, so not part of a hyperparameter layer (settings_schema);
+# dotted for a nested key.
+_SET_BY_WORKFLOW = ("model", "method", "seed", "time_budget_s", "logging.tensorboard_dir")
 
 
 def _defaults(schema: dict) -> Any:
@@ -107,8 +116,9 @@ def _without_defaults(schema: Any) -> Any:
 
 DEFAULT_RUN_CONFIG: dict[str, Any] = _defaults(RUN_CONFIG_SCHEMA)
 
-# Keys that change how fast or where a run goes, not what it computes: left out of the hash.
-_NON_SEMANTIC_KEYS = ("device", "time_budget_s", "eval_batch_size")
+# Keys that change how fast or where a run goes, or what it reports, not what it computes: left
+# out of the hash (a resume state stays valid) and of the workflow's rerun params.
+_NON_SEMANTIC_KEYS = ("device", "time_budget_s", "eval_batch_size", "logging")
 
 
 def settings_schema() -> dict:
@@ -116,8 +126,25 @@ def settings_schema() -> dict:
     those the workflow sets per run, every key optional, no defaults (layers must not fill them)."""
     schema = _without_defaults(RUN_CONFIG_SCHEMA)
     for key in _SET_BY_WORKFLOW:
-        del schema["properties"][key]
+        *parents, leaf = key.split(".")
+        node = schema
+        for part in parents:
+            node = node["properties"][part]
+        del node["properties"][leaf]
     return schema
+
+
+def run_config_keys(schema: dict | None = None, prefix: str = "") -> list[tuple[str, dict]]:
+    """Every settable key of the run config as (dotted key, its schema), in the schema's order:
+    nested objects are walked (`optimizer.lr`), anything else is one key (`normalize`)."""
+    schema = RUN_CONFIG_SCHEMA if schema is None else schema
+    out: list[tuple[str, dict]] = []
+    for key, sub in schema["properties"].items():
+        if sub.get("type") == "object" and "properties" in sub:
+            out.extend(run_config_keys(sub, f"{prefix}{key}."))
+        else:
+            out.append((prefix + key, sub))
+    return out
 
 
 def _complete(schema: dict, value: Any) -> Any:
@@ -158,8 +185,8 @@ def resolve_run_config(partial: dict) -> dict:
 
 def semantic_settings(cfg: dict) -> dict:
     """The settings that determine what a run computes: `cfg` without those that change only how
-    fast or where it runs (device, time budget, evaluation batch size). They identify a run in
-    its hash and in the workflow's rerun params."""
+    fast or where it runs (device, time budget, evaluation batch size) or what it logs
+    (logging). They identify a run in its hash and in the workflow's rerun params."""
     return {k: v for k, v in cfg.items() if k not in _NON_SEMANTIC_KEYS}
 
 

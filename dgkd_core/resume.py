@@ -9,6 +9,7 @@ code. It is refused and ignored like a truncated one, and the run starts from sc
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,7 +55,9 @@ class TrainState:
         """Add the segment's device sums into `sums` (one sync) and zero them."""
         values = self.sums_dev.cpu().tolist()
         for k, v in zip(term_names, values):
-            self.sums[k] += v
+            # A term missing from an older version's mid-epoch state (train top-1 came later)
+            # is unknown for that epoch: NaN, not a sum over part of it.
+            self.sums[k] = self.sums.get(k, math.nan) + v
         self.sums_dev.zero_()
 
 

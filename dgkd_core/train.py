@@ -4,7 +4,8 @@
 its resume state atomically (`out_dir/resume.pt`); a restarted run picks it up and ends
 bit-identical to an uninterrupted one (CPU). On SIGTERM/SIGUSR1, or when the time budget runs
 out, it finishes the current step, writes the resume state and exits with `EXIT_RESUMABLE`.
-Final outputs (`model.pt`, `metrics.json`, `history.csv`) are written atomically at the end only.
+Final outputs (`model.pt`, `metrics.json`, `history.csv`) are written atomically at the end only;
+TensorBoard scalars (`logging.tensorboard`, tensorboard_log.py), per epoch.
 
 `train()` is `Trainer(...).run()`: `setup()`, then `run_epoch()` per epoch (`run_step()` per
 batch), `stop_or_save()` after each step and epoch, and `finish()`. Where the run stands lives
@@ -31,6 +32,8 @@ from dgkd_core.checkpoints import (TrainingError, file_fingerprint, first_non_fi
                                    save_checkpoint)
 from dgkd_core.config import ConfigError, config_hash, resolve_run_config
 from dgkd_core.data import load_prepared, make_loaders
+from dgkd_core.epoch_log import (epoch_line, eta_seconds, history_csv, history_row, out_of_time,
+                                 progress_bar)
 from dgkd_core.evaluate import evaluate
 from dgkd_core.losses import dgkd_loss, draw_keep_mask, draw_released_drop_mask, guide_term_names
 from dgkd_core.methods import check_guides
@@ -40,6 +43,7 @@ from dgkd_core.resume import (RESUME_FILE, TrainState, read_resume_state, restor
 from dgkd_core.runtime import (StopFlag, environment_info, epoch_generator, fast_settings,
                                make_autocast, pick_device, seed_everything)
 from dgkd_core.step import make_step
+from dgkd_core.tensorboard_log import check_available, open_writer
 
 # TrainingError is defined in checkpoints.py (evaluate.py needs it without the trainer), and
 # TrainState and RESUME_FILE in resume.py; all are re-exported here, where callers have always
@@ -83,8 +87,13 @@ class Distiller(nn.Module):
         return self
 
     @property
-    def term_names(self) -> list[str]:
+    def loss_term_names(self) -> list[str]:
         return ["ce", *guide_term_names(len(self.guides)), "total"]
+
+    @property
+    def term_names(self) -> list[str]:
+        """The step's terms: the loss terms, then `top1` (the batch's top-1, percent)."""
+        return [*self.loss_term_names, "top1"]
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor | None):
         """images [B,3,H,W] normalised; targets [B] int64; keep [n] 0/1 or None.
@@ -95,12 +104,17 @@ class Distiller(nn.Module):
             guide_logits = [guide(images) for guide in self.guides]
         # Inference tensors cannot be saved for backward: clone them out of inference mode.
         guide_logits = [g.clone() for g in guide_logits]
-        return dgkd_loss(
+        total, terms = dgkd_loss(
             student_logits, guide_logits, targets,
             lam=self.loss_cfg["lam"], temperature=self.loss_cfg["temperature"],
             keep=keep, convention=self.loss_cfg["convention"],
         )
-
+        # Train top-1 from this step's own logits: no second forward pass, no grad, no sync
+        # (so the CUDA graph captures it too), and nothing the loss or the weights depend on.
+        with torch.no_grad():
+            hits = student_logits.argmax(dim=1).eq(targets)
+            terms["top1"] = hits.float().mean() * 100.0
+        return total, terms
 
 
 def lr_at(cfg: dict, epoch: int) -> float:
@@ -130,6 +144,7 @@ class Trainer:
                          loss_cfg["drop_num"])
         except ValueError as err:  # else the run would be recorded under the wrong method
             raise ConfigError(str(err)) from None
+        check_available(self.cfg["logging"])  # a missing package fails now, not after setup
         self.resume_path = self.out_dir / RESUME_FILE
         self.interactive = sys.stderr.isatty() if progress is None else progress
         self.watch_pid = watch_pid
@@ -137,6 +152,8 @@ class Trainer:
         self.stop: StopFlag | None = None  # entered for the length of run()'s epoch loop
         self.bar = None  # this segment's progress bar, when interactive
         self.good_resume_state = False  # a resume state this run loaded or wrote is on disk
+        self.tensorboard = None  # the EpochWriter, from setup() on, where logging.tensorboard
+        self.epoch_walls: list[float] = []  # s per epoch run here, evaluation included (ETA)
 
     # ------------------------------------------------------------------------ set up
 
@@ -159,8 +176,11 @@ class Trainer:
                          "data_checksum": self.meta.get("checksum")}
         self._resume()
         self.term_names = self.distiller.term_names
+        self.total_index = self.term_names.index("total")
         self.step_fn = make_step(self.distiller, self.optimizer, make_autocast(self.fast),
                                  self.fast["cuda_graph"], self.device, self.term_names)
+        # Resumed: the same folder, dropping what an interrupted attempt logged from here on.
+        self.tensorboard = open_writer(cfg["logging"], self.out_dir, self.state.epoch + 1)
 
     def _build_models(self) -> None:
         memory_format = (torch.channels_last if self.fast["channels_last"]
@@ -195,15 +215,20 @@ class Trainer:
         """Set up, train the remaining epochs and write the final outputs; metrics.json's content.
 
         Raises TrainingInterrupted (after saving) on a signal or a nearly spent time budget."""
-        self.setup()
         cfg = self.cfg
-        with StopFlag(watch_pid=self.watch_pid) as self.stop:
-            log.info("training %s (%s, seed %d) on %s for %d epochs, %d guides, %d steps/epoch",
-                     cfg["model"], cfg["method"], cfg["seed"], self.device, cfg["epochs"],
-                     len(self.guide_paths), len(self.train_loader))
-            while self.state.epoch < cfg["epochs"]:
-                self.run_epoch()
-        return self.finish()
+        try:
+            self.setup()
+            with StopFlag(watch_pid=self.watch_pid) as self.stop:
+                log.info("training %s (%s, seed %d) on %s for %d epochs, %d guides, "
+                         "%d steps/epoch", cfg["model"], cfg["method"], cfg["seed"],
+                         self.device, cfg["epochs"], len(self.guide_paths),
+                         len(self.train_loader))
+                while self.state.epoch < cfg["epochs"]:
+                    self.run_epoch()
+            return self.finish()
+        finally:  # finished, stopped to be resumed, or failed: the events so far are kept
+            if self.tensorboard is not None:
+                self.tensorboard.close()
 
     def run_epoch(self) -> None:
         """The rest of epoch `state.epoch`, then its evaluation, log line and resume state."""
@@ -228,7 +253,8 @@ class Trainer:
             s.images, s.train_time_s = 0, 0.0
             s.keep_gen = epoch_generator(cfg["seed"], s.epoch, stream="keep")
         self.distiller.train()
-        self.bar = _bar(len(self.train_loader), s.epoch, cfg["epochs"], self.interactive, s.step)
+        self.bar = progress_bar(len(self.train_loader), s.epoch, cfg["epochs"], self.interactive,
+                                s.step)
         s.segment_start = time.perf_counter()
         s.sums_dev = torch.zeros(len(self.term_names), device=self.device, dtype=torch.float64)
         s.bad_step = torch.full((), -1, device=self.device, dtype=torch.long)
@@ -238,7 +264,7 @@ class Trainer:
         """One optimizer step on x [B,3,H,W], y [B]; returns the segment's seconds so far."""
         s = self.state
         terms = self.step_fn(x, y, self._draw_keep(), lr)
-        finite = torch.isfinite(terms[-1])
+        finite = torch.isfinite(terms[self.total_index])
         # Noted on the device and checked when the segment ends: no GPU sync per step.
         s.bad_step = torch.where((s.bad_step < 0) & ~finite,
                                  torch.full_like(s.bad_step, s.step), s.bad_step)
@@ -273,20 +299,20 @@ class Trainer:
         s.fold_sums(self.term_names)
 
     def _record_epoch(self, lr: float) -> None:
-        """Evaluate, append the history row, log the epoch line and move to the next epoch."""
+        """Evaluate, append the history row (and its TensorBoard scalars), log the epoch line
+        and move to the next epoch."""
         s, cfg = self.state, self.cfg
+        eval_start = time.perf_counter()
         test = evaluate(self.model, self.test_loader, bf16=self.fast["bf16"])
-        row = {"epoch": s.epoch + 1, "lr": lr}
-        row.update({f"train_{k}": s.sums[k] / max(s.images, 1) for k in self.term_names})
-        row.update({"test_top1": test["top1"], "test_top5": test["top5"],
-                    "img_s": s.images / max(s.train_time_s, 1e-9),
-                    "time_s": s.train_time_s})
+        self.epoch_walls.append(s.train_time_s + time.perf_counter() - eval_start)
+        row = history_row(s.epoch + 1, lr, s.sums, s.images, self.term_names, test,
+                          s.train_time_s)
         s.history.append(row)
         s.epoch_times.append(s.train_time_s)
-        log.info("epoch %3d/%d  lr %.4g  %s  test top1 %.2f top5 %.2f  %.0f img/s  %.1f s",
-                 s.epoch + 1, cfg["epochs"], lr,
-                 "  ".join(f"{k} {row['train_' + k]:.4f}" for k in self.term_names),
-                 test["top1"], test["top5"], row["img_s"], row["time_s"])
+        if self.tensorboard is not None:
+            self.tensorboard.write(row)
+        eta = eta_seconds(cfg["epochs"] - row["epoch"], self.epoch_walls)
+        log.info("%s", epoch_line(row, cfg["epochs"], self.distiller.loss_term_names, eta))
         s.epoch, s.step = s.epoch + 1, 0
 
     def _raise_non_finite(self, step: int) -> None:
@@ -329,7 +355,7 @@ class Trainer:
         s, cfg = self.state, self.cfg
         at_epoch_end = s.step == 0
         budget = cfg["time_budget_s"]
-        over_budget = budget is not None and s.epoch < cfg["epochs"] and _out_of_time(
+        over_budget = budget is not None and s.epoch < cfg["epochs"] and out_of_time(
             self.wall_start, budget, s.epoch_times, elapsed, s.step, len(self.train_loader))
         reason = self.stop.reason or (
             f"time budget of {budget:.0f} s nearly spent" if over_budget else None)
@@ -378,7 +404,7 @@ class Trainer:
         save_checkpoint(out_dir / "model.pt", self.model, cfg, self.meta,
                         {"method": cfg["method"], "guides": self.guide_paths,
                          "top1_last": metrics["top1_last"]})
-        io.atomic_write_text(_history_csv(self.state.history), out_dir / "history.csv")
+        io.atomic_write_text(history_csv(self.state.history), out_dir / "history.csv")
         io.atomic_write_json(metrics, out_dir / "metrics.json")
         self.resume_path.unlink(missing_ok=True)
         log.info("done: %s top-1 %.2f (last epoch), best %.2f at epoch %d",
@@ -463,35 +489,3 @@ def _check_writable_dir(path: Path) -> None:
         cause = (f"{in_the_way} is a file, not a folder" if in_the_way is not None
                  else err.strerror or str(err))
         raise TrainingError(f"out_dir {path} cannot be written: {cause}") from None
-
-
-def _out_of_time(wall_start, budget, epoch_times, elapsed, steps_done, steps_total) -> bool:
-    """True when finishing the next unit of work would likely overrun the time budget."""
-    used = time.time() - wall_start
-    if steps_done:  # mid-epoch: stop when the remaining steps of this epoch will not fit
-        per_step = elapsed / steps_done
-        remaining = per_step * (steps_total - steps_done)
-    else:
-        remaining = max(epoch_times[-3:]) if epoch_times else 0.0
-    margin = max(0.05 * budget, 10.0)
-    return used + remaining + margin > budget
-
-
-def _bar(total, epoch, epochs, interactive, initial):
-    if not interactive:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
-                unit="step", dynamic_ncols=True)
-
-
-def _history_csv(history: list[dict]) -> str:
-    import csv
-    import io as _io
-
-    buf = _io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(history[0]))
-    writer.writeheader()
-    writer.writerows(history)
-    return buf.getvalue()

@@ -7,6 +7,7 @@ sys.stdout = sys.stderr = open(snakemake.log[0], "a", buffering=1)
 
 import torch
 
+from dgkd_core import paths
 from dgkd_core.cli import setup_logging
 from dgkd_core.plan import job_run_config
 from dgkd_core.runtime import workflow_ancestor_pid
@@ -15,6 +16,9 @@ from dgkd_core.train import train
 setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 run_config = job_run_config(snakemake.config, snakemake.output.model, snakemake.params.run_settings)
+# One tree of every run's events, so that `tensorboard --logdir results/tensorboard` compares them.
+run = paths.run_from_path(snakemake.output.model)
+run_config["logging"]["tensorboard_dir"] = run.tensorboard_dir
 if "SLURM_JOB_ID" in os.environ:
     # Inside a SLURM job the `runtime` resource is its --time: the trainer saves its resume
     # state and exits before that runs out, and the retried job continues from it. Two minutes
