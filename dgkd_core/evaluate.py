@@ -56,15 +56,24 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_path: str | os.PathL
     model = load_guide(checkpoint, data.meta, dev, ckpt=ckpt)
     # Every checkpoint train() writes holds its run config; one from elsewhere gets the defaults.
     cfg = resolve_run_config(ckpt.get("config") or {"model": ckpt["model"]})
-    fast = fast_settings(cfg, dev)
+    result = evaluate_on_test(model, data, cfg, dev, batch_size=batch_size)
+    result.update({"checkpoint": str(checkpoint), "data": str(data_path)})
+    return result
+
+
+def evaluate_on_test(model: nn.Module, data, cfg: dict, device: torch.device, *,
+                     batch_size: int | None = None) -> dict:
+    """Accuracy in percent of `model` (on `device`) over the test split of `data` (a
+    PreparedData), with the precision, memory format, normalisation and evaluation batch size
+    of run config `cfg`, as training evaluates. Returns evaluate()'s dict plus the fast path."""
+    fast = fast_settings(cfg, device)
     batch_size = batch_size or cfg["eval_batch_size"]
     if fast["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     _, test_loader = make_loaders(data, batch_size=batch_size, eval_batch_size=batch_size,
-                                  device=dev, seed=0, augment=False,
+                                  device=device, seed=0, augment=False,
                                   channels_last=fast["channels_last"],
                                   normalization=cfg["normalize"])
     result = evaluate(model, test_loader, bf16=fast["bf16"])
-    result.update({"checkpoint": str(checkpoint), "data": str(data_path),
-                   "bf16": fast["bf16"], "channels_last": fast["channels_last"]})
+    result.update({"bf16": fast["bf16"], "channels_last": fast["channels_last"]})
     return result

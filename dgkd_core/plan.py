@@ -5,6 +5,8 @@
     plan.guides(run)             # the runs whose model.pt guide `run`, teacher first
     plan.run_config(run)         # its resolved run config (defaults < per_family < per_role
                                  #   < per_method < the run's own model, method, seed, keep_prob)
+    plan.import_source(run)      # the file a teacher or TA trained elsewhere is imported from
+                                 #   (chains.<name>.teacher_checkpoint / .ta_checkpoints), or None
 
 A run is a dgkd_core.paths.Run (dataset, seed, method, lineage). Who guides a run is the method
 registry's rule (dgkd_core.methods); this module adds the config: chains, seeds, ablations and
@@ -14,12 +16,14 @@ hyperparameter layers. Nothing here needs Snakemake; rules/common.smk only wires
 from __future__ import annotations
 
 import copy
+import os
 from functools import cache
 from pathlib import Path
 
 import yaml
 
 from dgkd_core import methods, paths
+from dgkd_core.checkpoints import file_fingerprint
 from dgkd_core.config import deep_update, resolve_run_config, semantic_settings, settings_schema
 from dgkd_core.models import available_models, build_model, count_parameters, model_family
 from dgkd_core.paths import Run
@@ -69,6 +73,12 @@ def _chain_models(chain: dict) -> list[str]:
 
 
 @cache
+def _content_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, hashed once per content version (size and mtime key the cache)."""
+    return file_fingerprint(path)
+
+
+@cache
 def _parameter_count(model: str, num_classes: int, dataset: str) -> int:
     return count_parameters(build_model(model, num_classes, dataset=dataset))
 
@@ -95,7 +105,9 @@ class Plan:
         self._check_ablations()
         self._check_keep_prob()
         self._check_families()
+        self._imports = self._find_imports()
         self._runs = self._with_guides(self._wanted_runs())
+        self._warn_on_imported_baselines()
         self._check_run_configs()
         self._warn_on_chain_sizes()
 
@@ -106,7 +118,10 @@ class Plan:
         return list(self._runs)
 
     def guides(self, run: Run) -> list[Run]:
-        """The runs whose checkpoints guide `run`: teacher first, then TAs largest to smallest."""
+        """The runs whose checkpoints guide `run`: teacher first, then TAs largest to smallest.
+        An imported run has none: it is not trained here."""
+        if run.lineage in self._imports:
+            return []
         # A run of the convention ablation is guided by TAs trained under its convention too.
         return [paths.make_run(run.dataset, run.seed, method, lineage, convention=run.convention)
                 for method, lineage in methods.guide_specs(run.method, run.lineage)]
@@ -168,6 +183,36 @@ class Plan:
             if name in self.ablations:
                 targets += paths.ablation_targets(name)
         return targets
+
+    # ------------------------------------------------------------------ imported models
+
+    def import_source(self, run: Run) -> str | None:
+        """The checkpoint file (as the config writes it; relative paths are from the working
+        directory) that `run` is imported from instead of being trained, or None.
+
+        An imported model stands in for every run of that model at its place in its chain: the
+        teacher's `nokd/<teacher>`, a TA's KD, TAKD and DGKD runs (`kd/T-A`, `takd/T-A-B`,
+        `dgkd/T-A-B`), at every dataset, seed and loss convention: a run is imported when its
+        lineage is the chain's up to an imported model (docs/design.md, "Imported models")."""
+        found = self._imports.get(run.lineage)
+        return found[0] if found else None
+
+    def import_key(self, run: Run) -> str:
+        """The config key that names `run`'s imported checkpoint (for messages)."""
+        return self._imports[run.lineage][1]
+
+    def imported_lineages(self) -> list[str]:
+        """The lineages (`plane5`, `plane5-plane4`) whose runs are imported, not trained."""
+        return sorted(paths.lineage_text(lineage) for lineage in self._imports)
+
+    def import_sha256(self, run: Run) -> str:
+        """sha256 (hex) of the content of `run`'s imported checkpoint: the import job's rerun
+        param, so new content reruns it and what it guides, and moving the file does not."""
+        path = self.import_source(run)
+        if path is None:
+            raise ConfigError(f"{run.dir} is trained, not imported")
+        stat = os.stat(path)
+        return _content_sha256(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
 
     def dataset_identity(self, name: str) -> dict:
         """What the prepared data depends on. Where the files are (root, archive, download) is
@@ -336,6 +381,52 @@ class Plan:
             raise ConfigError(
                 "methods include sdgkd, but hyperparameters.per_method.sdgkd.loss sets neither "
                 "keep_prob (stochastic DGKD's keep probability, e.g. 0.75) nor drop_num")
+
+    def _chain_sources(self, name: str, chain: dict):
+        """(lineage, file or None, config key) for the teacher and each TA of chain `name`."""
+        tas = chain.get("tas", [])
+        given = chain.get("ta_checkpoints") or {}
+        for ta in given:
+            if ta not in tas:
+                raise ConfigError(f"chains.{name}.ta_checkpoints.{ta}: {ta} is not one of the "
+                                  f"chain's TAs ({', '.join(tas) or 'none'})")
+        models = _chain_models(chain)
+        yield (models[0],), chain.get("teacher_checkpoint"), f"chains.{name}.teacher_checkpoint"
+        for i, ta in enumerate(tas, start=1):
+            yield tuple(models[:i + 1]), given.get(ta), f"chains.{name}.ta_checkpoints.{ta}"
+
+    def _find_imports(self) -> dict[tuple[str, ...], tuple[str, str]]:
+        """lineage -> (file, config key) of every imported model. Chains that share a place
+        (the same teacher, or the same TAs in the same order) must agree on its checkpoint."""
+        seen: dict[tuple[str, ...], tuple[str | None, str]] = {}
+        imports: dict[tuple[str, ...], tuple[str, str]] = {}
+        for name, chain in self.config["chains"].items():
+            for lineage, source, key in self._chain_sources(name, chain):
+                if source is not None and not os.path.isfile(source):
+                    raise ConfigError(f"{key}: there is no file {source} (relative paths are "
+                                      f"read from the working directory, {os.getcwd()})")
+                real = None if source is None else os.path.realpath(source)
+                if lineage in seen and seen[lineage][0] != real:
+                    raise ConfigError(self._disagreement(lineage, seen[lineage], (real, key)))
+                seen[lineage] = (real, key)
+                if source is not None:
+                    imports[lineage] = (source, key)
+        return imports
+
+    @staticmethod
+    def _disagreement(lineage, first, second) -> str:
+        def says(source, key):
+            return f"{key} is {source}" if source else f"{key} is not set (trained)"
+        return (f"chains share the run of {' → '.join(lineage)} but not its checkpoint: "
+                f"{says(*first)}, {says(*second)}; give every chain the same file, or none")
+
+    def _warn_on_imported_baselines(self) -> None:
+        """A chain's NoKD student that is another chain's imported teacher is that import."""
+        baselines = {run.lineage for run in self.table1_runs() if run.method == "nokd"}
+        for lineage in sorted(baselines & self._imports.keys()):
+            self.warnings.append(
+                f"Warning: the NoKD student nokd/{paths.lineage_text(lineage)} is imported "
+                f"({self._imports[lineage][1]}), not trained: it is another chain's teacher")
 
     def _check_families(self) -> None:
         families = sorted({model_family(m) for m in available_models()})

@@ -29,10 +29,13 @@ wildcard_constraints:
 # A training job's outputs, log and benchmark as wildcard patterns (dgkd_core.paths builds them).
 RUN_WILDCARDS = ("{dataset}", "{seed}", "{method}", "{lineage}")
 SETTINGS = PLAN.config  # the config with the schema's defaults filled in
+# The lineages of imported runs go to import_model, every other one to train_model.
+IMPORTED_LINEAGE = paths.lineage_constraint(PLAN.imported_lineages(), matching=True)
+TRAINED_LINEAGE = paths.lineage_constraint(PLAN.imported_lineages(), matching=False)
 
 
 def run_of(wildcards):
-    """The run a train_model job's wildcards name; refuses a non-canonical path."""
+    """The run a job's wildcards name; refuses a non-canonical path."""
     run = paths.run_from_wildcards(
         wildcards.dataset, wildcards.seed, wildcards.method, wildcards.lineage
     )
@@ -61,6 +64,11 @@ def get_run_settings(wildcards):
     cannot change a result (eval_batch_size, device), so changing those reruns nothing.
     """
     return semantic_settings(PLAN.run_config(run_of(wildcards)))
+
+
+def get_import_sha256(wildcards):
+    """The imported file's content, the import job's rerun param (not its path)."""
+    return PLAN.import_sha256(run_of(wildcards))
 
 
 def get_runtime_minutes(wildcards):

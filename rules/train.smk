@@ -17,6 +17,9 @@ rule train_model:
         paths.train_log(*RUN_WILDCARDS),
     benchmark:
         paths.train_benchmark(*RUN_WILDCARDS)
+    # Imported runs are rule import_model's (rules/import.smk).
+    wildcard_constraints:
+        lineage=TRAINED_LINEAGE,
     conda:
         "../environment.yml"
     threads: SETTINGS["resources"]["threads"]
