@@ -207,10 +207,12 @@ def learning_curves(runs: pd.DataFrame) -> pd.DataFrame:
 # ------------------------------------------------------------------------- writing
 
 
-def _mean_std(mean: float, std: float) -> str:
+def mean_std(mean: float, std: float, pm: str = " ± ", missing: str = "–") -> str:
+    """`49.00 ± 1.41` (percentage points, 2 decimals); the mean alone with one seed (no std);
+    `pm` is the separator (LaTeX: ` $\\pm$ `), `missing` the text for no value."""
     if pd.isna(mean):
-        return "–"
-    return f"{mean:.2f} ± {std:.2f}" if not pd.isna(std) else f"{mean:.2f}"
+        return missing
+    return f"{mean:.2f}{pm}{std:.2f}" if not pd.isna(std) else f"{mean:.2f}"
 
 
 def _number(x, fmt="{:.2f}", signed=False) -> str:
@@ -247,8 +249,8 @@ def markdown(table: pd.DataFrame, title: str, note: str = "") -> str:
     columns += [
         ("Seeds", lambda r: str(r.n_seeds)),
         ("Epochs", lambda r: str(r.epochs)),
-        ("Top-1 % (last epoch, mean ± std)", lambda r: _mean_std(r.top1_last_mean,
-                                                                  r.top1_last_std)),
+        ("Top-1 % (last epoch, mean ± std)", lambda r: mean_std(r.top1_last_mean,
+                                                                 r.top1_last_std)),
         ("Top-1 % (best epoch, mean; reference only)", lambda r: _number(r.top1_best_epoch_mean)),
     ]
     if "paper_top1" in has:

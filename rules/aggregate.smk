@@ -21,12 +21,28 @@ rule table1:
             category="Table 1",
         ),
         table_md=paths.table_file("table1", "md"),
+        table_html=report(
+            paths.table_file("table1", "html"),
+            caption="../report/table1_html.rst",
+            category="Table 1",
+        ),
+        table_tex=paths.table_file("table1", "tex"),
         guides=report(
             paths.table_file("guides", "csv"),
             caption="../report/guides.rst",
             category="Table 1",
         ),
         guides_md=paths.table_file("guides", "md"),
+        runs=report(
+            paths.table_file("runs", "csv"),
+            caption="../report/runs.rst",
+            category="Table 1",
+        ),
+        config=report(
+            paths.table_file("config", "yaml"),
+            caption="../report/config.rst",
+            category="Configuration",
+        ),
         methods_png=report(
             paths.figure_file("methods", "png"),
             caption="../report/methods.rst",

@@ -7,6 +7,7 @@ Dry runs (-n) need no training; the end-to-end part trains 18 one-epoch tiny mod
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import re
@@ -279,6 +280,17 @@ def test_tiny_workflow_table_and_figures(finished):
     assert list(table["teacher"].fillna("")) == ["", "plane5", "plane5", "plane5", "plane5"]
     assert table.loc[table["method"] == "dgkd", "tas"].item() == "plane4, plane3"
     assert "Top-1 % (best epoch, mean; reference only)" in (results / "table1.md").read_text()
+    html = (results / "table1.html").read_text()
+    assert ">plane5 → plane4 → plane3 → plane2</td>" in html and ">DGKD</th>" in html
+    tex = (results / "table1.tex").read_text()
+    assert r"\toprule" in tex and r"\textbf{" in tex and " $\\pm$ " in tex
+    runs = pd.read_csv(results / "runs.csv")
+    assert len(runs) == 10 + 8  # every model Table 1 reads: 5 students, 4 guides, 2 seeds
+    assert runs["role"].value_counts().to_dict() == {"student": 10, "ta": 6, "teacher": 2}
+    assert (runs["optimizer.lr"] == 0.05).all() and (runs["device"] == "cpu").all()
+    resolved = yaml.safe_load((results / "config.yaml").read_text())
+    assert resolved["seeds"] == TINY["seeds"]
+    assert resolved["chains"]["plain"]["tas"] == TINY["chains"]["plain"]["tas"]
     guides = pd.read_csv(results / "guides.csv")
     assert list(zip(guides["role"], guides["method"], guides["model"])) == [
         ("teacher", "nokd", "plane5"), ("TA", "kd", "plane4"), ("TA", "takd", "plane3"),
@@ -374,3 +386,16 @@ def test_html_report(finished, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = report.read_text(errors="replace")
     assert "table1.csv" in text and "methods.png" in text
+    # Snakemake 9 embeds each result as a base64 data URI in its `results` JSON and shows a
+    # text/html one inline, in an iframe: Table 1's cells must be in that page.
+    results = json.loads(re.search(r"var results = (\{.*?\});\n", text, re.S).group(1))
+    entry = results["results/table1.html"]
+    assert entry["mime_type"] == "text/html"
+    table = base64.b64decode(entry["data_uri"].split(";base64,", 1)[1]).decode()
+    md = (finished / "results" / "table1.md").read_text()
+    dgkd = re.search(r"^\| synthetic \| plane \| DGKD \|.*?(\d+\.\d\d ± \d+\.\d\d)", md, re.M)
+    assert ">DGKD</th>" in table and ">Stochastic DGKD (p=0.75)</th>" in table
+    assert f">{dgkd.group(1)}<" in table  # DGKD's mean ± std, as Table 1's Markdown has it
+    assert "Table 1 as the paper prints it" in entry["caption"]
+    config = results["results/config.yaml"]
+    assert "&quot;seeds&quot;: [" in config["caption"]  # the resolved config, shown inline
