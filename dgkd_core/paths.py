@@ -2,6 +2,7 @@
 
     results/data/{dataset}.pt
     results/runs/{dataset}/seed{seed}/{method}/{lineage}/model.pt|metrics.json|history.csv
+    results/tensorboard/{dataset}/seed{seed}/{method}/{lineage}/   (logging.tensorboard)
 
 `lineage` is the chain of models that led to a model, joined by `-`, ending in the model itself:
 `nokd/resnet26` is a teacher, `kd/resnet26-resnet20` the first TA (shared by TAKD and DGKD),
@@ -42,6 +43,19 @@ WILDCARD_CONSTRAINTS = {
 }
 
 
+def lineage_constraint(lineages, *, matching: bool) -> str:
+    """A regular expression for the `lineage` wildcard: exactly `lineages` (matching=True), or
+    every lineage but those (matching=False). How the imported runs (dgkd_core.plan) go to the
+    import rule and every other run to the training rule, without ambiguity."""
+    listed = "|".join(re.escape(lineage) for lineage in sorted(lineages))
+    if matching:
+        return f"(?:{listed})" if listed else "(?!)"  # (?!) matches nothing
+    if not listed:
+        return WILDCARD_CONSTRAINTS["lineage"]
+    # A listed lineage is refused only where it ends: `plane5` is, `plane5-plane4` is not.
+    return f"(?!(?:{listed})(?![A-Za-z0-9_-])){WILDCARD_CONSTRAINTS['lineage']}"
+
+
 @dataclass(frozen=True)
 class Run:
     """One training job, identified by where its outputs go."""
@@ -64,7 +78,7 @@ class Run:
 
     @property
     def lineage_str(self) -> str:
-        return _LINEAGE_SEP.join(self.lineage)
+        return lineage_text(self.lineage)
 
     @property
     def dir(self) -> str:
@@ -72,6 +86,10 @@ class Run:
 
     def file(self, name: str) -> str:
         return run_file(self.dataset, self.seed, self.method_dir, self.lineage_str, name)
+
+    @property
+    def tensorboard_dir(self) -> str:
+        return tensorboard_dir(self.dataset, self.seed, self.method_dir, self.lineage_str)
 
 
 def make_run(dataset: str, seed: int, method: str, lineage, keep_prob: float | None = None,
@@ -100,6 +118,11 @@ def make_run(dataset: str, seed: int, method: str, lineage, keep_prob: float | N
     return Run(dataset, int(seed), method, lineage,
                None if keep_prob is None else float(keep_prob),
                None if drop_num is None else int(drop_num), convention)
+
+
+def lineage_text(lineage) -> str:
+    """A lineage as its directory name: ("resnet26", "resnet20") -> `resnet26-resnet20`."""
+    return _LINEAGE_SEP.join(lineage)
 
 
 def method_dir(method: str, keep_prob: float | None = None, drop_num: int | None = None,
@@ -169,12 +192,23 @@ def run_file(dataset, seed, method_directory: str, lineage: str, name: str) -> s
     return f"{run_dir(dataset, seed, method_directory, lineage)}/{name}"
 
 
+def tensorboard_dir(dataset, seed, method_directory: str, lineage: str) -> str:
+    """A run's TensorBoard event folder: one tree for every run, so that
+    `tensorboard --logdir results/tensorboard` compares them all."""
+    return f"{RESULTS}/tensorboard/{dataset}/seed{seed}/{method_directory}/{lineage}"
+
+
 def train_log(dataset, seed, method_directory: str, lineage: str) -> str:
     return f"{RESULTS}/logs/train/{dataset}/seed{seed}/{method_directory}/{lineage}.log"
 
 
 def train_benchmark(dataset, seed, method_directory: str, lineage: str) -> str:
     return f"{RESULTS}/benchmarks/train/{dataset}/seed{seed}/{method_directory}/{lineage}.tsv"
+
+
+def import_log(dataset, seed, method_directory: str, lineage: str) -> str:
+    """Log of an import job (a teacher or TA trained elsewhere, dgkd_core.importing)."""
+    return f"{RESULTS}/logs/import/{dataset}/seed{seed}/{method_directory}/{lineage}.log"
 
 
 def log_file(step: str, name: str | None = None) -> str:
@@ -187,7 +221,8 @@ def benchmark_file(step: str, name: str | None = None) -> str:
 
 
 def table_file(name: str, ext: str) -> str:
-    """`results/table1.csv`, `results/guides.md`, `results/ablations/num_tas.csv` (name with /)."""
+    """`results/table1.csv`, `results/table1.html`, `results/runs.csv` (every trained model),
+    `results/config.yaml` (the resolved config), `results/ablations/num_tas.csv` (name with /)."""
     return f"{RESULTS}/{name}.{ext}"
 
 
@@ -196,10 +231,13 @@ def figure_file(name: str, ext: str) -> str:
 
 
 def table1_targets() -> list[str]:
-    """Table 1's outputs: its table and the guides' table (CSV, Markdown), and its figures."""
+    """Table 1's outputs: its table (CSV, Markdown, HTML, LaTeX), the guides' table (CSV,
+    Markdown), every trained model's settings and numbers, the resolved config, its figures."""
     return [
         table_file("table1", "csv"), table_file("table1", "md"),
+        table_file("table1", "html"), table_file("table1", "tex"),
         table_file("guides", "csv"), table_file("guides", "md"),
+        table_file("runs", "csv"), table_file("config", "yaml"),
         *[figure_file(name, ext) for name in ("methods", "learning_curves")
           for ext in ("png", "pdf")],
     ]
