@@ -66,6 +66,7 @@ def load_runs(metrics_paths) -> pd.DataFrame:
             "drop_num": run.drop_num,
             # what ran, from the run's own config (the convention ablation's runs differ in it)
             "convention": metrics.get("config", {}).get("loss", {}).get("convention", ""),
+            "imported": bool(metrics.get("imported", False)),  # trained elsewhere, not here
             "lineage": run.lineage_str,
             "teacher": run.lineage[0] if guided else "",
             "tas": ", ".join(run.lineage[1:-1]),
@@ -140,9 +141,11 @@ def guides_table(guide_runs: pd.DataFrame) -> pd.DataFrame:
     table = summarise(guide_runs)
     table.insert(2, "role", ["teacher" if n == 1 else "TA"
                              for n in table["lineage"].str.split("-").str.len()])
+    imported = set(guide_runs.loc[guide_runs["imported"], "lineage"]) if len(guide_runs) else set()
+    table["imported"] = table["lineage"].isin(imported)
     table["lineage"] = [ARROW.join(lin.split("-")) for lin in table["lineage"]]
-    return table[["dataset", "family", "role", "model", "method", "lineage", "n_seeds", "seeds",
-                  "epochs", "top1_last_mean", "top1_last_std", "top5_last_mean",
+    return table[["dataset", "family", "role", "model", "method", "imported", "lineage",
+                  "n_seeds", "seeds", "epochs", "top1_last_mean", "top1_last_std", "top5_last_mean",
                   "top1_best_epoch_mean", "paper_top1", "paper_approximate", "paper_source",
                   "paper_recipe", "diff_vs_paper", "diff_vs_paper_best"]]
 
@@ -234,7 +237,8 @@ def markdown(table: pd.DataFrame, title: str, note: str = "") -> str:
                                            ("Family", lambda r: r.family)]
     if "role" in has:
         columns += [("Role", lambda r: r.role), ("Model", lambda r: r.model),
-                    ("Trained by", lambda r: method_label(r.method)),
+                    ("Trained by", lambda r: "imported" if getattr(r, "imported", False)
+                     else method_label(r.method)),
                     ("Lineage", lambda r: r.lineage)]
     else:
         show_p = "keep_prob" in has

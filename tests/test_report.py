@@ -149,6 +149,19 @@ def test_guides_table(runs):
     assert list(table["role"]) == ["teacher", "TA"]
     assert list(table["lineage"]) == ["plane10", "plane10 → plane8"]
     assert table["top1_last_mean"].tolist() == [61.0, 56.0]
+    assert not table["imported"].any()
+
+
+def test_an_imported_teacher_is_labelled_imported(tmp_path):
+    teacher = paths.make_run("cifar100", 20, "nokd", ["plane10"])
+    path = Path(write_run(tmp_path, teacher, 60.0, 60.0))
+    metrics = json.loads(path.read_text())
+    path.write_text(json.dumps({**metrics, "imported": True, "epochs": 0}))
+    ta = write_run(tmp_path, paths.make_run("cifar100", 20, "kd", ["plane10", "plane8"]), 55, 56)
+    table = report.guides_table(report.load_runs([str(path), ta]))
+    assert table["imported"].tolist() == [True, False]
+    md = report.markdown(table, "Guides")
+    assert "| teacher | plane10 | imported |" in md and "| TA | plane8 | KD |" in md
 
 
 def test_num_tas_table_gives_the_no_ta_point_to_every_method(tmp_path, monkeypatch):
