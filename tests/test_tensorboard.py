@@ -19,12 +19,12 @@ from dgkd_core import paths
 from dgkd_core.cli import main
 from dgkd_core.config import (DEFAULT_RUN_CONFIG, ConfigError, config_hash, resolve_run_config,
                               semantic_settings, settings_schema)
-from dgkd_core.data import prepare_dataset
 from dgkd_core.evaluate import evaluate_checkpoint
 from dgkd_core.models import build_model
 from dgkd_core.plan import Plan
 from dgkd_core.tensorboard_log import MISSING_PACKAGE, check_available, tag_for
 from dgkd_core.train import Distiller, train
+from helpers import run_config
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_CONFIGS = ("config.yaml", "demo.yaml", "cifar10_local.yaml", "released_code.yaml",
@@ -33,20 +33,6 @@ HAVE_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 needs_tensorboard = pytest.mark.skipif(
     not HAVE_TENSORBOARD, reason="the tensorboard package is not installed "
                                  "(pip install 'dgkd-core[tensorboard]')")
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "synthetic.pt"
-    prepare_dataset("synthetic", path, seed=0, synthetic_train=512, synthetic_test=256)
-    return path
-
-
-def run_config(**over) -> dict:
-    cfg = {"model": "plane2", "seed": 3, "epochs": 2, "batch_size": 64, "eval_batch_size": 256,
-           "optimizer": {"lr": 0.05}, "schedule": {"name": "constant"}}
-    cfg.update(over)
-    return cfg
 
 
 def read_history(out: Path) -> list[dict]:
