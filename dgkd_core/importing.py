@@ -36,6 +36,7 @@ from dgkd_core.checkpoints import (file_fingerprint, first_non_finite, save_chec
                                    state_dict_mismatch)
 from dgkd_core.config import config_hash
 from dgkd_core.data import load_prepared, resolve_device
+from dgkd_core.epoch_log import history_csv
 from dgkd_core.evaluate import evaluate_on_test
 from dgkd_core.io import UnreadableFile, load_tensor_file
 from dgkd_core.models import build_model
@@ -173,8 +174,8 @@ def import_model(source: str | os.PathLike, data_path: str | os.PathLike,
                     {"method": cfg["method"], "guides": [], "top1_last": test["top1"],
                      **identity})
     # history.csv's test columns (dgkd_core.epoch_log), at epoch 0: no training ran here.
-    io.atomic_write_text("epoch,test_top1,test_top5,test_loss\n"
-                         f"0,{test['top1']!r},{test['top5']!r},{test['loss']!r}\n",
+    io.atomic_write_text(history_csv([{"epoch": 0, "test_top1": test["top1"],
+                                       "test_top5": test["top5"], "test_loss": test["loss"]}]),
                          out_dir / "history.csv")
     metrics = {
         "model": cfg["model"], "method": cfg["method"], "seed": cfg["seed"],

@@ -111,8 +111,7 @@ _TEXT_COLUMNS = ["Dataset", "Family", "Method", "Teacher", "TAs", "Student"]
 
 def _details(table1: pd.DataFrame) -> pd.DataFrame:
     """Table 1's rows, readable: who taught whom, seeds, last and best epoch, the paper's."""
-    paper = [("≈" if row.paper_approximate else "") + f"{row.paper_top1:.2f}"
-             if not pd.isna(row.paper_top1) else "" for row in table1.itertuples()]
+    paper = [report.paper_text(row) for row in table1.itertuples()]
     return pd.DataFrame({
         "Dataset": table1["dataset"], "Family": table1["family"],
         "Method": [methods.label(r.method, _value(r.keep_prob), _value(r.drop_num))

@@ -224,7 +224,8 @@ def _number(x, fmt="{:.2f}", signed=False) -> str:
     return ("{:+.2f}" if signed else fmt).format(x)
 
 
-def _paper(row) -> str:
+def paper_text(row) -> str:
+    """A table row's paper value as shown: `≈89.66` for an approximate one, "" for none."""
     if pd.isna(row.paper_top1):
         return ""
     return ("≈" if row.paper_approximate else "") + f"{row.paper_top1:.2f}"
@@ -258,7 +259,7 @@ def markdown(table: pd.DataFrame, title: str, note: str = "") -> str:
         ("Top-1 % (best epoch, mean; reference only)", lambda r: _number(r.top1_best_epoch_mean)),
     ]
     if "paper_top1" in has:
-        columns += [("Paper", _paper),
+        columns += [("Paper", paper_text),
                     ("Δ vs paper (last epoch)", lambda r: _number(r.diff_vs_paper, signed=True))]
     if "diff_vs_paper_best" in has:
         columns.append(("Δ vs paper (best epoch; reference only)",

@@ -100,14 +100,12 @@ def _table_lines(rows: pd.DataFrame) -> list[str]:
     for row in table.itertuples():
         # One lineage per method within a chain (_chain_groups), so the method picks the runs.
         per_seed = rows[rows["method"] == row.method].sort_values("seed")["top1_last"]
-        std = "" if pd.isna(row.top1_last_std) else f" ± {row.top1_last_std:.2f}"
-        paper, diff = "–", "–"
-        if not pd.isna(row.paper_top1):
-            paper = ("≈" if row.paper_approximate else "") + f"{row.paper_top1:.2f}"
-            diff = f"{row.diff_vs_paper:+.2f}"
+        paper = report.paper_text(row) or "–"
+        diff = "–" if pd.isna(row.paper_top1) else f"{row.diff_vs_paper:+.2f}"
         cells = [_label(row.method, row.keep_prob, row.drop_num), row.teacher or "–",
                  row.tas or "–", row.student, row.epochs, row.seeds,
-                 ", ".join(f"{v:.2f}" for v in per_seed), f"{row.top1_last_mean:.2f}{std}",
+                 ", ".join(f"{v:.2f}" for v in per_seed),
+                 report.mean_std(row.top1_last_mean, row.top1_last_std),
                  paper, diff]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     sources = sorted({s for s in table["paper_source"] if s})

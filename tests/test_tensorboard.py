@@ -64,6 +64,14 @@ def assert_events_match_history(directory: Path, history: list[dict]) -> None:
 # ------------------------------------------------------------------ the setting
 
 
+def test_tags_of_the_history_columns():
+    """Spelled out once, so that the event tests' use of tag_for checks something real."""
+    expected = {"train_ce": "train/ce", "train_kd_teacher": "train/kd_teacher",
+                "train_top1": "train/top1", "test_top1": "test/top1", "test_top5": "test/top5",
+                "test_loss": "test/loss", "lr": "train/lr", "img_s": "speed/img_per_s"}
+    assert {column: tag_for(column) for column in expected} == expected
+
+
 def test_logging_changes_neither_the_hash_nor_the_rerun_params():
     plain = resolve_run_config(run_config())
     logged = resolve_run_config(run_config(logging={"tensorboard": True,
