@@ -1,8 +1,11 @@
-"""One training step, `step(x, y, keep, lr) -> loss terms`: eager, or captured in a CUDA graph.
+"""One training step, `step(x, y, keep, lr, views=None) -> loss terms`: eager, or captured in a
+CUDA graph.
 
 x [B,3,H,W] normalised images and y [B] int64 labels, on the device; keep [n guides] 0/1 or
 None; lr: the learning rate already set in the optimizer (the graph step re-captures when it
-changes). The result is a float32 tensor [len(term_names)] of the loss terms.
+changes); views: int64 [B] rows of the guide tables (`guide_tables.view_rows`) on the device, or
+None where the guides run inline. The result is a float32 tensor [len(term_names)] of the loss
+terms.
 
 The CUDA-graph step captures the guides' forward, the student's forward/backward and the
 optimizer step once and replays them per batch: at batch 128 these small CIFAR networks are
@@ -35,30 +38,31 @@ def make_step(distiller, optimizer, autocast, use_graph: bool, device: torch.dev
 
 
 class EagerStep:
-    """step(x, y, keep, lr) -> loss-term tensor [len(term_names)], run op by op."""
+    """step(x, y, keep, lr, views=None) -> loss-term tensor [len(term_names)], run op by op."""
 
     def __init__(self, distiller, optimizer, autocast, term_names):
         self.distiller, self.optimizer, self.autocast = distiller, optimizer, autocast
         self.term_names = term_names
 
-    def forward_backward(self, x, y, keep):
+    def forward_backward(self, x, y, keep, views=None):
         """Forward and backward only (no optimizer step); the terms, detached, in float32."""
         with self.autocast:
-            total, terms = self.distiller(x, y, keep)
+            total, terms = self.distiller(x, y, keep, views)
         total.backward()
         return torch.stack([terms[k].detach().float() for k in self.term_names])
 
-    def __call__(self, x, y, keep, lr):
+    def __call__(self, x, y, keep, lr, views=None):
         self.optimizer.zero_grad(set_to_none=True)
         if keep is not None:
             keep = keep.to(x.device, non_blocking=True)
-        out = self.forward_backward(x, y, keep)
+        out = self.forward_backward(x, y, keep, views)
         self.optimizer.step()
         return out
 
 
 class CudaGraphStep:
-    """step(x, y, keep, lr) -> loss-term tensor, like the eager step, via a replayed graph."""
+    """step(x, y, keep, lr, views=None) -> loss-term tensor, like the eager step, via a replayed
+    graph."""
 
     def __init__(self, eager, distiller, optimizer, device):
         self.eager, self.distiller, self.optimizer, self.device = eager, distiller, optimizer, device
@@ -104,9 +108,10 @@ class CudaGraphStep:
                         v.zero_()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def _capture(self, x, y, keep, lr):
+    def _capture(self, x, y, keep, lr, views):
         self.static = {"x": x.clone(), "y": y.clone(),
-                       "keep": None if keep is None else keep.to(self.device).clone()}
+                       "keep": None if keep is None else keep.to(self.device).clone(),
+                       "views": None if views is None else views.clone()}
         s = self.static
         if self.graph is None:  # first capture: warm up lazily-initialised state, then undo it
             snap = self._snapshot()
@@ -116,7 +121,7 @@ class CudaGraphStep:
                 with torch.cuda.stream(side):
                     for _ in range(WARMUP_STEPS):
                         self.optimizer.zero_grad(set_to_none=True)
-                        self.eager.forward_backward(s["x"], s["y"], s["keep"])
+                        self.eager.forward_backward(s["x"], s["y"], s["keep"], s["views"])
                         self.optimizer.step()
                 torch.cuda.current_stream().wait_stream(side)
             finally:
@@ -125,29 +130,31 @@ class CudaGraphStep:
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self.static_terms = self.eager.forward_backward(s["x"], s["y"], s["keep"])
+            self.static_terms = self.eager.forward_backward(s["x"], s["y"], s["keep"], s["views"])
             self.optimizer.step()
         self.graph, self.graph_lr = graph, lr
 
-    def __call__(self, x, y, keep, lr):
+    def __call__(self, x, y, keep, lr, views=None):
         if self.disabled_reason is not None:
-            return self.eager(x, y, keep, lr)
+            return self.eager(x, y, keep, lr, views)
         s = self.static
         if self.graph is not None and (s["x"].shape != x.shape or s["y"].shape != y.shape):
-            return self.eager(x, y, keep, lr)  # a ragged last batch: not worth a second graph
+            return self.eager(x, y, keep, lr, views)  # a ragged last batch: not worth a graph
         if self.graph is None or lr != self.graph_lr:
             try:
-                self._capture(x, y, keep, lr)
+                self._capture(x, y, keep, lr, views)
             except Exception as err:  # capture is impossible for this model/op set
                 self.disabled_reason = f"{type(err).__name__}: {err}"
                 self.graph = None
                 log.warning("CUDA graph capture failed (%s); falling back to the eager step "
                             "for the rest of this run", self.disabled_reason)
-                return self.eager(x, y, keep, lr)
+                return self.eager(x, y, keep, lr, views)
             s = self.static  # _capture made new static buffers
         s["x"].copy_(x, non_blocking=True)
         s["y"].copy_(y, non_blocking=True)
         if keep is not None:
             s["keep"].copy_(keep, non_blocking=True)
+        if views is not None:
+            s["views"].copy_(views, non_blocking=True)
         self.graph.replay()
         return self.static_terms.clone()

@@ -95,8 +95,10 @@ class Distiller(nn.Module):
         """The step's terms: the loss terms, then `top1` (the batch's top-1, percent)."""
         return [*self.loss_term_names, "top1"]
 
-    def forward(self, images: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor | None):
-        """images [B,3,H,W] normalised; targets [B] int64; keep [n] 0/1 or None.
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor | None,
+                views: torch.Tensor | None = None):
+        """images [B,3,H,W] normalised; targets [B] int64; keep [n] 0/1 or None; views [B] int64
+        rows of the guide tables, or None where the guides run inline.
 
         Returns (total loss, terms dict of scalar tensors named by `term_names`)."""
         student_logits = self.student(images)
@@ -233,8 +235,8 @@ class Trainer:
     def run_epoch(self) -> None:
         """The rest of epoch `state.epoch`, then its evaluation, log line and resume state."""
         lr = self._begin_epoch()
-        for x, y in self.train_loader:
-            elapsed = self.run_step(x, y, lr)
+        for batch in self.train_loader:
+            elapsed = self.run_step(batch, lr)
             self.stop_or_save(elapsed)
         self._end_segment(time.perf_counter() - self.state.segment_start)
         self._record_epoch(lr)
@@ -260,10 +262,12 @@ class Trainer:
         s.bad_step = torch.full((), -1, device=self.device, dtype=torch.long)
         return lr
 
-    def run_step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> float:
-        """One optimizer step on x [B,3,H,W], y [B]; returns the segment's seconds so far."""
+    def run_step(self, batch: Sequence[torch.Tensor], lr: float) -> float:
+        """One optimizer step on a train-loader batch: (x [B,3,H,W], y [B]), or (x, y, views
+        [B]) where guide tables stand in for the guides. Returns the segment's seconds so far."""
         s = self.state
-        terms = self.step_fn(x, y, self._draw_keep(), lr)
+        x, y, views = batch[0], batch[1], (batch[2] if len(batch) > 2 else None)
+        terms = self.step_fn(x, y, self._draw_keep(), lr, views)
         finite = torch.isfinite(terms[self.total_index])
         # Noted on the device and checked when the segment ends: no GPU sync per step.
         s.bad_step = torch.where((s.bad_step < 0) & ~finite,
