@@ -82,7 +82,10 @@ RUN_CONFIG_SCHEMA: dict[str, Any] = {
                         "items": {"type": "number", "exclusiveMinimum": 0}}}},
         "device": {"enum": ["auto", "cpu", "cuda"], "default": "auto"},
         "fast": {"type": "object", "additionalProperties": False, "default": {}, "properties": {
-            "bf16": _FLAG, "channels_last": _FLAG, "cuda_graph": _FLAG}},
+            "bf16": _FLAG, "channels_last": _FLAG, "cuda_graph": _FLAG,
+            # Folded BN (dgkd_core.prepared_guides): auto is on CUDA only, so that CPU results
+            # stay what earlier versions computed; true folds on the CPU too.
+            "fold_guides": _FLAG}},
         "deterministic": {"type": "boolean", "default": True},
         # Seconds of wall time this job may use (e.g. the SLURM `runtime`); the trainer saves its
         # resume state and exits before running out. None: no budget.

@@ -19,11 +19,15 @@ from dgkd_core.checkpoints import TrainingError
 from dgkd_core.config import TRAINING_CODE_VERSION
 from dgkd_core.data import epoch_seed, resolve_device
 
-# Which fast-path parts a device supports. channels_last also helps oneDNN's CPU convolutions
-# (about 2x for these ResNets on a 2-core x86 CPU); bf16 and CUDA graphs are CUDA-only.
-FAST_ON_CPU = {"bf16": False, "channels_last": True, "cuda_graph": False}
+# Which fast-path parts `auto` turns on on the CPU. channels_last also helps oneDNN's CPU
+# convolutions (about 2x for these ResNets on a 2-core x86 CPU); bf16 and CUDA graphs are
+# CUDA-only; folded guides (fold_guides) change the CPU's fp32 rounding, so only `true` folds
+# there.
+FAST_ON_CPU = {"bf16": False, "channels_last": True, "cuda_graph": False, "fold_guides": False}
+# Which parts `true` can turn on on the CPU.
+_CPU_CAN = {"bf16": False, "channels_last": True, "cuda_graph": False, "fold_guides": True}
 # Every part off: the plain fp32 eager path (parity checks, debugging).
-FAST_OFF = {"bf16": False, "channels_last": False, "cuda_graph": False}
+FAST_OFF = {"bf16": False, "channels_last": False, "cuda_graph": False, "fold_guides": False}
 
 
 def pick_device(cfg: dict) -> torch.device:
@@ -35,9 +39,11 @@ def pick_device(cfg: dict) -> torch.device:
 
 
 def fast_settings(cfg: dict, device: torch.device) -> dict[str, bool]:
-    """Resolve `fast.*` (auto/true/false) to what runs on `device`; auto = on where supported."""
-    cuda = device.type == "cuda"
-    return {k: (v is True or v == "auto") and (cuda or FAST_ON_CPU[k])
+    """Resolve `fast.*` (auto/true/false) to what runs on `device`: on CUDA auto and true are
+    on; on the CPU auto is FAST_ON_CPU's choice and true is on where the CPU supports it."""
+    if device.type == "cuda":
+        return {k: v is True or v == "auto" for k, v in cfg["fast"].items()}
+    return {k: (v is True and _CPU_CAN[k]) or (v == "auto" and FAST_ON_CPU[k])
             for k, v in cfg["fast"].items()}
 
 

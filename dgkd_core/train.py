@@ -31,13 +31,15 @@ from dgkd_core import io
 from dgkd_core.checkpoints import (TrainingError, file_fingerprint, first_non_finite, load_guide,
                                    save_checkpoint)
 from dgkd_core.config import ConfigError, config_hash, resolve_run_config
-from dgkd_core.data import load_prepared, make_loaders
+from dgkd_core.data import CROP_PAD, load_prepared, make_loaders
 from dgkd_core.epoch_log import (epoch_line, eta_seconds, history_csv, history_row, out_of_time,
                                  progress_bar)
 from dgkd_core.evaluate import evaluate
+from dgkd_core.guide_tables import GuideTable, load_guide_table
 from dgkd_core.losses import dgkd_loss, draw_keep_mask, draw_released_drop_mask, guide_term_names
 from dgkd_core.methods import check_guides
 from dgkd_core.models import build_model
+from dgkd_core.prepared_guides import prepare_guide
 from dgkd_core.resume import (RESUME_FILE, TrainState, read_resume_state, restore_resume_state,
                               write_resume_state)
 from dgkd_core.runtime import (StopFlag, environment_info, epoch_generator, fast_settings,
@@ -68,14 +70,22 @@ class TrainingInterrupted(SystemExit):
 class Distiller(nn.Module):
     """A student plus its frozen guides (teacher first, then TAs largest to smallest).
 
-    The guides never train: their parameters do not require grad, they stay in eval() whatever
-    `train()` is called with, and they run under inference mode.
+    A guide is a module run on each batch, or a GuideTable (dgkd_core.guide_tables) whose rows
+    for the batch's views stand in for its forward pass. The guide modules never train: their
+    parameters do not require grad, they stay in eval() whatever `train()` is called with, and
+    they run under inference mode.
     """
 
-    def __init__(self, student: nn.Module, guides: Sequence[nn.Module], loss_cfg: dict):
+    def __init__(self, student: nn.Module, guides: Sequence[nn.Module | GuideTable],
+                 loss_cfg: dict):
         super().__init__()
         self.student = student
-        self.guides = nn.ModuleList(guides)
+        self.guides = nn.ModuleList(g for g in guides if isinstance(g, nn.Module))
+        self.tables = [g for g in guides if isinstance(g, GuideTable)]
+        # Where each guide's logits come from, in guide order: ("module" | "table", index).
+        self.sources = [("table", self.tables.index(g)) if isinstance(g, GuideTable)
+                        else ("module", sum(isinstance(h, nn.Module) for h in guides[:i]))
+                        for i, g in enumerate(guides)]
         for guide in self.guides:
             guide.requires_grad_(False)
         self.loss_cfg = loss_cfg
@@ -88,12 +98,24 @@ class Distiller(nn.Module):
 
     @property
     def loss_term_names(self) -> list[str]:
-        return ["ce", *guide_term_names(len(self.guides)), "total"]
+        return ["ce", *guide_term_names(len(self.sources)), "total"]
 
     @property
     def term_names(self) -> list[str]:
         """The step's terms: the loss terms, then `top1` (the batch's top-1, percent)."""
         return [*self.loss_term_names, "top1"]
+
+    def guide_logits(self, images: torch.Tensor, views: torch.Tensor | None
+                     ) -> list[torch.Tensor]:
+        """Each guide's logits [B, C] for images [B,3,H,W] (views: their table rows [B])."""
+        with torch.inference_mode():
+            ran = [guide(images) for guide in self.guides]
+        if self.tables and views is None:
+            raise TrainingError("guide tables need the batch's views: make the train loader "
+                                "with with_views=True")
+        # Inference tensors cannot be saved for backward: clone them out of inference mode.
+        return [ran[i].clone() if kind == "module" else self.tables[i].lookup(views)
+                for kind, i in self.sources]
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor | None,
                 views: torch.Tensor | None = None):
@@ -102,12 +124,8 @@ class Distiller(nn.Module):
 
         Returns (total loss, terms dict of scalar tensors named by `term_names`)."""
         student_logits = self.student(images)
-        with torch.inference_mode():
-            guide_logits = [guide(images) for guide in self.guides]
-        # Inference tensors cannot be saved for backward: clone them out of inference mode.
-        guide_logits = [g.clone() for g in guide_logits]
         total, terms = dgkd_loss(
-            student_logits, guide_logits, targets,
+            student_logits, self.guide_logits(images, views), targets,
             lam=self.loss_cfg["lam"], temperature=self.loss_cfg["temperature"],
             keep=keep, convention=self.loss_cfg["convention"],
         )
@@ -135,11 +153,13 @@ class Trainer:
 
     def __init__(self, config: dict, data_path: str | os.PathLike, out_dir: str | os.PathLike,
                  guide_checkpoints: Sequence[str | os.PathLike] = (),
-                 progress: bool | None = None, *, watch_pid: int | None = None):
+                 progress: bool | None = None, *, watch_pid: int | None = None,
+                 guide_tables: Sequence[str | os.PathLike | None] = ()):
         self.cfg = resolve_run_config(config)
         self.data_path = data_path
         self.out_dir = Path(out_dir)
         self.guide_paths = [str(p) for p in guide_checkpoints]
+        self.table_paths = _aligned_tables(guide_tables, len(self.guide_paths))
         loss_cfg, n_guides = self.cfg["loss"], len(self.guide_paths)
         try:
             check_guides(self.cfg["method"], n_guides, loss_cfg["keep_prob"],
@@ -173,9 +193,11 @@ class Trainer:
         self.meta = self.data.meta
         self._build_models()
         self._build_loaders_and_optimizer()
+        # Tables give the inline logits to rounding: a resume state holds to the one it began with.
         self.identity = {"config_hash": config_hash(cfg),
                          "guides": [file_fingerprint(p) for p in self.guide_paths],
-                         "data_checksum": self.meta.get("checksum")}
+                         "data_checksum": self.meta.get("checksum"),
+                         "guide_tables": [t is not None for t in self.table_paths]}
         self._resume()
         self.term_names = self.distiller.term_names
         self.total_index = self.term_names.index("total")
@@ -185,14 +207,34 @@ class Trainer:
         self.tensorboard = open_writer(cfg["logging"], self.out_dir, self.state.epoch + 1)
 
     def _build_models(self) -> None:
-        memory_format = (torch.channels_last if self.fast["channels_last"]
-                         else torch.contiguous_format)
-        guides = [load_guide(p, self.meta, self.device) for p in self.guide_paths]
+        """The guides (tables, or prepared modules), then the student, then the Distiller."""
+        fast, device = self.fast, self.device
+        memory_format = torch.channels_last if fast["channels_last"] else torch.contiguous_format
+        guides = [self._load_guide(path, table) for path, table
+                  in zip(self.guide_paths, self.table_paths)]
         model = build_model(self.cfg["model"], self.data.num_classes, dataset=self.meta["name"],
                             init=self.cfg["init"])
-        self.model = model.to(self.device).to(memory_format=memory_format)
-        guides = [g.to(memory_format=memory_format) for g in guides]
+        self.model = model.to(device).to(memory_format=memory_format)
         self.distiller = Distiller(self.model, guides, self.cfg["loss"])
+
+    def _load_guide(self, path: str, table: str | None) -> nn.Module | GuideTable:
+        """Guide `path` as the step uses it: its table (`table`), or the checkpoint's model,
+        prepared (folded, channels_last, bf16 on the CUDA fast path)."""
+        fast, cfg = self.fast, self.cfg
+        # Built (and checked) even where its table stands in for it: building it draws from
+        # the seeded RNG, and the student's initialisation must not depend on the tables.
+        guide = load_guide(path, self.meta, self.device)
+        if table is not None:
+            if not cfg["augment"] or self.data.is_stream:
+                raise ConfigError("guide tables hold the views of the cached data's crop and "
+                                  "flip; this run has augment: false or streamed data, so run "
+                                  "it without guide tables (guide_tables: false)")
+            normalization = cfg["normalize"] or {"mean": self.data.mean, "std": self.data.std}
+            return load_guide_table(table, guide_checkpoint=path, data_meta=self.meta,
+                                    normalization=normalization, pad=CROP_PAD,
+                                    device=self.device)
+        return prepare_guide(guide, fold=fast["fold_guides"], channels_last=fast["channels_last"],
+                             dtype=torch.bfloat16 if fast["bf16"] else torch.float32)
 
     def _build_loaders_and_optimizer(self) -> None:
         cfg, device = self.cfg, self.device
@@ -200,6 +242,7 @@ class Trainer:
             self.data, batch_size=cfg["batch_size"], eval_batch_size=cfg["eval_batch_size"],
             device=device, seed=cfg["seed"], augment=cfg["augment"],
             channels_last=self.fast["channels_last"], normalization=cfg["normalize"],
+            with_views=any(t is not None for t in self.table_paths),
         )
         if len(self.train_loader) == 0:
             raise TrainingError(f"batch_size {cfg['batch_size']} is larger than the training set "
@@ -428,6 +471,8 @@ class Trainer:
             "dataset": meta["name"],
             "num_classes": int(meta["num_classes"]),
             "guides": self.guide_paths,
+            # Per guide: looked up from its table (dgkd_core.guide_tables), or run inline.
+            "guide_tables": [t is not None for t in self.table_paths],
             "epochs": cfg["epochs"],
             "top1_last": last["test_top1"],
             "top5_last": last["test_top5"],
@@ -463,6 +508,7 @@ def train(
     progress: bool | None = None,
     *,
     watch_pid: int | None = None,
+    guide_tables: Sequence[str | os.PathLike | None] = (),
 ) -> dict:
     """Train one model, resuming from `out_dir/resume.pt` if a compatible one exists.
 
@@ -474,10 +520,21 @@ def train(
     Returns metrics.json's content. Raises TrainingError / ConfigError on bad input before
     training (an unwritable out_dir included) and before writing any output."""
     return Trainer(config, data_path, out_dir, guide_checkpoints, progress,
-                   watch_pid=watch_pid).run()
+                   watch_pid=watch_pid, guide_tables=guide_tables).run()
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _aligned_tables(tables: Sequence[str | os.PathLike | None], n_guides: int
+                    ) -> list[str | None]:
+    """One entry per guide: its table's path, or None (run inline). Empty: all inline."""
+    if not tables:
+        return [None] * n_guides
+    if len(tables) != n_guides:
+        raise ConfigError(f"{len(tables)} guide tables for {n_guides} guide checkpoints; give "
+                          "one per guide (None where a guide runs inline)")
+    return [None if t is None else str(t) for t in tables]
 
 
 def _check_writable_dir(path: Path) -> None:

@@ -39,7 +39,17 @@ from __future__ import annotations
 # One module per concern; the package re-exports every public name of the former single module
 # (resolve_device, epoch_seed and the constants are importable too), plus extract_archive.
 from dgkd_core.data.archive import extract_archive
-from dgkd_core.data.augment import augment_batch, crop_flip, draw_augment_params
+from dgkd_core.data.augment import (
+    CROP_PAD,
+    Normalizer,
+    augment_batch,
+    crop_flip,
+    draw_augment_params,
+    view_index,
+    view_params,
+    view_rows,
+    views_per_image,
+)
 from dgkd_core.data.loaders import StreamLoader, TensorLoader, make_loaders, resolve_device
 from dgkd_core.data.prepared import (
     FORMAT_VERSION,
@@ -64,9 +74,11 @@ from dgkd_core.data.synthetic import (
 )
 
 __all__ = [
+    "CROP_PAD",
     "DATASET_SOURCES",
     "SYNTHETIC_SHAPES",
     "DataError",
+    "Normalizer",
     "PreparedData",
     "StreamLoader",
     "TensorLoader",
@@ -80,5 +92,9 @@ __all__ = [
     "make_synthetic",
     "prepare_dataset",
     "tensor_checksum",
+    "view_index",
+    "view_params",
+    "view_rows",
+    "views_per_image",
 ]
 

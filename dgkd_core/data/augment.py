@@ -10,7 +10,12 @@ import torch.nn.functional as F
 
 from dgkd_core.data.prepared import DataError
 
-__all__ = ["Normalizer", "augment_batch", "crop_flip", "draw_augment_params"]
+# The cached data path's random crop: zero padding in pixels on each side (torchvision
+# RandomCrop(H, padding=4), as in the released code).
+CROP_PAD = 4
+
+__all__ = ["CROP_PAD", "Normalizer", "augment_batch", "crop_flip", "draw_augment_params", "view_index",
+           "view_params", "view_rows", "views_per_image"]
 
 
 def draw_augment_params(n: int, generator: torch.Generator, pad: int = 4
@@ -54,6 +59,35 @@ def augment_batch(images_uint8: torch.Tensor, generator: torch.Generator,
     """
     dy, dx, flip = draw_augment_params(images_uint8.shape[0], generator, pad)
     return crop_flip(images_uint8, dy, dx, flip, pad)
+
+
+# The views of the crop and flip, numbered for guide tables (dgkd_core.guide_tables).
+
+
+def views_per_image(pad: int = 4) -> int:
+    """How many distinct crop-and-flip views an image has: (2·pad+1)² offsets × 2 flips."""
+    return (2 * pad + 1) ** 2 * 2
+
+
+def view_index(dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, pad: int = 4
+               ) -> torch.Tensor:
+    """int64 [n] view numbers in [0, views_per_image(pad)) of crop offsets dy, dx (int64 [n],
+    in [0, 2·pad]) and flips (bool [n]), as `draw_augment_params` draws them."""
+    return (dy.long() * (2 * pad + 1) + dx.long()) * 2 + flip.long()
+
+
+def view_params(views: torch.Tensor, pad: int = 4
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The inverse of `view_index`: (dy, dx, flip) of int64 view numbers [n]."""
+    side = 2 * pad + 1
+    offset = views // 2
+    return offset // side, offset % side, (views % 2).bool()
+
+
+def view_rows(indices: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor,
+              pad: int = 4) -> torch.Tensor:
+    """int64 [n] rows of a flattened table [N·V, C]: image `indices` [n] under their views."""
+    return indices.long() * views_per_image(pad) + view_index(dy, dx, flip, pad)
 
 
 class Normalizer:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from dgkd_core.data.augment import Normalizer, crop_flip, draw_augment_params
+from dgkd_core.data.augment import Normalizer, crop_flip, draw_augment_params, view_rows
 from dgkd_core.data.imagefolder import open_rgb
 from dgkd_core.data.prepared import DataError, PreparedData, load_prepared
 from dgkd_core.data.seeds import epoch_seed
@@ -128,6 +128,10 @@ class TensorLoader(_EpochLoader):
     same on every device. ``drop_last`` defaults to ``train``.
     train=False: fixed order, no augmentation, no sample dropped.
 
+    with_views=True (train with augment only): each batch is (x, y, rows), rows int64 [B] on
+    ``device``: each sample's row ``index·V + view`` of a guide table (``guide_tables.view_rows``;
+    V = 162 views for pad 4), from the very offsets and flips its crop used.
+
     Call ``set_epoch(e)`` before iterating epoch e (without it, iteration continues where the last
     one stopped, and a finished epoch advances to the next). ``state_dict()`` taken between
     batches records (epoch, next batch, generator state); ``load_state_dict()`` makes the next
@@ -140,7 +144,8 @@ class TensorLoader(_EpochLoader):
                  mean: Sequence[float], std: Sequence[float], train: bool, augment: bool,
                  device: str | torch.device | None, generator_seed: int = 0,
                  drop_last: bool | None = None, channels_last: bool = False,
-                 dtype: torch.dtype = torch.float32, pad: int = 4) -> None:
+                 dtype: torch.dtype = torch.float32, pad: int = 4,
+                 with_views: bool = False) -> None:
         if images_uint8.dtype != torch.uint8 or images_uint8.ndim != 4:
             raise DataError(f"images must be uint8 [N,C,H,W], got {images_uint8.dtype} "
                             f"{list(images_uint8.shape)}")
@@ -150,6 +155,10 @@ class TensorLoader(_EpochLoader):
         self.train = bool(train)
         self.augment = bool(augment) and self.train
         self.pad = int(pad)
+        if with_views and not self.augment:
+            raise DataError("guide-table rows need the random crop and flip: with_views is for "
+                            "a train loader with augment=True")
+        self.with_views = bool(with_views)
         self.images = images_uint8.to(self.device).contiguous()
         self.labels = labels.to(device=self.device, dtype=torch.int64)
         self.normalize = Normalizer(mean, std, self.device, dtype, channels_last)
@@ -176,13 +185,16 @@ class TensorLoader(_EpochLoader):
             g = self._state.generator(self._STREAM)
             order = torch.randperm(n, generator=g)
             aug = draw_augment_params(n, g, self.pad) if self.augment else None
+            rows = None
+            if self.with_views:  # drawn as before: the batches do not change with the rows
+                rows = view_rows(order, *aug, self.pad).to(self.device, non_blocking=True)
             if aug is not None:
                 aug = tuple(t.to(self.device, non_blocking=True) for t in aug)
-            plan = (order.to(self.device, non_blocking=True), aug)
+            plan = (order.to(self.device, non_blocking=True), aug, rows)
         self._plan = (self._state.epoch, plan)
         return plan
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         st = self._state
         plan = self._epoch_plan()
         n, bs, total = st.num_samples, st.batch_size, len(st)
@@ -192,14 +204,17 @@ class TensorLoader(_EpochLoader):
             if plan is None:
                 images, labels = self.images[lo:hi], self.labels[lo:hi]
             else:
-                order, aug = plan
+                order, aug, rows = plan
                 idx = order[lo:hi]
                 images, labels = self.images[idx], self.labels[idx]
                 if aug is not None:
                     images = crop_flip(images, aug[0][lo:hi], aug[1][lo:hi], aug[2][lo:hi],
                                        self.pad)
             st.next_batch = k + 1
-            yield self.normalize(images), labels
+            if self.with_views:
+                yield self.normalize(images), labels, rows[lo:hi]
+            else:
+                yield self.normalize(images), labels
         st.finish_epoch()
         self._plan = None
 
@@ -335,7 +350,7 @@ def make_loaders(prepared_or_path: PreparedData | str | os.PathLike, *, batch_si
                  eval_batch_size: int, device: str | torch.device | None, seed: int,
                  augment: bool = True, channels_last: bool = False,
                  dtype: torch.dtype = torch.float32, num_workers: int | None = None,
-                 normalization: dict | None = None):
+                 normalization: dict | None = None, with_views: bool = False):
     """(train_loader, test_loader) for a prepared file or :class:`PreparedData`.
 
     Cached data gives :class:`TensorLoader`s (train: shuffled, ``augment`` crop/flip, drop_last;
@@ -343,6 +358,7 @@ def make_loaders(prepared_or_path: PreparedData | str | os.PathLike, *, batch_si
     randomness is seeded by ``seed``; both yield normalised float [B,3,H,W] and int64 [B] on
     ``device``. ``num_workers`` applies to stream loaders only. ``normalization``: {"mean": [3],
     "std": [3]} (0-1 scale) in place of the data's own train-split statistics (None: those).
+    ``with_views``: the train loader also yields guide-table rows (cached data with augment only).
     """
     data = prepared_or_path
     if not isinstance(data, PreparedData):
@@ -350,13 +366,16 @@ def make_loaders(prepared_or_path: PreparedData | str | os.PathLike, *, batch_si
     mean, std = ((normalization["mean"], normalization["std"]) if normalization
                  else (data.mean, data.std))
     if data.is_stream:
+        if with_views:
+            raise DataError("guide tables need the cached data path; this dataset is streamed "
+                            "from disk: set guide_tables: false")
         common = dict(device=device, seed=seed, channels_last=channels_last, dtype=dtype,
                       num_workers=num_workers, mean=mean, std=std)
         return (StreamLoader(data, "train", batch_size=batch_size, augment=augment, **common),
                 StreamLoader(data, "test", batch_size=eval_batch_size, augment=False, **common))
     common = dict(mean=mean, std=std, device=device, channels_last=channels_last, dtype=dtype)
     train = TensorLoader(data.train_images, data.train_labels, batch_size=batch_size, train=True,
-                         augment=augment, generator_seed=seed, **common)
+                         augment=augment, generator_seed=seed, with_views=with_views, **common)
     test = TensorLoader(data.test_images, data.test_labels, batch_size=eval_batch_size,
                         train=False, augment=False, generator_seed=seed, **common)
     return train, test
