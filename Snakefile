@@ -19,6 +19,7 @@ report: "report/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/guide_table.smk"
 include: "rules/train.smk"
 include: "rules/import.smk"
 include: "rules/aggregate.smk"

@@ -1,4 +1,4 @@
-"""Command line: `python -m dgkd_core {train,evaluate,prepare-data,bench,reproduction}`."""
+"""Command line: `python -m dgkd_core {train,guide-table,evaluate,prepare-data,bench,reproduction}`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 # Keys of a `train --config` file that say where things are, not how to train.
-RUN_FILE_KEYS = ("data", "out_dir", "guides")
+RUN_FILE_KEYS = ("data", "out_dir", "guides", "guide_tables")
 
 TRAIN_EXAMPLE = ("python -m dgkd_core train --set model=resnet8 --set data=results/data/cifar10.pt "
                  "--set out_dir=runs/resnet8 --set epochs=30 --set logging.tensorboard=true")
@@ -74,10 +74,28 @@ def _train(args) -> int:
         raise ConfigError(f"train needs {' and '.join(missing)}: give them in --config or as "
                           f"--set {missing[0]}=...")
     where = {k: run.pop(k, None) for k in RUN_FILE_KEYS}
+    tables = where["guide_tables"]
+    if tables is not None and not isinstance(tables, list):
+        raise ConfigError(f"guide_tables must be a list with one entry per guide (a table file "
+                          f"or null), got {tables!r}; e.g. --set 'guide_tables=[t.pt, null]'")
     metrics = train(run, where["data"], where["out_dir"], guide_list(where["guides"]),
-                    progress=None)
+                    progress=None, guide_tables=tables or ())
     print(json.dumps({k: metrics[k] for k in ("model", "top1_last", "top1_best", "best_epoch",
                                               "wall_time_s")}))
+    return 0
+
+
+def _guide_table(args) -> int:
+    from dgkd_core.config import deep_update, parse_overrides
+    from dgkd_core.guide_tables import make_guide_table
+
+    run = read_run_file(args.config) if args.config else {}
+    run = deep_update(run, parse_overrides(args.set or []))
+    for key in RUN_FILE_KEYS:
+        run.pop(key, None)
+    record = make_guide_table(args.guide, args.data, args.out, run, batch_size=args.batch_size)
+    print(json.dumps({k: record[k] for k in ("guide_model", "num_images", "views_per_image",
+                                             "num_classes", "dtype", "build_s", "views_per_s")}))
     return 0
 
 
@@ -172,7 +190,8 @@ def run_config_help() -> str:
              *(textwrap.fill(a, width=100, initial_indent=f"  {k:<{key_w}}  {d:<{default_w}}  ",
                              subsequent_indent=indent) for k, d, a in rows), "",
              textwrap.fill(f"and where things are: {', '.join(RUN_FILE_KEYS)} (data and out_dir "
-                           "are required; guides: teacher first, then TAs, largest first)",
+                           "are required; guides: teacher first, then TAs, largest first; "
+                           "guide_tables: one table file or null per guide, from guide-table)",
                            width=100), "", "example:", f"  {TRAIN_EXAMPLE}"]
     return "\n".join(lines)
 
@@ -201,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a key, dotted for nesting (loss.lam=0.7); repeatable")
     p.set_defaults(func=_train)
+    _add_guide_table_parser(sub, common)
 
     p = sub.add_parser("evaluate", help="top-1/top-5 of a checkpoint on a prepared test split",
                        parents=common)
@@ -252,6 +272,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--commit", help="the code's commit, where this tree is no git checkout")
     p.set_defaults(func=_reproduction)
     return parser
+
+
+def _add_guide_table_parser(sub, common) -> None:
+    p = sub.add_parser("guide-table", parents=common,
+                       help="a guide's logits for every crop-and-flip view of the training set, "
+                            "for train's guide_tables")
+    p.add_argument("--guide", required=True, help="the guide's model.pt")
+    p.add_argument("--data", required=True, help="prepared data file (prepare-data's output)")
+    p.add_argument("--out", required=True, help="the table file to write")
+    p.add_argument("--config", help="YAML run config of the runs it serves (device, fast.*, "
+                                    "normalize); default: the defaults")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a run-config key, as for train; repeatable")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="views per forward pass (default: the config's eval_batch_size)")
+    p.set_defaults(func=_guide_table)
 
 
 def error_line(err: BaseException) -> str:

@@ -2,6 +2,7 @@
 
     results/data/{dataset}.pt
     results/runs/{dataset}/seed{seed}/{method}/{lineage}/model.pt|metrics.json|history.csv
+                                                         (and guide_table.pt, for a guide)
     results/tensorboard/{dataset}/seed{seed}/{method}/{lineage}/   (logging.tensorboard)
 
 `lineage` is the chain of models that led to a model, joined by `-`, ending in the model itself:
@@ -24,6 +25,9 @@ from dgkd_core.methods import METHODS, REGISTRY, canonical_method, get_method
 
 RESULTS = "results"
 RUN_FILES = ("model.pt", "metrics.json", "history.csv")
+# A guide's table of logits (dgkd_core.guide_tables), beside its model.pt: built where the plan
+# uses one (Plan.uses_table), temporary unless keep_guide_tables.
+GUIDE_TABLE_FILE = "guide_table.pt"
 _LINEAGE_SEP = "-"
 _KEEP_PREFIX = "-p"
 _DROP_PREFIX = "-d"
@@ -187,8 +191,9 @@ def run_dir(dataset, seed, method_directory: str, lineage: str) -> str:
 
 
 def run_file(dataset, seed, method_directory: str, lineage: str, name: str) -> str:
-    if name not in RUN_FILES:
-        raise ValueError(f"a run writes {', '.join(RUN_FILES)}, not {name!r}")
+    if name not in (*RUN_FILES, GUIDE_TABLE_FILE):
+        raise ValueError(f"a run writes {', '.join(RUN_FILES)} (and {GUIDE_TABLE_FILE}), not "
+                         f"{name!r}")
     return f"{run_dir(dataset, seed, method_directory, lineage)}/{name}"
 
 
@@ -204,6 +209,23 @@ def train_log(dataset, seed, method_directory: str, lineage: str) -> str:
 
 def train_benchmark(dataset, seed, method_directory: str, lineage: str) -> str:
     return f"{RESULTS}/benchmarks/train/{dataset}/seed{seed}/{method_directory}/{lineage}.tsv"
+
+
+def guide_table_log(dataset, seed, method_directory: str, lineage: str) -> str:
+    """Log of the job that builds a guide's table (rule guide_table)."""
+    return f"{RESULTS}/logs/guide_table/{dataset}/seed{seed}/{method_directory}/{lineage}.log"
+
+
+def guide_table_benchmark(dataset, seed, method_directory: str, lineage: str) -> str:
+    return (f"{RESULTS}/benchmarks/guide_table/{dataset}/seed{seed}/{method_directory}/"
+            f"{lineage}.tsv")
+
+
+def guide_tables_for(guide_checkpoints, table_files) -> list[str | None]:
+    """Per guide checkpoint (a run's model.pt), its table among `table_files`, or None."""
+    given = set(map(str, table_files))
+    beside = [str(PurePosixPath(g).with_name(GUIDE_TABLE_FILE)) for g in guide_checkpoints]
+    return [t if t in given else None for t in beside]
 
 
 def import_log(dataset, seed, method_directory: str, lineage: str) -> str:

@@ -7,6 +7,7 @@
                                  #   < per_method < the run's own model, method, seed, keep_prob)
     plan.import_source(run)      # the file a teacher or TA trained elsewhere is imported from
                                  #   (chains.<name>.teacher_checkpoint / .ta_checkpoints), or None
+    plan.guide_tables(run)       # per guide: its run where `run` looks it up in a guide table
 
 A run is a dgkd_core.paths.Run (dataset, seed, method, lineage). Who guides a run is the method
 registry's rule (dgkd_core.methods); this module adds the config: chains, seeds, ablations and
@@ -28,9 +29,10 @@ from dgkd_core.config import deep_update, resolve_run_config, semantic_settings,
 from dgkd_core.models import available_models, build_model, count_parameters, model_family
 from dgkd_core.paths import Run
 from dgkd_core.schema import ConfigError, check
+from dgkd_core.table_plan import plan_guide_tables
 
 __all__ = ["ABLATIONS", "ConfigError", "Plan", "ROLES", "default_schema_path", "evenly_spaced",
-           "job_run_config", "load_workflow_schema"]
+           "job_run_config", "job_table_config", "load_workflow_schema"]
 
 ROLES = ("teacher", "ta", "student")
 ABLATIONS = ("num_tas", "keep_prob", "convention")
@@ -63,6 +65,17 @@ def job_run_config(config: dict, output_file: str, run_settings: dict) -> dict:
     the rest (eval_batch_size, device) comes from the plan, so changing it reruns nothing."""
     cfg = Plan(config).run_config(paths.run_from_path(output_file))
     if semantic_settings(cfg) != run_settings:
+        raise ConfigError(f"the plan's settings for {output_file} differ from the job's params; "
+                          "run Snakemake again from the same config")
+    return cfg
+
+
+def job_table_config(config: dict, output_file: str, table_settings: dict) -> dict:
+    """The run config the guide_table job that writes `output_file` builds with.
+
+    table_settings: the job's rerun params (normalize and fast of Plan.table_config)."""
+    cfg = Plan(config).table_config(paths.run_from_path(output_file))
+    if {key: cfg[key] for key in table_settings} != table_settings:
         raise ConfigError(f"the plan's settings for {output_file} differ from the job's params; "
                           "run Snakemake again from the same config")
     return cfg
@@ -110,6 +123,9 @@ class Plan:
         self._warn_on_imported_baselines()
         self._check_run_configs()
         self._warn_on_chain_sizes()
+        self._tables = plan_guide_tables(
+            self._runs, self.guides, self.run_config,
+            lambda name: self.config["datasets"][name]["source"], self.config["guide_tables"])
 
     # ------------------------------------------------------------------ the runs
 
@@ -183,6 +199,24 @@ class Plan:
             if name in self.ablations:
                 targets += paths.ablation_targets(name)
         return targets
+
+    # ------------------------------------------------------------------ guide tables
+
+    def uses_table(self, guide: Run) -> bool:
+        """Whether `guide` gets a table (dgkd_core.table_plan: the `guide_tables` setting)."""
+        return guide in self._tables
+
+    def guide_tables(self, run: Run) -> list[Run | None]:
+        """Per guide of `run` (teacher first): that guide's run where `run` looks its logits up
+        in the guide's table, None where the guide runs inline."""
+        return [g if run in self._tables.get(g, ()) else None for g in self.guides(run)]
+
+    def table_config(self, guide: Run) -> dict:
+        """The run config a guide's table is built with: its first user's."""
+        if guide not in self._tables:
+            raise ConfigError(f"{guide.dir} has no guide table in this plan (guide_tables: "
+                              f"{self.config['guide_tables']})")
+        return self.run_config(self._tables[guide][0])
 
     # ------------------------------------------------------------------ imported models
 

@@ -59,6 +59,23 @@ def get_guide_checkpoints(wildcards):
     return run_files(PLAN.guides(run_of(wildcards)), "model.pt")
 
 
+def get_guide_tables(wildcards):
+    """The tables of the guides this run looks up instead of running (Plan.guide_tables)."""
+    guides = PLAN.guide_tables(run_of(wildcards))
+    return [guide.file(paths.GUIDE_TABLE_FILE) for guide in guides if guide is not None]
+
+
+def get_table_settings(wildcards):
+    """What a guide's table computes with (the rerun params of rule guide_table)."""
+    cfg = PLAN.table_config(run_of(wildcards))
+    return {key: cfg[key] for key in ("normalize", "fast")}
+
+
+def guide_table_output(path):
+    """A guide table is temporary (removed after its last user) unless keep_guide_tables."""
+    return path if SETTINGS["keep_guide_tables"] else temp(path)
+
+
 def get_run_settings(wildcards):
     """What the job computes, as its rerun params; the job's adapter adds the settings that
     cannot change a result (eval_batch_size, device), so changing those reruns nothing.

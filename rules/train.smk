@@ -1,4 +1,5 @@
-# One rule trains every model, from its guides' checkpoints (dgkd_core.plan: Plan.guides).
+# One rule trains every model, from its guides' checkpoints (dgkd_core.plan: Plan.guides) and,
+# where the plan says so, their guide tables (rules/guide_table.smk).
 # Its params are this job's own resolved run config (but for the settings that cannot change a
 # result: dgkd_core.config.semantic_settings) and TRAINING_CODE_VERSION, so a changed setting
 # reruns exactly the jobs it reaches, and a change in dgkd_core's training maths
@@ -9,6 +10,7 @@ rule train_model:
     input:
         data=paths.data_file("{dataset}"),
         guides=get_guide_checkpoints,
+        guide_tables=get_guide_tables,
     output:
         model=paths.run_file(*RUN_WILDCARDS, "model.pt"),
         metrics=paths.run_file(*RUN_WILDCARDS, "metrics.json"),

@@ -29,6 +29,7 @@ train(
     snakemake.input.data,
     os.path.dirname(snakemake.output.model),
     guide_checkpoints=snakemake.input.guides,
+    guide_tables=paths.guide_tables_for(snakemake.input.guides, snakemake.input.guide_tables),
     progress=False,
     # Killed with SIGKILL, Snakemake cannot stop its trainers: each stops once it sees Snakemake
     # gone and leaves its resume state, so that the rerun resumes instead of retraining.

@@ -1,0 +1,20 @@
+"""Adapter: rule guide_table -> dgkd_core.guide_tables.make_guide_table (one guide's table)."""
+
+import sys
+
+sys.stdout = sys.stderr = open(snakemake.log[0], "a", buffering=1)
+
+import torch
+
+from dgkd_core.cli import setup_logging
+from dgkd_core.guide_tables import make_guide_table
+from dgkd_core.plan import job_table_config
+
+setup_logging(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+make_guide_table(
+    snakemake.input.model,
+    snakemake.input.data,
+    snakemake.output.table,
+    job_table_config(snakemake.config, snakemake.output.table, snakemake.params.table_settings),
+)
