@@ -21,13 +21,17 @@ def test_bench_writes_one_entry_per_workload_and_prints_the_table(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     result = json.loads(out.read_text())
     entries = {e["workload"]: e for e in result["workloads"]}
-    assert set(entries) == {"dgkd_student_resnet26-20-14-8", "teacher_resnet26_ce"}
+    build = entries.pop("guide_table_build")
+    assert build["views_per_image"] == 162 and build["views_per_s"] > 0
+    assert set(entries) == {"dgkd_student_resnet26-20-14-8", "dgkd_student_prepared_guides",
+                            "dgkd_student_tables", "teacher_resnet26_ce"}
     for e in entries.values():
         assert KEYS <= e.keys()
+        assert abs(e["ratio_careful"] - e["project_img_s"] / e["careful_baseline_img_s"]) < 0.01
         assert e["batch_size"] == 128 and e["device"].startswith("CPU")
         assert e["baseline_img_s"] > 0 and e["project_img_s"] > 0
         assert abs(e["ratio"] - e["project_img_s"] / e["baseline_img_s"]) < 0.01
         assert e["cuda_graph_fallback"] is None  # no graph on a CPU, so nothing fell back
     # the printed table names the device and each workload
     assert result["device"] in res.stdout
-    assert all(name in res.stdout for name in entries)
+    assert all(name in res.stdout for name in [*entries, "guide_table_build"])
