@@ -122,7 +122,8 @@ def same_seed_runs(tiny_data, tmp_path_factory):
 def test_fast_trainer_uses_the_graph_and_repeats_itself(same_seed_runs):
     (a, _), (b, _) = same_seed_runs
     assert a["device"].startswith("cuda")
-    assert a["determinism"]["fast"] == {"bf16": True, "channels_last": True, "cuda_graph": True}
+    assert a["determinism"]["fast"] == {"bf16": True, "channels_last": True, "cuda_graph": True,
+                                        "fold_guides": True}
     assert a["determinism"]["cuda_graph_fallback"] is None
     assert abs(a["top1_last"] - b["top1_last"]) <= 1.0
 
@@ -141,3 +142,22 @@ def test_fast_path_matches_plain_fp32(same_seed_runs, tiny_data, tmp_path):
                   tiny_data, tmp_path / "plain", progress=False)
     # bf16 changes the rounding, not the training: the accuracies stay close (256 test images)
     assert abs(a["top1_last"] - plain["top1_last"]) < 10.0
+
+
+def test_guide_table_on_cuda_matches_the_inline_guide_in_the_graph(same_seed_runs, tiny_data,
+                                                                   tmp_path):
+    """A bf16 table built on the GPU, looked up inside the captured step, against the folded
+    bf16 guide run inline in it: the same training to bf16 rounding."""
+    from dgkd_core.guide_tables import make_guide_table
+
+    (_, guide), _ = same_seed_runs
+    table = tmp_path / "guide_table.pt"
+    record = make_guide_table(guide, tiny_data, table, _cfg())
+    assert record["dtype"] == "bfloat16" and record["views_per_image"] == 162
+    cfg = _cfg(method="kd", epochs=2)
+    inline = train(cfg, tiny_data, tmp_path / "inline", [guide], progress=False)
+    tabled = train(cfg, tiny_data, tmp_path / "tabled", [guide], progress=False,
+                   guide_tables=[table])
+    assert tabled["guide_tables"] == [True]
+    assert tabled["determinism"]["cuda_graph_fallback"] is None
+    assert abs(inline["top1_last"] - tabled["top1_last"]) < 10.0

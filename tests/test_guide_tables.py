@@ -237,7 +237,9 @@ def test_table_of_another_guide_dataset_or_normalisation_is_refused(
 
 def test_training_with_a_table_matches_the_inline_guide(table_file, tiny_data, teacher, tmp_path):
     path, _ = table_file
-    cfg = run_config(method="kd", epochs=2, batch_size=16, fast={"channels_last": False})
+    # fp32 on the CPU (tests/test_cuda.py has the bf16 GPU version)
+    cfg = run_config(method="kd", epochs=2, batch_size=16, device="cpu",
+                     fast={"channels_last": False})
     inline = train(cfg, tiny_data, tmp_path / "inline", [teacher], progress=False)
     tabled = train(cfg, tiny_data, tmp_path / "tabled", [teacher], progress=False,
                    guide_tables=[path])
