@@ -81,7 +81,13 @@ def describe(error, what: str) -> str:
         return (f"unknown {what} key {', '.join(map(repr, extra))}{where}; allowed keys here: "
                 f"{', '.join(known) or 'none'}")
     if kind == "enum":
-        return f"{key} is {value!r}, which is not one of {_allowed(rule)}"
+        hint = ""
+        if isinstance(value, str) and value.lower() in ("true", "false") and (
+                value.lower() == "true") in rule:
+            # Snakemake's --config reads True/False as booleans, true/false as text
+            hint = (f" (the text {value!r}, not a boolean: on Snakemake's command line write "
+                    f"--config {path}={value.capitalize()})")
+        return f"{key} is {value!r}, which is not one of {_allowed(rule)}{hint}"
     if kind == "type":
         hint = ""
         if isinstance(value, str) and _YAML11_FLOAT.match(value):

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from dgkd_core.plan import Plan
+from dgkd_core.plan import ConfigError, Plan
 from test_workflow import TINY, dry_run, snakemake, tiny
 
 CHAIN = {"plain": {"teacher": "plane4", "tas": ["plane3"], "student": "plane2"}}
@@ -75,3 +75,8 @@ def test_keep_guide_tables_keeps_them(tmp_path):
     assert "Would remove temporary output" not in run.text
     run = dry_run(tmp_path, config=small(guide_tables=True))
     assert f"Would remove temporary output {RUNS}/nokd/plane4/guide_table.pt" in run.text
+
+
+def test_text_false_from_the_command_line_gets_a_hint():
+    with pytest.raises(ConfigError, match="write --config guide_tables=False"):
+        Plan(small(guide_tables="false"))
