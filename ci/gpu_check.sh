@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A lent GPU's checks for the speed issue, in one call that stops starting work at DEADLINE_S:
-#   1. the benchmark, alone on the GPU (project trainer vs the released code's loop, batch 128);
+#   1. the benchmark, alone on the GPU (project trainer, inline, prepared guides and guide tables,
+#      vs the released code's loop and a careful eager loop, batch 128; the table build);
 #   2. side by side: the ResNet chain (resnet26 -> resnet20, resnet14 -> resnet8; NoKD, KD, TAKD,
 #      DGKD; one seed) on the CIFAR-10 copy through the workflow, the accuracy parity of the
 #      fast path against plain fp32 eager (3 seeds, same prepared file), and the CUDA tests;
@@ -39,7 +40,7 @@ snakemake.__version__, 'cuda', torch.cuda.is_available())"
 } 2>&1 | tee -a "$S"
 
 stage "bench (alone on the GPU)"
-timeout "$(cap 150)" $PY -m dgkd_core bench --skip-workflow --out "$OUT/step.json" \
+timeout "$(cap 240)" $PY -m dgkd_core bench --skip-workflow --out "$OUT/step.json" \
     >"$WORK/bench.log" 2>&1
 echo "bench exit $?" | tee -a "$S"
 tail -6 "$WORK/bench.log" | tee -a "$S"
