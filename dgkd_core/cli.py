@@ -286,7 +286,8 @@ def _add_guide_table_parser(sub, common) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a run-config key, as for train; repeatable")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="views per forward pass (default: the config's eval_batch_size)")
+                   help="views per forward pass (default: 8192 on CUDA, else the config's "
+                        "eval_batch_size)")
     p.set_defaults(func=_guide_table)
 
 
