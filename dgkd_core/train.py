@@ -80,12 +80,15 @@ class Distiller(nn.Module):
                  loss_cfg: dict):
         super().__init__()
         self.student = student
-        self.guides = nn.ModuleList(g for g in guides if isinstance(g, nn.Module))
-        self.tables = [g for g in guides if isinstance(g, GuideTable)]
+        modules, self.tables = [], []
         # Where each guide's logits come from, in guide order: ("module" | "table", index).
-        self.sources = [("table", self.tables.index(g)) if isinstance(g, GuideTable)
-                        else ("module", sum(isinstance(h, nn.Module) for h in guides[:i]))
-                        for i, g in enumerate(guides)]
+        self.sources: list[tuple[str, int]] = []
+        for guide in guides:
+            kind, found = ("table", self.tables) if isinstance(guide, GuideTable) else (
+                "module", modules)
+            self.sources.append((kind, len(found)))
+            found.append(guide)
+        self.guides = nn.ModuleList(modules)
         for guide in self.guides:
             guide.requires_grad_(False)
         self.loss_cfg = loss_cfg
