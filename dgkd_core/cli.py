@@ -1,4 +1,5 @@
-"""Command line: `python -m dgkd_core {train,evaluate,prepare-data,bench,reproduction}`."""
+"""Command line: `python -m dgkd_core {train,train-group,evaluate,prepare-data,bench,
+reproduction}`."""
 
 from __future__ import annotations
 
@@ -78,6 +79,26 @@ def _train(args) -> int:
                     progress=None)
     print(json.dumps({k: metrics[k] for k in ("model", "top1_last", "top1_best", "best_epoch",
                                               "wall_time_s")}))
+    return 0
+
+
+def _train_group(args) -> int:
+    from dgkd_core.fused import train_fused
+
+    specs = []
+    for path in args.member:
+        run = read_run_file(path)
+        missing = [k for k in ("data", "out_dir") if not run.get(k)]
+        if missing:
+            from dgkd_core.config import ConfigError
+
+            raise ConfigError(f"--member {path} needs {' and '.join(missing)}")
+        where = {k: run.pop(k, None) for k in RUN_FILE_KEYS}
+        specs.append({"config": run, "data": where["data"], "out_dir": where["out_dir"],
+                      "guides": guide_list(where["guides"])})
+    for spec, metrics in zip(specs, train_fused(specs, mechanism=args.mechanism)):
+        print(json.dumps({"out_dir": str(spec["out_dir"]),
+                          **{k: metrics[k] for k in ("model", "top1_last", "wall_time_s")}}))
     return 0
 
 
@@ -201,6 +222,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a key, dotted for nesting (loss.lam=0.7); repeatable")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("train-group", parents=common,
+                       help="train several models together, as one fused group (resumes "
+                       "automatically; each member writes its own outputs)")
+    p.add_argument("--member", action="append", required=True, metavar="RUN_FILE",
+                   help="a member's run file, as `train --config` takes it (data, out_dir, "
+                   "guides and run-config keys); repeat for each member")
+    p.add_argument("--mechanism", default="auto",  # checked by dgkd_core.fused
+                   help="auto, cuda_streams or sequential; auto: each member on its own CUDA stream on a GPU, one after another "
+                   "on a CPU (default: %(default)s)")
+    p.set_defaults(func=_train_group)
 
     p = sub.add_parser("evaluate", help="top-1/top-5 of a checkpoint on a prepared test split",
                        parents=common)
