@@ -20,6 +20,7 @@ report: "report/workflow.rst"
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
+include: "rules/train_fused.smk"
 include: "rules/import.smk"
 include: "rules/aggregate.smk"
 

@@ -12,6 +12,7 @@ from snakemake.logging import logger
 
 from dgkd_core import paths
 from dgkd_core.config import TRAINING_CODE_VERSION, semantic_settings
+from dgkd_core.fusion import fused_groups
 from dgkd_core.plan import ConfigError, Plan
 
 try:
@@ -32,6 +33,8 @@ SETTINGS = PLAN.config  # the config with the schema's defaults filled in
 # The lineages of imported runs go to import_model, every other one to train_model.
 IMPORTED_LINEAGE = paths.lineage_constraint(PLAN.imported_lineages(), matching=True)
 TRAINED_LINEAGE = paths.lineage_constraint(PLAN.imported_lineages(), matching=False)
+# Runs trained together, one job per group (rules/train_fused.smk); [] with fuse: false.
+FUSED_GROUPS = fused_groups(PLAN)
 
 
 def run_of(wildcards):
@@ -57,6 +60,12 @@ def all_targets():
 
 def get_guide_checkpoints(wildcards):
     return run_files(PLAN.guides(run_of(wildcards)), "model.pt")
+
+
+def fused_guide_checkpoints(group):
+    """Every guide of a fused group's members, each once."""
+    files = [f for run in group.runs for f in run_files(PLAN.guides(run), "model.pt")]
+    return list(dict.fromkeys(files))
 
 
 def get_run_settings(wildcards):
