@@ -264,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-workflow", action="store_true", help="skip the demo workflow timing")
     p.add_argument("--train-images", type=int, default=50_000,
                    help="size of the synthetic training set the loops read (CIFAR's: 50000)")
+    p.add_argument("--fused", action="store_true",
+                   help="instead: the fused-training workloads (K models as one group against "
+                   "K solo runs; writes fused.json next to --out)")
     p.add_argument("--parity", action="store_true",
                    help="instead: accuracy of the fast path vs plain fp32 eager over 3 seeds")
     p.add_argument("--parity-data", help="prepared data file for --parity (default: synthetic)")
