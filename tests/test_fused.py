@@ -171,3 +171,78 @@ def test_cli_train_group_stops_on_sigterm_and_resumes(tiny_data, teacher, tmp_pa
     reference = tmp_path / "solo_b"
     train(run_config(seed=4, method="kd"), tiny_data, reference, [teacher], progress=False)
     assert_close_weights(reference, tmp_path / "b", atol=0.0)
+
+
+# ------------------------------------------------------------------ the workflow's groups
+
+
+def plan_of(path: Path, **changes):
+    from dgkd_core.plan import Plan
+
+    config = yaml.safe_load(path.read_text())
+    config.update(changes)
+    return Plan(config)
+
+
+def test_paper_config_groups_follow_the_rules(tmp_path, monkeypatch):
+    """fuse: true on the paper's config: every group shares dataset, model, role, epochs,
+    batch size and device, no member guides another, and every run is in one group at most;
+    the ResNet chain's students (5 methods x 3 seeds) and teachers (3 seeds) are groups."""
+    from dgkd_core.fusion import fused_groups
+
+    monkeypatch.chdir(tmp_path)  # no results/ here: nothing trained yet
+    plan = plan_of(REPO / "config" / "config.yaml", fuse=True)
+    groups = fused_groups(plan)
+    seen = [run for group in groups for run in group.runs]
+    assert len(seen) == len(set(seen)) and len({g.name for g in groups}) == len(groups)
+    for group in groups:
+        keys = set()
+        for run in group.runs:
+            cfg = plan.run_config(run)
+            keys.add((run.dataset, run.model, plan.role(run), cfg["epochs"], cfg["batch_size"],
+                      cfg["device"]))
+            guides = {g for g in plan.guides(run)}
+            assert not guides & set(group.runs), f"{run.dir} is guided by a member"
+        assert len(keys) == 1 and len(group.runs) > 1
+    member_sets = [{(r.dataset, r.seed, r.method_dir, r.lineage_str) for r in g.runs}
+                   for g in groups]
+    students = {("cifar10", seed, method, lineage) for seed in (20, 31, 55)
+                for method, lineage in (
+                    ("nokd", "resnet8"), ("kd", "resnet26-resnet8"),
+                    ("takd", "resnet26-resnet20-resnet14-resnet8"),
+                    ("dgkd", "resnet26-resnet20-resnet14-resnet8"),
+                    ("sdgkd-p0.75", "resnet26-resnet20-resnet14-resnet8"))}
+    assert any(students <= members for members in member_sets)
+    teachers = {("cifar10", seed, "nokd", "resnet26") for seed in (20, 31, 55)}
+    assert teachers in member_sets
+
+
+def test_fuse_false_and_auto_on_a_cpu_plan_no_groups(monkeypatch, tmp_path):
+    from dgkd_core.fusion import fuse_enabled, fused_groups
+
+    monkeypatch.chdir(tmp_path)
+    tiny = REPO / "config" / "test_tiny.yaml"  # device: cpu
+    assert fused_groups(plan_of(tiny)) == []  # auto
+    assert fused_groups(plan_of(tiny, fuse=False)) == []
+    assert fused_groups(plan_of(tiny, fuse=True))
+    assert fuse_enabled("auto", "cuda") and not fuse_enabled("auto", "cpu")
+    assert fuse_enabled("auto", "auto") == torch.cuda.is_available()
+
+
+# ------------------------------------------------------------------ on a GPU
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_streams_group_matches_solo_runs(tiny_data, teacher, tmp_path):
+    """Each member on its own CUDA stream, its step a captured graph: the same weights as the
+    member trained alone (deterministic settings, the default)."""
+    specs = [{"config": run_config(seed=3, device="cuda"), "data": tiny_data,
+              "out_dir": tmp_path / "a"},
+             {"config": run_config(seed=4, method="kd", device="cuda"), "data": tiny_data,
+              "out_dir": tmp_path / "b", "guides": [teacher]}]
+    fused = train_fused(specs, progress=False)
+    assert all(m["fused_group"]["mechanism"] == "cuda_streams" for m in fused)
+    for spec in specs:
+        solo = tmp_path / f"solo_{spec['out_dir'].name}"
+        train(spec["config"], tiny_data, solo, spec.get("guides", ()), progress=False)
+        assert_close_weights(solo, spec["out_dir"], atol=1e-4)
