@@ -136,6 +136,58 @@ def test_stopped_group_resumes_every_member_to_the_uninterrupted_result(
         assert not (spec["out_dir"] / "resume.pt").exists()
 
 
+def test_one_members_time_budget_stops_the_group_and_a_restart_completes(
+        tiny_data, teacher, tmp_path):
+    """A 5 s budget (under the 10 s safety margin) stops the group after its first round; the
+    budget does not belong to the resume state's identity, so a run without it resumes."""
+    def specs_at(root, budget):
+        return [{"config": run_config(seed=3, time_budget_s=budget), "data": tiny_data,
+                 "out_dir": root / "a"},
+                {"config": run_config(seed=4, method="kd"), "data": tiny_data,
+                 "out_dir": root / "b", "guides": [teacher]}]
+
+    with pytest.raises(TrainingInterrupted) as caught:
+        train_fused(specs_at(tmp_path / "run", 5.0), progress=False)
+    assert "time budget" in caught.value.reason
+    for name in ("a", "b"):
+        state = torch.load(tmp_path / "run" / name / "resume.pt", weights_only=True)
+        assert (state["epoch"], state["step"]) == (0, 1)
+        assert_no_outputs(tmp_path / "run" / name)
+    train_fused(specs_at(tmp_path / "run", None), progress=False)
+    train_fused(specs_at(tmp_path / "straight", None), progress=False)
+    for name in ("a", "b"):
+        assert_close_weights(tmp_path / "straight" / name, tmp_path / "run" / name, atol=0.0)
+
+
+def test_members_at_different_points_each_resume_their_own(
+        tiny_data, teacher, tmp_path, monkeypatch):
+    """As after a kill between two members' saves: one member resumes mid-epoch 2, the other
+    starts from scratch; each ends at its solo weights."""
+    real_step = train_mod.Trainer.run_step
+    calls = {"n": 0}
+
+    def step_then_signal(self, batch, lr):
+        calls["n"] += 1
+        if calls["n"] == 8 + 1:  # the first step of epoch 2
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(self, batch, lr)
+
+    cfg_a, cfg_b = run_config(seed=3), run_config(seed=4, method="kd")
+    monkeypatch.setattr(train_mod.Trainer, "run_step", step_then_signal)
+    with pytest.raises(TrainingInterrupted):
+        train(cfg_a, tiny_data, tmp_path / "a", progress=False)
+    monkeypatch.setattr(train_mod.Trainer, "run_step", real_step)
+    state = torch.load(tmp_path / "a" / "resume.pt", weights_only=True)
+    assert (state["epoch"], state["step"]) == (1, 1)
+    train_fused([{"config": cfg_a, "data": tiny_data, "out_dir": tmp_path / "a"},
+                 {"config": cfg_b, "data": tiny_data, "out_dir": tmp_path / "b",
+                  "guides": [teacher]}], progress=False)
+    train(cfg_a, tiny_data, tmp_path / "solo_a", progress=False)
+    train(cfg_b, tiny_data, tmp_path / "solo_b", [teacher], progress=False)
+    assert_close_weights(tmp_path / "solo_a", tmp_path / "a", atol=0.0)
+    assert_close_weights(tmp_path / "solo_b", tmp_path / "b", atol=0.0)
+
+
 def test_members_must_have_their_own_out_dirs(tiny_data, tmp_path):
     specs = [{"config": run_config(), "data": tiny_data, "out_dir": tmp_path / "same"},
              {"config": run_config(seed=4), "data": tiny_data, "out_dir": tmp_path / "same"}]
