@@ -298,3 +298,21 @@ def test_cuda_streams_group_matches_solo_runs(tiny_data, teacher, tmp_path):
         solo = tmp_path / f"solo_{spec['out_dir'].name}"
         train(spec["config"], tiny_data, solo, spec.get("guides", ()), progress=False)
         assert_close_weights(solo, spec["out_dir"], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_bench_fused_workloads_report_both_ways(tmp_path):
+    """`bench --fused`'s entries (figures never asserted on: speed is not a timed test)."""
+    from dgkd_core.bench_fused import FUSED_WORKLOADS, run_fused
+
+    # 256 images are 2 batches: the 3 steps of each member cross an epoch boundary.
+    entries = run_fused(torch.device("cpu"), steps=2, warmup=1, train_images=256)
+    assert [e["workload"] for e in entries] == list(FUSED_WORKLOADS) == [
+        "fused_students_resnet8_k5", "fused_seeds_resnet26_k3"]
+    for e, k in zip(entries, (5, 3)):
+        assert e["members"] == k and e["mechanism"] == "sequential"
+        # each figure is rounded on its own: compared to 2 %
+        assert e["fused_per_model_img_s"] == pytest.approx(e["fused_aggregate_img_s"] / k,
+                                                           rel=0.02)
+        assert e["ratio_to_solo"] == pytest.approx(
+            e["fused_aggregate_img_s"] / e["solo_aggregate_img_s"], rel=0.02)
