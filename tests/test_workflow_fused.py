@@ -71,6 +71,7 @@ def test_fused_workflow_matches_the_solo_one(tmp_path):
         fused / "results" / "table1.csv").read_text()
 
     assert planned_jobs(fused, config(True)) == {}  # finished: nothing to do
+    assert planned_jobs(solo, config(True)) == {}  # runs trained alone stay alone
     # A seed added later: its own groups; the finished groups of seeds 1 and 2 stay.
     added = planned_jobs(fused, config(True, seeds=(1, 2, 3)))
     assert sorted(d for dirs in added.values() for d in dirs) == sorted(
