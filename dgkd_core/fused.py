@@ -150,7 +150,7 @@ class FusedTrainer:
         log.info("training %d models as one fused group (%s)", len(self.members),
                  self.streams.mechanism)
         for m in self.members:
-            log.info("  %s: %s (%s, seed %d) on %s, epoch %d/%d, %d guides, %d steps/epoch",
+            log.info("  %s: %s (%s, seed %d) on %s, %d/%d epochs done, %d guides, %d steps/epoch",
                      m.out_dir, m.cfg["model"], m.cfg["method"], m.cfg["seed"], m.device,
                      m.state.epoch, m.cfg["epochs"], len(m.guide_paths), len(m.train_loader))
 

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -210,7 +211,7 @@ def test_cli_train_group_stops_on_sigterm_and_resumes(tiny_data, teacher, tmp_pa
                             text=True)
     log = tmp_path / "group.log"
     while proc.poll() is None and not (log.exists() and "steps/epoch" in log.read_text()):
-        pass
+        time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == EXIT_RESUMABLE, proc.stdout.read()
     for name in ("a", "b"):
