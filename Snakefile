@@ -21,6 +21,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/guide_table.smk"
 include: "rules/train.smk"
+include: "rules/train_fused.smk"
 include: "rules/import.smk"
 include: "rules/aggregate.smk"
 

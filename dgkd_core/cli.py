@@ -1,4 +1,5 @@
-"""Command line: `python -m dgkd_core {train,guide-table,evaluate,prepare-data,bench,reproduction}`."""
+"""Command line: `python -m dgkd_core {train,train-group,guide-table,evaluate,prepare-data,bench,
+reproduction}`."""
 
 from __future__ import annotations
 
@@ -63,6 +64,20 @@ def guide_list(guides) -> list[str]:
                       f"{guides!r}; e.g. --set 'guides=[teacher/model.pt, ta1/model.pt]'")
 
 
+def table_list(tables) -> list:
+    """`guide_tables` as given in a run file or `--set`: one entry per guide, a table file or
+    null (that guide runs inline); none: every guide runs inline."""
+    from dgkd_core.config import ConfigError
+
+    if tables is None:
+        return []
+    if isinstance(tables, list) and all(t is None or (isinstance(t, str) and t)
+                                        for t in tables):
+        return tables
+    raise ConfigError(f"guide_tables must be a list with one entry per guide (a table file or "
+                      f"null), got {tables!r}; e.g. --set 'guide_tables=[t.pt, null]'")
+
+
 def _train(args) -> int:
     from dgkd_core.config import ConfigError, deep_update, parse_overrides
     from dgkd_core.train import train
@@ -74,12 +89,8 @@ def _train(args) -> int:
         raise ConfigError(f"train needs {' and '.join(missing)}: give them in --config or as "
                           f"--set {missing[0]}=...")
     where = {k: run.pop(k, None) for k in RUN_FILE_KEYS}
-    tables = where["guide_tables"]
-    if tables is not None and not isinstance(tables, list):
-        raise ConfigError(f"guide_tables must be a list with one entry per guide (a table file "
-                          f"or null), got {tables!r}; e.g. --set 'guide_tables=[t.pt, null]'")
     metrics = train(run, where["data"], where["out_dir"], guide_list(where["guides"]),
-                    progress=None, guide_tables=tables or ())
+                    progress=None, guide_tables=table_list(where["guide_tables"]))
     print(json.dumps({k: metrics[k] for k in ("model", "top1_last", "top1_best", "best_epoch",
                                               "wall_time_s")}))
     return 0
@@ -96,6 +107,27 @@ def _guide_table(args) -> int:
     record = make_guide_table(args.guide, args.data, args.out, run, batch_size=args.batch_size)
     print(json.dumps({k: record[k] for k in ("guide_model", "num_images", "views_per_image",
                                              "num_classes", "dtype", "build_s", "views_per_s")}))
+    return 0
+
+
+def _train_group(args) -> int:
+    from dgkd_core.fused import train_fused
+
+    specs = []
+    for path in args.member:
+        run = read_run_file(path)
+        missing = [k for k in ("data", "out_dir") if not run.get(k)]
+        if missing:
+            from dgkd_core.config import ConfigError
+
+            raise ConfigError(f"--member {path} needs {' and '.join(missing)}")
+        where = {k: run.pop(k, None) for k in RUN_FILE_KEYS}
+        specs.append({"config": run, "data": where["data"], "out_dir": where["out_dir"],
+                      "guides": guide_list(where["guides"]),
+                      "guide_tables": table_list(where["guide_tables"])})
+    for spec, metrics in zip(specs, train_fused(specs, mechanism=args.mechanism)):
+        print(json.dumps({"out_dir": str(spec["out_dir"]),
+                          **{k: metrics[k] for k in ("model", "top1_last", "wall_time_s")}}))
     return 0
 
 
@@ -222,6 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
     _add_guide_table_parser(sub, common)
 
+    p = sub.add_parser("train-group", parents=common,
+                       help="train several models together, as one fused group (resumes "
+                       "automatically; each member writes its own outputs)")
+    p.add_argument("--member", action="append", required=True, metavar="RUN_FILE",
+                   help="a member's run file, as `train --config` takes it (data, out_dir, "
+                   "guides and run-config keys); repeat for each member")
+    p.add_argument("--mechanism", default="auto",  # checked by dgkd_core.fused
+                   help="auto, cuda_streams or sequential; auto: each member on its own CUDA stream on a GPU, one after another "
+                   "on a CPU (default: %(default)s)")
+    p.set_defaults(func=_train_group)
+
     p = sub.add_parser("evaluate", help="top-1/top-5 of a checkpoint on a prepared test split",
                        parents=common)
     p.add_argument("--checkpoint", required=True, help="a model.pt written by train")
@@ -252,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-workflow", action="store_true", help="skip the demo workflow timing")
     p.add_argument("--train-images", type=int, default=50_000,
                    help="size of the synthetic training set the loops read (CIFAR's: 50000)")
+    p.add_argument("--fused", action="store_true",
+                   help="instead: the fused-training workloads (K models as one group against "
+                   "K solo runs; writes fused.json next to --out)")
     p.add_argument("--parity", action="store_true",
                    help="instead: accuracy of the fast path vs plain fp32 eager over 3 seeds")
     p.add_argument("--parity-data", help="prepared data file for --parity (default: synthetic)")

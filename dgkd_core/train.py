@@ -179,6 +179,8 @@ class Trainer:
         self.good_resume_state = False  # a resume state this run loaded or wrote is on disk
         self.tensorboard = None  # the EpochWriter, from setup() on, where logging.tensorboard
         self.epoch_walls: list[float] = []  # s per epoch run here, evaluation included (ETA)
+        self.prepared = None  # the loaded data file where the caller has it already (fused)
+        self.fused_group: dict | None = None  # metrics.json's record of a fused group
 
     # ------------------------------------------------------------------------ set up
 
@@ -192,7 +194,8 @@ class Trainer:
         self.device = pick_device(cfg)
         self.fast = fast_settings(cfg, self.device)
         seed_everything(cfg["seed"], cfg["deterministic"])
-        self.data = load_prepared(self.data_path)
+        # A fused group (dgkd_core.fused) hands its members one loaded copy of shared data.
+        self.data = self.prepared if self.prepared is not None else load_prepared(self.data_path)
         self.meta = self.data.meta
         self._build_models()
         self._build_loaders_and_optimizer()
@@ -280,15 +283,20 @@ class Trainer:
 
     def run_epoch(self) -> None:
         """The rest of epoch `state.epoch`, then its evaluation, log line and resume state."""
-        lr = self._begin_epoch()
+        lr = self.begin_epoch()
         for batch in self.train_loader:
             elapsed = self.run_step(batch, lr)
             self.stop_or_save(elapsed)
+        self.end_epoch(lr)
+
+    def end_epoch(self, lr: float) -> None:
+        """After the epoch's last step: fold the segment in, evaluate, log, save the resume
+        state (and stop there on a signal or a spent time budget)."""
         self._end_segment(time.perf_counter() - self.state.segment_start)
         self._record_epoch(lr)
         self.stop_or_save(0.0)
 
-    def _begin_epoch(self) -> float:
+    def begin_epoch(self) -> float:
         """Set the epoch's lr and start a segment; a fresh epoch (step 0) also resets its sums,
         counts and keep RNG, a resumed one goes on with those restored. Returns the lr."""
         s, cfg = self.state, self.cfg
@@ -402,13 +410,9 @@ class Trainer:
         next epoch) would overrun the time budget: end the segment, write the resume state and
         raise TrainingInterrupted. At an epoch's end the resume state is written in any case.
         elapsed: seconds of training in this segment so far (0 at an epoch's end)."""
-        s, cfg = self.state, self.cfg
+        s = self.state
         at_epoch_end = s.step == 0
-        budget = cfg["time_budget_s"]
-        over_budget = budget is not None and s.epoch < cfg["epochs"] and out_of_time(
-            self.wall_start, budget, s.epoch_times, elapsed, s.step, len(self.train_loader))
-        reason = self.stop.reason or (
-            f"time budget of {budget:.0f} s nearly spent" if over_budget else None)
+        reason = self.stop_reason(elapsed)
         if reason is None and not at_epoch_end:
             return
         if not at_epoch_end:
@@ -423,6 +427,16 @@ class Trainer:
             log.warning("stopping early (%s): resume state written to %s; run again "
                         "to continue", reason, self.resume_path)
         raise TrainingInterrupted(reason)
+
+    def stop_reason(self, elapsed: float) -> str | None:
+        """Why the run must stop at this step boundary (a signal, or a time budget the next
+        unit of work would overrun), or None. elapsed: as in `stop_or_save`."""
+        s, cfg = self.state, self.cfg
+        budget = cfg["time_budget_s"]
+        over_budget = budget is not None and s.epoch < cfg["epochs"] and out_of_time(
+            self.wall_start, budget, s.epoch_times, elapsed, s.step, len(self.train_loader))
+        return self.stop.reason or (
+            f"time budget of {budget:.0f} s nearly spent" if over_budget else None)
 
     def _save_resume(self, stop_reason: str | None) -> None:
         self._check_finite_model()
@@ -444,9 +458,10 @@ class Trainer:
 
     # ------------------------------------------------------------------------ finish
 
-    def finish(self) -> dict:
+    def finish(self, remove_resume_state: bool = True) -> dict:
         """Write model.pt, history.csv and metrics.json (each atomically), remove the resume
-        state and return metrics.json's content."""
+        state (a fused group removes its members' once all have finished) and return
+        metrics.json's content."""
         cfg, out_dir = self.cfg, self.out_dir
         self._check_finite_model()
         metrics = self._metrics()
@@ -456,7 +471,8 @@ class Trainer:
                          "top1_last": metrics["top1_last"]})
         io.atomic_write_text(history_csv(self.state.history), out_dir / "history.csv")
         io.atomic_write_json(metrics, out_dir / "metrics.json")
-        self.resume_path.unlink(missing_ok=True)
+        if remove_resume_state:
+            self.resume_path.unlink(missing_ok=True)
         log.info("done: %s top-1 %.2f (last epoch), best %.2f at epoch %d",
                  cfg["model"], metrics["top1_last"], metrics["top1_best"], metrics["best_epoch"])
         return metrics
@@ -500,6 +516,8 @@ class Trainer:
             "versions": environment_info(device),
             "device": str(device),
             "data_checksum": meta.get("checksum"),
+            # trained in one process with other models (dgkd_core.fused): with whom, and how
+            **({"fused_group": self.fused_group} if self.fused_group is not None else {}),
         }
 
 

@@ -12,6 +12,7 @@ from snakemake.logging import logger
 
 from dgkd_core import paths
 from dgkd_core.config import TRAINING_CODE_VERSION, semantic_settings
+from dgkd_core.fusion import fused_groups
 from dgkd_core.plan import ConfigError, Plan
 
 try:
@@ -32,6 +33,8 @@ SETTINGS = PLAN.config  # the config with the schema's defaults filled in
 # The lineages of imported runs go to import_model, every other one to train_model.
 IMPORTED_LINEAGE = paths.lineage_constraint(PLAN.imported_lineages(), matching=True)
 TRAINED_LINEAGE = paths.lineage_constraint(PLAN.imported_lineages(), matching=False)
+# Runs trained together, one job per group (rules/train_fused.smk); [] with fuse: false.
+FUSED_GROUPS = fused_groups(PLAN)
 
 
 def run_of(wildcards):
@@ -74,6 +77,23 @@ def get_table_settings(wildcards):
 def guide_table_output(path):
     """A guide table is temporary (removed after its last user) unless keep_guide_tables."""
     return path if SETTINGS["keep_guide_tables"] else temp(path)
+
+
+def fused_guide_checkpoints(group):
+    """Every guide of a fused group's members, each once."""
+    files = [f for run in group.runs for f in run_files(PLAN.guides(run), "model.pt")]
+    return list(dict.fromkeys(files))
+
+
+def fused_guide_tables(group):
+    """Every guide table a fused group's members look up, each once."""
+    files = [
+        guide.file(paths.GUIDE_TABLE_FILE)
+        for run in group.runs
+        for guide in PLAN.guide_tables(run)
+        if guide is not None
+    ]
+    return list(dict.fromkeys(files))
 
 
 def get_run_settings(wildcards):

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# A lent GPU's checks for fused training (issue 11), in one call that stops starting work at
+# DEADLINE_S:
+#   1. `bench --fused`, alone on the GPU: the two fused workloads against K solo runs;
+#   2. tests/test_fused.py (its CUDA test: a CUDA-streams group against solo runs);
+#   3. the ResNet chain on the CIFAR-10 copy through the workflow (5 methods x SEEDS, Table 1's
+#      27 trainings with 3 seeds), with fuse: true, then fuse: false, at EPOCHS epochs: the wall
+#      times, and each run's top-1 both ways (mean over the seeds: the 0.5-point check).
+# Usage: bash ci/gpu_check_fused.sh [OUT_DIR]
+#   PYTHON, CIFAR10_ARCHIVE as ci/gpu_check.sh; DEADLINE_S (default 540); EPOCHS (default 10);
+#   SEEDS (default "[20, 31, 55]")
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-${OUT:-results/gpu_check_fused}}
+WORK=results/gpu_check_fused_work
+mkdir -p "$OUT" "$WORK"
+PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+ARCHIVE=$(realpath "${CIFAR10_ARCHIVE:-../shared/data/cifar10-images.tar}")
+DEADLINE=$(($(date +%s) + ${DEADLINE_S:-540}))
+export PYTHONUNBUFFERED=1
+S="$OUT/summary.txt"
+left() { echo $((DEADLINE - $(date +%s))); }
+cap() { local l; l=$(left); if ((l < $1)); then echo $((l > 5 ? l : 5)); else echo "$1"; fi; }
+stage() { echo "== $* ($(date +%T), $(left) s left)" | tee -a "$S"; }
+
+stage "bench --fused (alone on the GPU)"
+timeout "$(cap 150)" $PY -m dgkd_core bench --fused --out "$OUT/step.json" >"$WORK/bench.log" 2>&1
+echo "bench exit $?" | tee -a "$S"
+cat "$OUT/fused.json" 2>/dev/null | tee -a "$S"
+
+stage "tests/test_fused.py"
+timeout "$(cap 150)" $PY -m pytest -q -rs -p no:cacheprovider -m "not slow" tests/test_fused.py \
+    >"$OUT/tests.txt" 2>&1
+echo "tests exit $?" | tee -a "$S"
+tail -8 "$OUT/tests.txt" | tee -a "$S"
+
+for fuse in true false; do
+    stage "chain through the workflow, fuse: $fuse, ${EPOCHS:-10} epochs"
+    mkdir -p "$WORK/$fuse"
+    cat >"$WORK/$fuse/overlay.yaml" <<YAML
+datasets:
+  cifar10:
+    source: imagefolder
+    archive: $ARCHIVE
+methods: [nokd, kd, takd, dgkd, sdgkd]
+seeds: ${SEEDS:-[20, 31, 55]}
+fuse: $fuse
+hyperparameters:
+  defaults:
+    epochs: ${EPOCHS:-10}
+resources:
+  threads: 2
+YAML
+    start=$(date +%s)
+    timeout "$(cap 400)" $PY -m snakemake results/table1.csv --snakefile Snakefile \
+        --directory "$WORK/$fuse" --profile profiles/local --cores 16 --resources gpu_jobs=8 \
+        --scheduler greedy --configfile config/cifar10_local.yaml "$WORK/$fuse/overlay.yaml" \
+        >"$WORK/$fuse/chain.log" 2>&1
+    echo "fuse $fuse: exit $? after $(($(date +%s) - start)) s wall" | tee -a "$S"
+done
+
+$PY - "$WORK" <<'PYEOF' 2>&1 | tee -a "$S"
+import json, pathlib, statistics, sys
+work = pathlib.Path(sys.argv[1])
+rows = {}
+for fuse in ("true", "false"):
+    for p in sorted((work / fuse / "results" / "runs").glob("**/metrics.json")):
+        m = json.loads(p.read_text())
+        key = str(p.parent).split("/runs/", 1)[1].split("/", 2)[2]  # method/lineage
+        rows.setdefault(key, {}).setdefault(fuse, []).append(m["top1_last"])
+for key, by in sorted(rows.items()):
+    means = {f: statistics.mean(v) for f, v in by.items()}
+    diff = means.get("true", float("nan")) - means.get("false", float("nan"))
+    print(f"{key:45s} fused {means.get('true', float('nan')):6.2f}  solo "
+          f"{means.get('false', float('nan')):6.2f}  diff {diff:+.2f}  seeds {len(by.get('true', []))}")
+PYEOF
+stage pack
+tar czf "$OUT/logs.tar.gz" --exclude='*.pt' --exclude='extracted' "$WORK" 2>/dev/null
+ls -la "$OUT" | tee -a "$S"
