@@ -293,3 +293,21 @@ def test_tables_for_some_guides_and_a_wrong_count(table_file, tiny_data, teacher
     with pytest.raises(ValueError, match="augment: false"):
         train(run_config(method="kd", augment=False, batch_size=16), tiny_data, tmp_path / "noaug", [teacher],
               progress=False, guide_tables=[path])
+
+
+def test_fused_members_with_tables_train_as_they_do_solo(table_file, tiny_data, teacher,
+                                                         tmp_path):
+    from dgkd_core.fused import train_fused
+
+    path, _ = table_file
+    cfg = run_config(method="kd", epochs=1, batch_size=16)
+    members = [{"config": {**cfg, "seed": 1}, "data": tiny_data, "out_dir": tmp_path / "f1",
+                "guides": [teacher], "guide_tables": [path]},
+               {"config": {**cfg, "seed": 2}, "data": tiny_data, "out_dir": tmp_path / "f2",
+                "guides": [teacher]}]
+    fused = train_fused(members, progress=False)
+    assert [m["guide_tables"] for m in fused] == [[True], [False]]
+    for i, member in enumerate(members, start=1):
+        train(member["config"], tiny_data, tmp_path / f"s{i}", [teacher], progress=False,
+              guide_tables=member.get("guide_tables", ()))
+        assert_same_weights(tmp_path / f"s{i}" / "model.pt", tmp_path / f"f{i}" / "model.pt")

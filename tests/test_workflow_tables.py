@@ -80,3 +80,13 @@ def test_keep_guide_tables_keeps_them(tmp_path):
 def test_text_false_from_the_command_line_gets_a_hint():
     with pytest.raises(ConfigError, match="write --config guide_tables=False"):
         Plan(small(guide_tables="false"))
+
+
+def test_fused_groups_take_their_members_tables(tmp_path):
+    run = dry_run(tmp_path, config=small(guide_tables=True, fuse=True))
+    fused = [rule for rule in run.rules if rule.startswith("train_fused")]
+    # the teacher and the TA train alone; the two plane2 students as one group, from both tables
+    assert run.count("guide_table") == 2 and run.count("train_model") == 2 and len(fused) == 1
+    group = run.text.split(f"rule {fused[0]}:")[1].split("output:")[0]
+    assert f"{RUNS}/kd/plane4-plane3/guide_table.pt" in group
+    assert f"{RUNS}/nokd/plane4/guide_table.pt" in group
