@@ -70,6 +70,9 @@ RUN_CONFIG_SCHEMA: dict[str, Any] = {
             "drop_teacher": {"type": "boolean", "default": False},
             "drop_num": {"type": "integer", "minimum": 0, "default": 0}}},
         "augment": {"type": "boolean", "default": True},
+        "sync_bn": {"type": "boolean", "default": False,
+                    "description": "data-parallel runs: BatchNorm over the global batch "
+                                   "(SyncBatchNorm) instead of each rank's share of it"},
         "normalize": {
             "type": ["object", "null"], "default": None, "additionalProperties": False,
             "required": ["mean", "std"],

@@ -5,7 +5,8 @@ its resume state atomically (`out_dir/resume.pt`); a restarted run picks it up a
 bit-identical to an uninterrupted one (CPU). On SIGTERM/SIGUSR1, or when the time budget runs
 out, it finishes the current step, writes the resume state and exits with `EXIT_RESUMABLE`.
 Final outputs (`model.pt`, `metrics.json`, `history.csv`) are written atomically at the end only;
-TensorBoard scalars (`logging.tensorboard`, tensorboard_log.py), per epoch.
+TensorBoard scalars (`logging.tensorboard`, tensorboard_log.py), per epoch. Started as several
+ranks (torchrun, srun) it trains data-parallel, rank 0 writing every file (distributed.py).
 
 `train()` is `Trainer(...).run()`: `setup()`, then `run_epoch()` per epoch (`run_step()` per
 batch), `stop_or_save()` after each step and epoch, and `finish()`. Where the run stands lives
@@ -32,6 +33,7 @@ from dgkd_core.checkpoints import (TrainingError, file_fingerprint, first_non_fi
                                    save_checkpoint)
 from dgkd_core.config import ConfigError, config_hash, resolve_run_config
 from dgkd_core.data import load_prepared, make_loaders
+from dgkd_core.distributed import Distributed
 from dgkd_core.epoch_log import (epoch_line, eta_seconds, history_csv, history_row, out_of_time,
                                  progress_bar)
 from dgkd_core.evaluate import evaluate
@@ -147,6 +149,9 @@ class Trainer:
         except ValueError as err:  # else the run would be recorded under the wrong method
             raise ConfigError(str(err)) from None
         check_available(self.cfg["logging"])  # a missing package fails now, not after setup
+        # One rank of several where torchrun or srun started this process (distributed.py).
+        self.dist = Distributed.from_environment()
+        self.dist.check_batch_size(self.cfg["batch_size"])
         self.resume_path = self.out_dir / RESUME_FILE
         self.interactive = sys.stderr.isatty() if progress is None else progress
         self.watch_pid = watch_pid
@@ -166,23 +171,25 @@ class Trainer:
         cfg = self.cfg
         self.wall_start = time.time()
         _check_writable_dir(self.out_dir)
-        self.device = pick_device(cfg)
-        self.fast = fast_settings(cfg, self.device)
+        self.device = self.dist.start(pick_device(cfg))  # this rank's device
+        self.fast = self.dist.restrict_fast(fast_settings(cfg, self.device))
         seed_everything(cfg["seed"], cfg["deterministic"])
         self.data = load_prepared(self.data_path)
         self.meta = self.data.meta
         self._build_models()
+        self.model = self.dist.wrap_student(self.distiller, cfg["sync_bn"])  # DDP, several ranks
         self._build_loaders_and_optimizer()
         self.identity = {"config_hash": config_hash(cfg),
                          "guides": [file_fingerprint(p) for p in self.guide_paths],
-                         "data_checksum": self.meta.get("checksum")}
+                         "data_checksum": self.meta.get("checksum"), **self.dist.identity()}
         self._resume()
         self.term_names = self.distiller.term_names
         self.total_index = self.term_names.index("total")
         self.step_fn = make_step(self.distiller, self.optimizer, make_autocast(self.fast),
                                  self.fast["cuda_graph"], self.device, self.term_names)
         # Resumed: the same folder, dropping what an interrupted attempt logged from here on.
-        self.tensorboard = open_writer(cfg["logging"], self.out_dir, self.state.epoch + 1)
+        if self.dist.is_main:
+            self.tensorboard = open_writer(cfg["logging"], self.out_dir, self.state.epoch + 1)
 
     def _build_models(self) -> None:
         memory_format = (torch.channels_last if self.fast["channels_last"]
@@ -200,6 +207,7 @@ class Trainer:
             self.data, batch_size=cfg["batch_size"], eval_batch_size=cfg["eval_batch_size"],
             device=device, seed=cfg["seed"], augment=cfg["augment"],
             channels_last=self.fast["channels_last"], normalization=cfg["normalize"],
+            shard=self.dist.shard,
         )
         if len(self.train_loader) == 0:
             raise TrainingError(f"batch_size {cfg['batch_size']} is larger than the training set "
@@ -231,6 +239,7 @@ class Trainer:
         finally:  # finished, stopped to be resumed, or failed: the events so far are kept
             if self.tensorboard is not None:
                 self.tensorboard.close()
+            self.dist.close()
 
     def run_epoch(self) -> None:
         """The rest of epoch `state.epoch`, then its evaluation, log line and resume state."""
@@ -273,7 +282,7 @@ class Trainer:
         s.bad_step = torch.where((s.bad_step < 0) & ~finite,
                                  torch.full_like(s.bad_step, s.step), s.bad_step)
         s.sums_dev += terms.double() * y.shape[0]
-        s.images += y.shape[0]
+        s.images += y.shape[0] * self.dist.world_size  # the global batch: equal shards
         s.step += 1
         s.last_terms = terms
         if self.device.type == "cpu" and not bool(finite):  # a CPU sync is free: fail now
@@ -300,6 +309,7 @@ class Trainer:
         if int(s.bad_step) >= 0:
             self._raise_non_finite(int(s.bad_step))
         s.train_time_s += elapsed
+        self.dist.sum_(s.sums_dev)  # every rank's shard of the loss sums
         s.fold_sums(self.term_names)
 
     def _record_epoch(self, lr: float) -> None:
@@ -307,7 +317,8 @@ class Trainer:
         and move to the next epoch."""
         s, cfg = self.state, self.cfg
         eval_start = time.perf_counter()
-        test = evaluate(self.model, self.test_loader, bf16=self.fast["bf16"])
+        test = evaluate(self.model, self.test_loader, bf16=self.fast["bf16"],
+                        sum_over_ranks=self.dist.sum_ if self.dist.active else None)
         self.epoch_walls.append(s.train_time_s + time.perf_counter() - eval_start)
         row = history_row(s.epoch + 1, lr, s.sums, s.images, self.term_names, test,
                           s.train_time_s)
@@ -363,6 +374,7 @@ class Trainer:
             self.wall_start, budget, s.epoch_times, elapsed, s.step, len(self.train_loader))
         reason = self.stop.reason or (
             f"time budget of {budget:.0f} s nearly spent" if over_budget else None)
+        reason = self.dist.agree_stop(reason)  # with several ranks: all stop after this step
         if reason is None and not at_epoch_end:
             return
         if not at_epoch_end:
@@ -380,9 +392,11 @@ class Trainer:
 
     def _save_resume(self, stop_reason: str | None) -> None:
         self._check_finite_model()
-        write_resume_state(self.resume_path, self.state, identity=self.identity,
-                           stop_reason=stop_reason, model=self.model,
-                           optimizer=self.optimizer, loader=self.train_loader)
+        if self.dist.is_main:  # the ranks hold the same state: one writes it
+            write_resume_state(self.resume_path, self.state, identity=self.identity,
+                               stop_reason=stop_reason, model=self.model,
+                               optimizer=self.optimizer, loader=self.train_loader)
+        self.dist.barrier()  # no rank goes on (or exits) before the state is on disk
         self.good_resume_state = True
 
     def _resume(self) -> None:
@@ -404,13 +418,15 @@ class Trainer:
         cfg, out_dir = self.cfg, self.out_dir
         self._check_finite_model()
         metrics = self._metrics()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(out_dir / "model.pt", self.model, cfg, self.meta,
-                        {"method": cfg["method"], "guides": self.guide_paths,
-                         "top1_last": metrics["top1_last"]})
-        io.atomic_write_text(history_csv(self.state.history), out_dir / "history.csv")
-        io.atomic_write_json(metrics, out_dir / "metrics.json")
-        self.resume_path.unlink(missing_ok=True)
+        if self.dist.is_main:  # the ranks hold the same model: one writes the outputs
+            out_dir.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(out_dir / "model.pt", self.model, cfg, self.meta,
+                            {"method": cfg["method"], "guides": self.guide_paths,
+                             "top1_last": metrics["top1_last"]})
+            io.atomic_write_text(history_csv(self.state.history), out_dir / "history.csv")
+            io.atomic_write_json(metrics, out_dir / "metrics.json")
+            self.resume_path.unlink(missing_ok=True)
+        self.dist.barrier()
         log.info("done: %s top-1 %.2f (last epoch), best %.2f at epoch %d",
                  cfg["model"], metrics["top1_last"], metrics["top1_best"], metrics["best_epoch"])
         return metrics
@@ -452,6 +468,7 @@ class Trainer:
             "versions": environment_info(device),
             "device": str(device),
             "data_checksum": meta.get("checksum"),
+            **self.dist.identity(),
         }
 
 
