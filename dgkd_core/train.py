@@ -207,7 +207,7 @@ class Trainer:
             self.data, batch_size=cfg["batch_size"], eval_batch_size=cfg["eval_batch_size"],
             device=device, seed=cfg["seed"], augment=cfg["augment"],
             channels_last=self.fast["channels_last"], normalization=cfg["normalize"],
-            shard=self.dist.shard,
+            shard=self.dist.shard, num_workers=cfg["data_workers"],
         )
         if len(self.train_loader) == 0:
             raise TrainingError(f"batch_size {cfg['batch_size']} is larger than the training set "

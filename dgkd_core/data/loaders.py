@@ -15,6 +15,7 @@ import torch
 from dgkd_core.data.augment import Normalizer, crop_flip, draw_augment_params
 from dgkd_core.data.imagefolder import open_rgb
 from dgkd_core.data.prepared import DataError, PreparedData, load_prepared
+from dgkd_core.data.recipes import ImagenetFolder
 from dgkd_core.data.seeds import epoch_seed
 from dgkd_core.data.shards import shard_slice
 
@@ -288,7 +289,10 @@ class StreamLoader(_EpochLoader):
     alongside it, so an epoch does not depend on the worker count and mid-epoch resume yields the
     same batches as an uninterrupted run. ``shard=(rank, world_size)``: only this rank's slice
     of each global batch, as :class:`TensorLoader`. This path is for datasets too large for the
-    tensor cache; it is correct but slow (PIL per image, every epoch).
+    tensor cache; it is correct but slow (PIL per image, every epoch). A descriptor prepared with
+    the ImageNet recipe (``meta["recipe"] == "imagenet"``) reads its files with
+    :class:`~dgkd_core.data.recipes.ImagenetFolder` instead: torchvision decoding (``decoder``),
+    RandomResizedCrop(224) + flip for train with augment, Resize(256) + CenterCrop(224) else.
     """
 
     _STREAM = "stream"
@@ -298,7 +302,8 @@ class StreamLoader(_EpochLoader):
                  augment: bool = True, drop_last: bool | None = None, channels_last: bool = False,
                  dtype: torch.dtype = torch.float32, num_workers: int | None = None,
                  pad: int = 4, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, shard: tuple[int, int] = (0, 1)) -> None:
+                 std: Sequence[float] | None = None, shard: tuple[int, int] = (0, 1),
+                 decoder: str = "torchvision") -> None:
         meta = prepared.meta
         if not meta.get("stream"):
             raise DataError("StreamLoader needs a stream descriptor; cached data uses TensorLoader")
@@ -312,8 +317,13 @@ class StreamLoader(_EpochLoader):
         size = tuple(resize) if resize else None
         expected = tuple(meta["image_size"])
         labels = prepared.train_labels if split == "train" else prepared.test_labels
-        self.dataset = _StreamDataset(os.path.join(meta["root"], split), size, expected,
-                                      self.augment, int(pad), meta["classes"], len(labels))
+        folder = os.path.join(meta["root"], split)
+        if meta.get("recipe") == "imagenet":  # data/recipes.py; `decoder` applies to it only
+            self.dataset = ImagenetFolder(folder, self.augment, meta["classes"], len(labels),
+                                          decoder)
+        else:
+            self.dataset = _StreamDataset(folder, size, expected, self.augment, int(pad),
+                                          meta["classes"], len(labels))
         # mean/std: the run's normalisation, the descriptor's train statistics by default
         self.normalize = Normalizer(meta["mean"] if mean is None else mean,
                                     meta["std"] if std is None else std,
