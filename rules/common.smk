@@ -81,7 +81,9 @@ def get_job_resource(name):
 
     def get(wildcards):
         run = run_of(wildcards)
-        gpus = launch.gpus_per_job(SETTINGS["resources"], PLAN.role(run), wildcards.dataset)
+        gpus = launch.gpus_per_job(
+            SETTINGS["resources"], PLAN.role(run), wildcards.dataset
+        )
         return launch.slurm_resources(gpus)[name]
 
     return get
