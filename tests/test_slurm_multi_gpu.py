@@ -29,10 +29,13 @@ def two_gpu_cluster():
         _skip(f"ci/slurm_cluster.sh cannot bring a cluster up here:\n{up.stderr[-3000:]}")
     assert up.returncode == 0, f"ci/slurm_cluster.sh up failed:\n{up.stdout}\n{up.stderr}"
     yield
-    # back to the state the other tests expect: one fake GPU, or no cluster
-    restore = ["up"] if was_up else ["down"]
-    subprocess.run(["bash", str(SCRIPT), *restore], capture_output=True, timeout=900,
-                   env={k: v for k, v in os.environ.items() if k != "DGKD_SLURM_GPUS"})
+    # back to the state the other tests expect: the 1-GPU configuration (up regenerates it and
+    # removes the second fake GPU), stopped again where no cluster ran before
+    one_gpu = {k: v for k, v in os.environ.items() if k != "DGKD_SLURM_GPUS"}
+    subprocess.run(["bash", str(SCRIPT), "up"], capture_output=True, timeout=900, env=one_gpu)
+    if not was_up:
+        subprocess.run(["bash", str(SCRIPT), "down"], capture_output=True, timeout=300,
+                       env=one_gpu)
 
 
 @pytest.mark.slurm
