@@ -326,6 +326,13 @@ def parity(data_path: str, *, model: str, epochs: int, device: str, out_root: Pa
 
 def main(args) -> int:
     device = resolve_device(args.device)
+    if getattr(args, "stream", False):  # the ImageNet stream path's decoding (bench_stream.py)
+        from dgkd_core.bench_stream import format_stream_table, stream_bench
+
+        result = stream_bench(args.stream_folder)
+        io.atomic_write_json(result, Path(args.out).with_name("stream.json"))
+        print(format_stream_table(result))
+        return 0
     if args.parity:
         with tempfile.TemporaryDirectory() as tmp:
             data = args.parity_data

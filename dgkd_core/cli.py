@@ -305,6 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the model --parity trains (default: %(default)s)")
     p.add_argument("--parity-epochs", type=int, default=5,
                    help="epochs of each --parity run (default: %(default)s)")
+    p.add_argument("--stream", action="store_true",
+                   help="instead: images/s of the ImageNet stream path, PIL vs decode_jpeg "
+                        "(vs GPU decode_jpeg on CUDA); written next to --out as stream.json")
+    p.add_argument("--stream-folder", help="an ImageNet-style folder for --stream (default: "
+                   "128 generated 500x375 JPEGs)")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("reproduction", help="Table 1's reproduction report: paired per-seed "

@@ -70,6 +70,9 @@ RUN_CONFIG_SCHEMA: dict[str, Any] = {
             "drop_teacher": {"type": "boolean", "default": False},
             "drop_num": {"type": "integer", "minimum": 0, "default": 0}}},
         "augment": {"type": "boolean", "default": True},
+        "sync_bn": {"type": "boolean", "default": False,
+                    "description": "data-parallel runs: BatchNorm over the global batch "
+                                   "(SyncBatchNorm) instead of each rank's share of it"},
         "normalize": {
             "type": ["object", "null"], "default": None, "additionalProperties": False,
             "required": ["mean", "std"],
@@ -81,6 +84,9 @@ RUN_CONFIG_SCHEMA: dict[str, Any] = {
                 "std": {"type": "array", "minItems": 3, "maxItems": 3,
                         "items": {"type": "number", "exclusiveMinimum": 0}}}},
         "device": {"enum": ["auto", "cpu", "cuda"], "default": "auto"},
+        "data_workers": {"type": ["integer", "null"], "minimum": 0, "default": None,
+                         "description": "processes decoding a streamed dataset's images, per "
+                                        "rank (0: in the training process); null: up to 4"},
         "fast": {"type": "object", "additionalProperties": False, "default": {}, "properties": {
             "bf16": _FLAG, "channels_last": _FLAG, "cuda_graph": _FLAG,
             # Folded BN (dgkd_core.prepared_guides): auto is on CUDA only, so that CPU results
@@ -121,7 +127,7 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = _defaults(RUN_CONFIG_SCHEMA)
 
 # Keys that change how fast or where a run goes, or what it reports, not what it computes: left
 # out of the hash (a resume state stays valid) and of the workflow's rerun params.
-_NON_SEMANTIC_KEYS = ("device", "time_budget_s", "eval_batch_size", "logging")
+_NON_SEMANTIC_KEYS = ("device", "time_budget_s", "eval_batch_size", "logging", "data_workers")
 
 
 def settings_schema() -> dict:
@@ -188,8 +194,8 @@ def resolve_run_config(partial: dict) -> dict:
 
 def semantic_settings(cfg: dict) -> dict:
     """The settings that determine what a run computes: `cfg` without those that change only how
-    fast or where it runs (device, time budget, evaluation batch size) or what it logs
-    (logging). They identify a run in its hash and in the workflow's rerun params."""
+    fast or where it runs (device, time budget, evaluation batch size, data workers) or what it
+    logs (logging). They identify a run in its hash and in the workflow's rerun params."""
     return {k: v for k, v in cfg.items() if k not in _NON_SEMANTIC_KEYS}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
@@ -14,9 +15,14 @@ from dgkd_core.data import load_prepared, make_loaders, resolve_device
 from dgkd_core.runtime import fast_settings
 
 
-def evaluate(model: nn.Module, loader, *, bf16: bool = False) -> dict[str, float]:
+def evaluate(model: nn.Module, loader, *, bf16: bool = False,
+             sum_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None
+             ) -> dict[str, float]:
     """Accuracy in percent over every sample of `loader` (yields ([B,3,H,W] float, [B] int64)).
 
+    sum_over_ranks: in a data-parallel run, where each rank's loader yields its shard of the
+    test set, a function summing a float64 tensor [4] over the ranks in place
+    (`Distributed.sum_`): the counts are then the whole test set's, on every rank.
     Returns {"top1", "top5", "loss", "n"}; top-5 equals top-1's definition with k = min(5, C)."""
     was_training = model.training
     model.eval()
@@ -37,6 +43,11 @@ def evaluate(model: nn.Module, loader, *, bf16: bool = False) -> dict[str, float
             loss_sum += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))
             n += targets.shape[0]
     model.train(was_training)
+    if sum_over_ranks is not None:
+        totals = torch.tensor([correct1, correct5, loss_sum, n], dtype=torch.float64,
+                              device=next(model.parameters()).device)
+        c1, c5, loss_sum, n = sum_over_ranks(totals).tolist()
+        correct1, correct5, n = int(c1), int(c5), int(n)
     if n == 0:
         raise ValueError("evaluation loader yielded no samples")
     return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n,

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dgkd_core.launch import gpus_per_job
 from dgkd_core.paths import Run
 
 __all__ = ["FusedGroup", "fuse_enabled", "fused_groups"]
@@ -96,10 +97,13 @@ class _Grouper:
     def key(self, run: Run) -> tuple | None:
         """What a group's runs share; None for a run that is not fused at all."""
         cfg = self.plan.run_config(run)
-        if not fuse_enabled(self.fuse, cfg["device"]):
-            return None
+        if not fuse_enabled(self.fuse, cfg["device"]) or self._gpus(run) > 1:
+            return None  # a data-parallel job (resources.gpus_per_job) trains alone
         return (run.dataset, run.model, self.plan.role(run), cfg["epochs"], cfg["batch_size"],
                 cfg["device"])
+
+    def _gpus(self, run: Run) -> int:
+        return gpus_per_job(self.plan.config["resources"], self.plan.role(run), run.dataset)
 
     def ancestors(self, run: Run) -> frozenset[Run]:
         """Every run that guides `run`, directly or through others."""

@@ -25,6 +25,7 @@ import logging
 import os
 import time
 from contextlib import nullcontext
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -32,14 +33,14 @@ import torch.nn as nn
 
 from dgkd_core import io
 from dgkd_core.checkpoints import TrainingError, file_fingerprint, load_checkpoint, load_guide
-from dgkd_core.config import resolve_run_config
+from dgkd_core.config import ConfigError, resolve_run_config
 from dgkd_core.data import (CROP_PAD, Normalizer, crop_flip, load_prepared, view_params,
                             views_per_image)
 from dgkd_core.prepared_guides import prepare_guide
 from dgkd_core.runtime import fast_settings, pick_device
 
-__all__ = ["GUIDE_TABLE_FORMAT", "GuideTable", "build_guide_table", "load_guide_table",
-           "make_guide_table", "save_guide_table"]
+__all__ = ["GUIDE_TABLE_FORMAT", "GuideTable", "aligned_tables", "build_guide_table",
+           "load_guide_table", "make_guide_table", "save_guide_table"]
 
 log = logging.getLogger("dgkd_core.guide_tables")
 
@@ -118,6 +119,17 @@ def make_guide_table(guide_checkpoint: str | os.PathLike, data_path: str | os.Pa
              guide_checkpoint, table.shape[0], table.shape[1], build_s, record["views_per_s"],
              out_path)
     return record
+
+
+def aligned_tables(tables: Sequence[str | os.PathLike | None], n_guides: int
+                    ) -> list[str | None]:
+    """One entry per guide: its table's path, or None (run inline). Empty: all inline."""
+    if not tables:
+        return [None] * n_guides
+    if len(tables) != n_guides:
+        raise ConfigError(f"{len(tables)} guide tables for {n_guides} guide checkpoints; give "
+                          "one per guide (None where a guide runs inline)")
+    return [None if t is None else str(t) for t in tables]
 
 
 def _build_batch_size(cfg: dict, device: torch.device) -> int:

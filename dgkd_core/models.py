@@ -1,8 +1,8 @@
 """The one model registry: CIFAR ResNets, plain CNNs, WRN, VGG and ImageNet ResNets.
 
 Every CIFAR model takes a normalised float batch ``[B, 3, 32, 32]`` and returns logits
-``[B, num_classes]``; ``resnet18``/``resnet34`` (torchvision) take ``[B, 3, H, W]`` with H, W >= 32
-(224 for ImageNet). All models accept ``torch.channels_last`` inputs.
+``[B, num_classes]``; ``resnet18``/``resnet24``/``resnet34`` (torchvision's ResNet) take
+``[B, 3, H, W]`` with H, W >= 32 (224 for ImageNet). All models accept ``torch.channels_last`` inputs.
 
 Layouts and parameter counts follow ``REFERENCE.md`` ("Architectures"); ``tests/test_models.py``
 pins the counts.
@@ -232,6 +232,22 @@ def _torchvision(name: str, num_classes: int, dataset: str | None) -> nn.Module:
     return getattr(tvm, name)(weights=None, num_classes=num_classes)
 
 
+# Blocks per stage of the torchvision-style ResNets that torchvision does not build itself.
+# resnet24 is the ImageNet chain's TA (config/imagenet.yaml): between resnet18 [2,2,2,2] and
+# resnet34 [3,4,6,3] stage by stage, about halfway in depth and multiply-adds (1.81G < 2.51G <
+# 3.66G at 224x224) and between them in parameters (11.7M < 14.3M < 21.8M); BasicBlocks, as
+# both ends. (The depths 26 and 32 that would sit closer in parameters are CIFAR ResNet names.)
+_TORCHVISION_STYLE_LAYERS = {"resnet24": [2, 3, 4, 2]}
+
+
+def _torchvision_style(name: str, num_classes: int, dataset: str | None) -> nn.Module:
+    """torchvision's ResNet class with BasicBlocks and `_TORCHVISION_STYLE_LAYERS[name]`: the
+    same stem, stages and head as resnet18/34 ([B,3,H,W] -> [B,num_classes]), random init."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    return ResNet(BasicBlock, _TORCHVISION_STYLE_LAYERS[name], num_classes=num_classes)
+
+
 # --------------------------------------------------------------------------- registry
 
 # A builder takes (num_classes, dataset); only the plain CNNs look at the dataset.
@@ -256,6 +272,8 @@ _REGISTRY: dict[str, tuple[str, _Builder]] = {
     "wrn_40_2": ("wrn", _fixed(WideResNet, 40, 2)),
     **{name: ("vgg", _fixed(CifarVGG, cfg)) for name, cfg in _VGG_CFGS.items()},
     **{name: ("imagenet_resnet", partial(_torchvision, name)) for name in ("resnet18", "resnet34")},
+    **{name: ("imagenet_resnet", partial(_torchvision_style, name))
+       for name in _TORCHVISION_STYLE_LAYERS},
 }
 
 

@@ -5,7 +5,8 @@ its resume state atomically (`out_dir/resume.pt`); a restarted run picks it up a
 bit-identical to an uninterrupted one (CPU). On SIGTERM/SIGUSR1, or when the time budget runs
 out, it finishes the current step, writes the resume state and exits with `EXIT_RESUMABLE`.
 Final outputs (`model.pt`, `metrics.json`, `history.csv`) are written atomically at the end only;
-TensorBoard scalars (`logging.tensorboard`, tensorboard_log.py), per epoch.
+TensorBoard scalars (`logging.tensorboard`, tensorboard_log.py), per epoch. Started as several
+ranks (torchrun, srun) it trains data-parallel, rank 0 writing every file (distributed.py).
 
 `train()` is `Trainer(...).run()`: `setup()`, then `run_epoch()` per epoch (`run_step()` per
 batch), `stop_or_save()` after each step and epoch, and `finish()`. Where the run stands lives
@@ -32,11 +33,13 @@ from dgkd_core.checkpoints import (TrainingError, file_fingerprint, first_non_fi
                                    save_checkpoint)
 from dgkd_core.config import ConfigError, config_hash, resolve_run_config
 from dgkd_core.data import CROP_PAD, load_prepared, make_loaders
+from dgkd_core.distributed import Distributed
 from dgkd_core.epoch_log import (epoch_line, eta_seconds, history_csv, history_row, out_of_time,
                                  progress_bar)
 from dgkd_core.evaluate import evaluate
-from dgkd_core.guide_tables import GuideTable, load_guide_table
-from dgkd_core.losses import dgkd_loss, draw_keep_mask, draw_released_drop_mask, guide_term_names
+from dgkd_core.distiller import Distiller
+from dgkd_core.guide_tables import GuideTable, aligned_tables, load_guide_table
+from dgkd_core.losses import draw_keep_mask, draw_released_drop_mask
 from dgkd_core.methods import check_guides
 from dgkd_core.models import build_model
 from dgkd_core.prepared_guides import prepare_guide
@@ -67,79 +70,6 @@ class TrainingInterrupted(SystemExit):
         self.reason = reason
 
 
-class Distiller(nn.Module):
-    """A student plus its frozen guides (teacher first, then TAs largest to smallest).
-
-    A guide is a module run on each batch, or a GuideTable (dgkd_core.guide_tables) whose rows
-    for the batch's views stand in for its forward pass. The guide modules never train: their
-    parameters do not require grad, they stay in eval() whatever `train()` is called with, and
-    they run under inference mode.
-    """
-
-    def __init__(self, student: nn.Module, guides: Sequence[nn.Module | GuideTable],
-                 loss_cfg: dict):
-        super().__init__()
-        self.student = student
-        modules, self.tables = [], []
-        # Where each guide's logits come from, in guide order: ("module" | "table", index).
-        self.sources: list[tuple[str, int]] = []
-        for guide in guides:
-            kind, found = ("table", self.tables) if isinstance(guide, GuideTable) else (
-                "module", modules)
-            self.sources.append((kind, len(found)))
-            found.append(guide)
-        self.guides = nn.ModuleList(modules)
-        for guide in self.guides:
-            guide.requires_grad_(False)
-        self.loss_cfg = loss_cfg
-        self.train()
-
-    def train(self, mode: bool = True) -> "Distiller":
-        super().train(mode)
-        self.guides.eval()
-        return self
-
-    @property
-    def loss_term_names(self) -> list[str]:
-        return ["ce", *guide_term_names(len(self.sources)), "total"]
-
-    @property
-    def term_names(self) -> list[str]:
-        """The step's terms: the loss terms, then `top1` (the batch's top-1, percent)."""
-        return [*self.loss_term_names, "top1"]
-
-    def guide_logits(self, images: torch.Tensor, views: torch.Tensor | None
-                     ) -> list[torch.Tensor]:
-        """Each guide's logits [B, C] for images [B,3,H,W] (views: their table rows [B])."""
-        with torch.inference_mode():
-            ran = [guide(images) for guide in self.guides]
-        if self.tables and views is None:
-            raise TrainingError("guide tables need the batch's views: make the train loader "
-                                "with with_views=True")
-        # Inference tensors cannot be saved for backward: clone them out of inference mode.
-        return [ran[i].clone() if kind == "module" else self.tables[i].lookup(views)
-                for kind, i in self.sources]
-
-    def forward(self, images: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor | None,
-                views: torch.Tensor | None = None):
-        """images [B,3,H,W] normalised; targets [B] int64; keep [n] 0/1 or None; views [B] int64
-        rows of the guide tables, or None where the guides run inline.
-
-        Returns (total loss, terms dict of scalar tensors named by `term_names`)."""
-        student_logits = self.student(images)
-        total, terms = dgkd_loss(
-            student_logits, self.guide_logits(images, views), targets,
-            lam=self.loss_cfg["lam"], temperature=self.loss_cfg["temperature"],
-            keep=keep, convention=self.loss_cfg["convention"],
-        )
-        # Train top-1 from this step's own logits: no second forward pass, no grad, no sync
-        # (so the CUDA graph captures it too), and nothing the loss or the weights depend on.
-        with torch.no_grad():
-            hits = student_logits.argmax(dim=1).eq(targets)
-            terms["top1"] = hits.float().mean() * 100.0
-        return total, terms
-
-
 def lr_at(cfg: dict, epoch: int) -> float:
     """Learning rate for a 0-based epoch; a pure function, so resuming needs no scheduler state."""
     base, sched, epochs = cfg["optimizer"]["lr"], cfg["schedule"], cfg["epochs"]
@@ -162,7 +92,7 @@ class Trainer:
         self.data_path = data_path
         self.out_dir = Path(out_dir)
         self.guide_paths = [str(p) for p in guide_checkpoints]
-        self.table_paths = _aligned_tables(guide_tables, len(self.guide_paths))
+        self.table_paths = aligned_tables(guide_tables, len(self.guide_paths))
         loss_cfg, n_guides = self.cfg["loss"], len(self.guide_paths)
         try:
             check_guides(self.cfg["method"], n_guides, loss_cfg["keep_prob"],
@@ -170,6 +100,9 @@ class Trainer:
         except ValueError as err:  # else the run would be recorded under the wrong method
             raise ConfigError(str(err)) from None
         check_available(self.cfg["logging"])  # a missing package fails now, not after setup
+        # One rank of several where torchrun or srun started this process (distributed.py).
+        self.dist = Distributed.from_environment()
+        self.dist.check_batch_size(self.cfg["batch_size"])
         self.resume_path = self.out_dir / RESUME_FILE
         self.interactive = sys.stderr.isatty() if progress is None else progress
         self.watch_pid = watch_pid
@@ -191,26 +124,29 @@ class Trainer:
         cfg = self.cfg
         self.wall_start = time.time()
         _check_writable_dir(self.out_dir)
-        self.device = pick_device(cfg)
-        self.fast = fast_settings(cfg, self.device)
+        self.device = self.dist.start(pick_device(cfg))  # this rank's device
+        self.fast = self.dist.restrict_fast(fast_settings(cfg, self.device))
         seed_everything(cfg["seed"], cfg["deterministic"])
         # A fused group (dgkd_core.fused) hands its members one loaded copy of shared data.
         self.data = self.prepared if self.prepared is not None else load_prepared(self.data_path)
         self.meta = self.data.meta
         self._build_models()
+        self.model = self.dist.wrap_student(self.distiller, cfg["sync_bn"])  # DDP, several ranks
         self._build_loaders_and_optimizer()
         # Tables give the inline logits to rounding: a resume state holds to the one it began with.
         self.identity = {"config_hash": config_hash(cfg),
                          "guides": [file_fingerprint(p) for p in self.guide_paths],
                          "data_checksum": self.meta.get("checksum"),
-                         "guide_tables": [t is not None for t in self.table_paths]}
+                         "guide_tables": [t is not None for t in self.table_paths],
+                         **self.dist.identity()}
         self._resume()
         self.term_names = self.distiller.term_names
         self.total_index = self.term_names.index("total")
         self.step_fn = make_step(self.distiller, self.optimizer, make_autocast(self.fast),
                                  self.fast["cuda_graph"], self.device, self.term_names)
         # Resumed: the same folder, dropping what an interrupted attempt logged from here on.
-        self.tensorboard = open_writer(cfg["logging"], self.out_dir, self.state.epoch + 1)
+        if self.dist.is_main:
+            self.tensorboard = open_writer(cfg["logging"], self.out_dir, self.state.epoch + 1)
 
     def _build_models(self) -> None:
         """The guides (tables, or prepared modules), then the student, then the Distiller."""
@@ -249,6 +185,7 @@ class Trainer:
             device=device, seed=cfg["seed"], augment=cfg["augment"],
             channels_last=self.fast["channels_last"], normalization=cfg["normalize"],
             with_views=any(t is not None for t in self.table_paths),
+            shard=self.dist.shard, num_workers=cfg["data_workers"],
         )
         if len(self.train_loader) == 0:
             raise TrainingError(f"batch_size {cfg['batch_size']} is larger than the training set "
@@ -280,6 +217,7 @@ class Trainer:
         finally:  # finished, stopped to be resumed, or failed: the events so far are kept
             if self.tensorboard is not None:
                 self.tensorboard.close()
+            self.dist.close()
 
     def run_epoch(self) -> None:
         """The rest of epoch `state.epoch`, then its evaluation, log line and resume state."""
@@ -327,7 +265,7 @@ class Trainer:
         s.bad_step = torch.where((s.bad_step < 0) & ~finite,
                                  torch.full_like(s.bad_step, s.step), s.bad_step)
         s.sums_dev += terms.double() * y.shape[0]
-        s.images += y.shape[0]
+        s.images += y.shape[0] * self.dist.world_size  # the global batch: equal shards
         s.step += 1
         s.last_terms = terms
         if self.device.type == "cpu" and not bool(finite):  # a CPU sync is free: fail now
@@ -354,6 +292,7 @@ class Trainer:
         if int(s.bad_step) >= 0:
             self._raise_non_finite(int(s.bad_step))
         s.train_time_s += elapsed
+        self.dist.sum_(s.sums_dev)  # every rank's shard of the loss sums
         s.fold_sums(self.term_names)
 
     def _record_epoch(self, lr: float) -> None:
@@ -361,7 +300,8 @@ class Trainer:
         and move to the next epoch."""
         s, cfg = self.state, self.cfg
         eval_start = time.perf_counter()
-        test = evaluate(self.model, self.test_loader, bf16=self.fast["bf16"])
+        test = evaluate(self.model, self.test_loader, bf16=self.fast["bf16"],
+                        sum_over_ranks=self.dist.sum_ if self.dist.active else None)
         self.epoch_walls.append(s.train_time_s + time.perf_counter() - eval_start)
         row = history_row(s.epoch + 1, lr, s.sums, s.images, self.term_names, test,
                           s.train_time_s)
@@ -412,7 +352,7 @@ class Trainer:
         elapsed: seconds of training in this segment so far (0 at an epoch's end)."""
         s = self.state
         at_epoch_end = s.step == 0
-        reason = self.stop_reason(elapsed)
+        reason = self.dist.agree_stop(self.stop_reason(elapsed))  # ranks: all stop at one step
         if reason is None and not at_epoch_end:
             return
         if not at_epoch_end:
@@ -440,9 +380,11 @@ class Trainer:
 
     def _save_resume(self, stop_reason: str | None) -> None:
         self._check_finite_model()
-        write_resume_state(self.resume_path, self.state, identity=self.identity,
-                           stop_reason=stop_reason, model=self.model,
-                           optimizer=self.optimizer, loader=self.train_loader)
+        if self.dist.is_main:  # the ranks hold the same state: one writes it
+            write_resume_state(self.resume_path, self.state, identity=self.identity,
+                               stop_reason=stop_reason, model=self.model,
+                               optimizer=self.optimizer, loader=self.train_loader)
+        self.dist.barrier()  # no rank goes on (or exits) before the state is on disk
         self.good_resume_state = True
 
     def _resume(self) -> None:
@@ -465,14 +407,16 @@ class Trainer:
         cfg, out_dir = self.cfg, self.out_dir
         self._check_finite_model()
         metrics = self._metrics()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(out_dir / "model.pt", self.model, cfg, self.meta,
-                        {"method": cfg["method"], "guides": self.guide_paths,
-                         "top1_last": metrics["top1_last"]})
-        io.atomic_write_text(history_csv(self.state.history), out_dir / "history.csv")
-        io.atomic_write_json(metrics, out_dir / "metrics.json")
-        if remove_resume_state:
-            self.resume_path.unlink(missing_ok=True)
+        if self.dist.is_main:  # the ranks hold the same model: one writes the outputs
+            out_dir.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(out_dir / "model.pt", self.model, cfg, self.meta,
+                            {"method": cfg["method"], "guides": self.guide_paths,
+                             "top1_last": metrics["top1_last"]})
+            io.atomic_write_text(history_csv(self.state.history), out_dir / "history.csv")
+            io.atomic_write_json(metrics, out_dir / "metrics.json")
+            if remove_resume_state:
+                self.resume_path.unlink(missing_ok=True)
+        self.dist.barrier()
         log.info("done: %s top-1 %.2f (last epoch), best %.2f at epoch %d",
                  cfg["model"], metrics["top1_last"], metrics["top1_best"], metrics["best_epoch"])
         return metrics
@@ -518,6 +462,7 @@ class Trainer:
             "data_checksum": meta.get("checksum"),
             # trained in one process with other models (dgkd_core.fused): with whom, and how
             **({"fused_group": self.fused_group} if self.fused_group is not None else {}),
+            **self.dist.identity(),
         }
 
 
@@ -545,17 +490,6 @@ def train(
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _aligned_tables(tables: Sequence[str | os.PathLike | None], n_guides: int
-                    ) -> list[str | None]:
-    """One entry per guide: its table's path, or None (run inline). Empty: all inline."""
-    if not tables:
-        return [None] * n_guides
-    if len(tables) != n_guides:
-        raise ConfigError(f"{len(tables)} guide tables for {n_guides} guide checkpoints; give "
-                          "one per guide (None where a guide runs inline)")
-    return [None if t is None else str(t) for t in tables]
 
 
 def _check_writable_dir(path: Path) -> None:

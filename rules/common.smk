@@ -10,7 +10,7 @@ import os
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
-from dgkd_core import paths
+from dgkd_core import launch, paths
 from dgkd_core.config import TRAINING_CODE_VERSION, semantic_settings
 from dgkd_core.fusion import fused_groups
 from dgkd_core.plan import ConfigError, Plan
@@ -110,6 +110,20 @@ def get_import_sha256(wildcards):
 
 def get_runtime_minutes(wildcards):
     return SETTINGS["resources"]["runtime_minutes"][PLAN.role(run_of(wildcards))]
+
+
+def get_job_resource(name):
+    """A training job's `name` resource (gpu, tasks, tasks_per_gpu, mpi) from its GPUs,
+    `resources.gpus_per_job` (dgkd_core.launch)."""
+
+    def get(wildcards):
+        run = run_of(wildcards)
+        gpus = launch.gpus_per_job(
+            SETTINGS["resources"], PLAN.role(run), wildcards.dataset
+        )
+        return launch.slurm_resources(gpus)[name]
+
+    return get
 
 
 def get_dataset_archive(wildcards):

@@ -25,10 +25,16 @@ rule train_model:
     conda:
         "../environment.yml"
     threads: SETTINGS["resources"]["threads"]
+    # gpu, tasks, tasks_per_gpu, mpi: from resources.gpus_per_job (dgkd_core/launch.py). N > 1:
+    # N GPUs and N tasks, and the job's adapter starts the N ranks (srun, or torchrun locally).
     resources:
         gpu_jobs=1,
         mem_mb=SETTINGS["resources"]["mem_mb"],
         runtime=get_runtime_minutes,
+        gpu=get_job_resource("gpu"),
+        tasks=get_job_resource("tasks"),
+        tasks_per_gpu=get_job_resource("tasks_per_gpu"),
+        mpi=get_job_resource("mpi"),
     params:
         run_settings=get_run_settings,
         training_code_version=TRAINING_CODE_VERSION,

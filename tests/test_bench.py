@@ -35,3 +35,17 @@ def test_bench_writes_one_entry_per_workload_and_prints_the_table(tmp_path):
     # the printed table names the device and each workload
     assert result["device"] in res.stdout
     assert all(name in res.stdout for name in [*entries, "guide_table_build"])
+
+
+def test_stream_bench_measures_both_decoders(tmp_path):
+    """bench --stream: images/s of PIL and decode_jpeg on generated JPEGs (GPU: None on CPU)."""
+    from dgkd_core.bench_stream import format_stream_table, stream_bench, write_jpegs
+
+    write_jpegs(tmp_path, 4, size=(60, 80))
+    result = stream_bench(str(tmp_path), count=8)
+    rates = result["images_per_s"]
+    assert rates["pil"] > 0 and rates["decode_jpeg"] > 0
+    import torch
+
+    assert (rates["gpu_decode_jpeg"] is None) == (not torch.cuda.is_available())
+    assert "decode_jpeg / PIL" in format_stream_table(result)

@@ -317,3 +317,18 @@ def test_bench_fused_workloads_report_both_ways(tmp_path):
                                                            rel=0.02)
         assert e["ratio_to_solo"] == pytest.approx(
             e["fused_aggregate_img_s"] / e["solo_aggregate_img_s"], rel=0.02)
+
+
+def test_data_parallel_jobs_train_alone(tmp_path, monkeypatch):
+    """A job of several GPUs (resources.gpus_per_job) runs its own ranks: never in a group."""
+    from dgkd_core.fusion import fused_groups
+
+    monkeypatch.chdir(tmp_path)
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["fuse"] = True
+    config["resources"]["gpus_per_job"] = {"default": 1, "per_role": {"teacher": 2}}
+    from dgkd_core.plan import Plan
+
+    plan = Plan(config)
+    groups = fused_groups(plan)
+    assert groups and not any(plan.role(r) == "teacher" for g in groups for r in g.runs)

@@ -109,9 +109,25 @@ def test_available_models_sorted_and_complete():
     assert names == sorted(names)
     expected = {f"resnet{d}" for d in (8, 14, 20, 26, 32, 44, 56, 110)}
     expected |= {f"plane{n}" for n in range(2, 11)}
-    expected |= {"wrn_16_2", "wrn_40_2", "vgg8", "vgg13", "resnet18", "resnet34"}
+    expected |= {"wrn_16_2", "wrn_40_2", "vgg8", "vgg13", "resnet18", "resnet24", "resnet34"}
     assert set(names) == expected
     assert {model_family(n) for n in names} == FAMILIES
+
+
+def test_resnet24_sits_between_resnet18_and_resnet34():
+    """The ImageNet chain's TA: 24 weighted layers (23 3x3/7x7 convs on the main path + fc),
+    parameters between its neighbours', [B,3,224,224] -> [B,num_classes]."""
+    import torch.nn as nn
+
+    models = {n: build_model(n, 1000, "imagenet") for n in ("resnet18", "resnet24", "resnet34")}
+    counts = [count_parameters(m) for m in models.values()]
+    assert counts == sorted(counts) and len(set(counts)) == 3
+    main_path = [m for name, m in models["resnet24"].named_modules()
+                 if isinstance(m, nn.Conv2d) and "downsample" not in name]
+    assert len(main_path) + 1 == 24
+    assert model_family("resnet24") == "imagenet_resnet"
+    out = models["resnet24"].eval()(torch.zeros(2, 3, 224, 224))
+    assert out.shape == (2, 1000)
 
 
 def test_model_family():

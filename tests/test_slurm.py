@@ -184,7 +184,8 @@ def test_profile_settings():
     assert int(profile["jobs"]) >= 1
     assert {"slurm_partition", "runtime", "mem_mb"} <= set(profile["default-resources"])
     train = profile["set-resources"]["train_model"]
-    assert train.get("gpu") == 1 or "gpu" in str(train.get("gres", ""))
+    # the rule asks for the GPUs (resources.gpus_per_job): a `gpu` here would override it
+    assert "gpu" not in train
     extra = train.get("slurm_extra", "")
     assert not re.search(r"--(gres|gpus|mem)\b", extra), "the plugin refuses these in slurm_extra"
     assert "B:" not in extra, "--signal=B:... signals the batch shell and ends the job at once"
@@ -415,9 +416,11 @@ def test_training_jobs_share_one_gpu_through_shards(demo_runs, tmp_path):
     targets = [run.file("metrics.json") for run in runs]
     slurm_dir = copy_repo(tmp_path / "slurm")
     log = tmp_path / "slurm.log"
-    # --set-resources replaces the profile's set-resources block: this is the whole of it here.
+    # --set-resources replaces the profile's set-resources block: this is the whole of it here;
+    # gpu=0 drops the rule's own GPU request (resources.gpus_per_job).
     proc = start(["snakemake", "--profile", "slurm", *targets, *TEST_OVERLAY,
-                  "--set-resources", "train_model:gres=shard:1"], slurm_dir, log)
+                  "--set-resources", "train_model:gres=shard:1", "train_model:gpu=0"],
+                 slurm_dir, log)
     text = finish(proc, log, timeout=600)
 
     jobs = submitted_jobs(text)

@@ -9,6 +9,7 @@ import torch
 
 from dgkd_core import paths
 from dgkd_core.cli import setup_logging
+from dgkd_core.launch import run_ranks
 from dgkd_core.plan import job_run_config
 from dgkd_core.runtime import workflow_ancestor_pid
 from dgkd_core.train import train
@@ -24,12 +25,20 @@ if "SLURM_JOB_ID" in os.environ:
     # state and exits before that runs out, and the retried job continues from it. Two minutes
     # go to the Snakemake start-ups before the trainer's clock starts.
     run_config["time_budget_s"] = max(60 * snakemake.resources.runtime - 120, 60)
+out_dir = os.path.dirname(snakemake.output.model)
+guide_tables = paths.guide_tables_for(snakemake.input.guides, snakemake.input.guide_tables)
+# tasks: set only for a job of several GPUs (resources.gpus_per_job; dgkd_core/launch.py)
+ranks = getattr(snakemake.resources, "tasks", None) or 1
+if ranks > 1:  # data-parallel: srun in a SLURM job, else torchrun, starts the ranks
+    sys.exit(run_ranks(ranks, run_config, snakemake.input.data, out_dir,
+                       list(snakemake.input.guides), log_file=snakemake.log[0],
+                       guide_tables=guide_tables))
 train(
     run_config,
     snakemake.input.data,
-    os.path.dirname(snakemake.output.model),
+    out_dir,
     guide_checkpoints=snakemake.input.guides,
-    guide_tables=paths.guide_tables_for(snakemake.input.guides, snakemake.input.guide_tables),
+    guide_tables=guide_tables,
     progress=False,
     # Killed with SIGKILL, Snakemake cannot stop its trainers: each stops once it sees Snakemake
     # gone and leaves its resume state, so that the rerun resumes instead of retraining.

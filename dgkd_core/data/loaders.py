@@ -15,7 +15,9 @@ import torch
 from dgkd_core.data.augment import Normalizer, crop_flip, draw_augment_params, view_rows
 from dgkd_core.data.imagefolder import open_rgb
 from dgkd_core.data.prepared import DataError, PreparedData, load_prepared
+from dgkd_core.data.recipes import ImagenetFolder
 from dgkd_core.data.seeds import epoch_seed
+from dgkd_core.data.shards import shard_slice
 
 __all__ = ["StreamLoader", "TensorLoader", "make_loaders", "resolve_device"]
 
@@ -127,6 +129,8 @@ class TensorLoader(_EpochLoader):
     seeded by (generator_seed, e), so epoch e is a pure function of (generator_seed, e) and the
     same on every device. ``drop_last`` defaults to ``train``.
     train=False: fixed order, no augmentation, no sample dropped.
+    shard=(rank, world_size): this loader yields only its rank's contiguous slice of each
+    (global, ``batch_size``) batch of that same order (``data.shards.shard_slice``).
 
     with_views=True (train with augment only): each batch is (x, y, rows), rows int64 [B] on
     ``device``: each sample's row ``index·V + view`` of a guide table (``guide_tables.view_rows``;
@@ -145,7 +149,7 @@ class TensorLoader(_EpochLoader):
                  device: str | torch.device | None, generator_seed: int = 0,
                  drop_last: bool | None = None, channels_last: bool = False,
                  dtype: torch.dtype = torch.float32, pad: int = 4,
-                 with_views: bool = False) -> None:
+                 with_views: bool = False, shard: tuple[int, int] = (0, 1)) -> None:
         if images_uint8.dtype != torch.uint8 or images_uint8.ndim != 4:
             raise DataError(f"images must be uint8 [N,C,H,W], got {images_uint8.dtype} "
                             f"{list(images_uint8.shape)}")
@@ -165,6 +169,7 @@ class TensorLoader(_EpochLoader):
         drop = self.train if drop_last is None else bool(drop_last)
         self._state = _EpochState(images_uint8.shape[0], int(batch_size), generator_seed, drop)
         self._plan: tuple[tuple[int, int], Any] | None = None  # ((epoch, id), tensors)
+        self.rank, self.world_size = shard
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
@@ -200,7 +205,11 @@ class TensorLoader(_EpochLoader):
         n, bs, total = st.num_samples, st.batch_size, len(st)
         while st.next_batch < total:
             k = st.next_batch
-            lo, hi = k * bs, min((k + 1) * bs, n)
+            # this rank's slice of global batch k (all of it with one rank)
+            lo, hi = shard_slice(k * bs, min((k + 1) * bs, n), self.rank, self.world_size)
+            if lo == hi:  # a short last test batch split over more ranks than it has images
+                st.next_batch = k + 1
+                continue
             if plan is None:
                 images, labels = self.images[lo:hi], self.labels[lo:hi]
             else:
@@ -259,17 +268,25 @@ class _StreamDataset:
         return TF.pil_to_tensor(img), label
 
 
-class _ResumableSampler:
-    """Yields (index, per-sample seed) for positions [start, N) of an epoch's order."""
+class _ResumableBatches:
+    """Batches of (index, per-sample seed) for global batches [start, total) of an epoch's
+    order: batch k is positions [k*bs, (k+1)*bs), or this rank's slice of them."""
 
-    def __init__(self, order: torch.Tensor, seeds: torch.Tensor, start: int):
-        self.items = list(zip(order[start:].tolist(), seeds[start:].tolist()))
+    def __init__(self, order: torch.Tensor, seeds: torch.Tensor, start: int, batch_size: int,
+                 shard: tuple[int, int]):
+        items = list(zip(order.tolist(), seeds.tolist()))
+        n = len(items)
+        self.batches = []
+        for lo in range(start * batch_size, n, batch_size):
+            a, b = shard_slice(lo, min(lo + batch_size, n), *shard)
+            if b > a:
+                self.batches.append(items[a:b])
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.batches)
 
     def __iter__(self):
-        return iter(self.items)
+        return iter(self.batches)
 
 
 class StreamLoader(_EpochLoader):
@@ -284,8 +301,12 @@ class StreamLoader(_EpochLoader):
     transforms (``RandomCrop(size, padding=4)`` + ``RandomHorizontalFlip``). The epoch order comes
     from a CPU generator seeded by (seed, epoch), and each sample's crop/flip from a seed drawn
     alongside it, so an epoch does not depend on the worker count and mid-epoch resume yields the
-    same batches as an uninterrupted run. This path is for datasets too large for the tensor
-    cache; it is correct but slow (PIL per image, every epoch).
+    same batches as an uninterrupted run. ``shard=(rank, world_size)``: only this rank's slice
+    of each global batch, as :class:`TensorLoader`. This path is for datasets too large for the
+    tensor cache; it is correct but slow (PIL per image, every epoch). A descriptor prepared with
+    the ImageNet recipe (``meta["recipe"] == "imagenet"``) reads its files with
+    :class:`~dgkd_core.data.recipes.ImagenetFolder` instead: torchvision decoding (``decoder``),
+    RandomResizedCrop(224) + flip for train with augment, Resize(256) + CenterCrop(224) else.
     """
 
     _STREAM = "stream"
@@ -295,7 +316,8 @@ class StreamLoader(_EpochLoader):
                  augment: bool = True, drop_last: bool | None = None, channels_last: bool = False,
                  dtype: torch.dtype = torch.float32, num_workers: int | None = None,
                  pad: int = 4, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None) -> None:
+                 std: Sequence[float] | None = None, shard: tuple[int, int] = (0, 1),
+                 decoder: str = "torchvision") -> None:
         meta = prepared.meta
         if not meta.get("stream"):
             raise DataError("StreamLoader needs a stream descriptor; cached data uses TensorLoader")
@@ -309,8 +331,13 @@ class StreamLoader(_EpochLoader):
         size = tuple(resize) if resize else None
         expected = tuple(meta["image_size"])
         labels = prepared.train_labels if split == "train" else prepared.test_labels
-        self.dataset = _StreamDataset(os.path.join(meta["root"], split), size, expected,
-                                      self.augment, int(pad), meta["classes"], len(labels))
+        folder = os.path.join(meta["root"], split)
+        if meta.get("recipe") == "imagenet":  # data/recipes.py; `decoder` applies to it only
+            self.dataset = ImagenetFolder(folder, self.augment, meta["classes"], len(labels),
+                                          decoder)
+        else:
+            self.dataset = _StreamDataset(folder, size, expected, self.augment, int(pad),
+                                          meta["classes"], len(labels))
         # mean/std: the run's normalisation, the descriptor's train statistics by default
         self.normalize = Normalizer(meta["mean"] if mean is None else mean,
                                     meta["std"] if std is None else std,
@@ -318,6 +345,7 @@ class StreamLoader(_EpochLoader):
         self.num_workers = (min(4, os.cpu_count() or 1) if num_workers is None else num_workers)
         drop = self.train if drop_last is None else bool(drop_last)
         self._state = _EpochState(len(self.dataset), int(batch_size), seed, drop)
+        self.shard = shard
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         st = self._state
@@ -331,8 +359,8 @@ class StreamLoader(_EpochLoader):
         total = len(st)
         order, seeds = order[: total * bs], seeds[: total * bs]  # drop_last trims the tail
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=bs, drop_last=False, num_workers=self.num_workers,
-            sampler=_ResumableSampler(order, seeds, st.next_batch * bs),
+            self.dataset, num_workers=self.num_workers,
+            batch_sampler=_ResumableBatches(order, seeds, st.next_batch, bs, self.shard),
             pin_memory=self.device.type == "cuda",
         )
         for images, labels in loader:
@@ -350,7 +378,8 @@ def make_loaders(prepared_or_path: PreparedData | str | os.PathLike, *, batch_si
                  eval_batch_size: int, device: str | torch.device | None, seed: int,
                  augment: bool = True, channels_last: bool = False,
                  dtype: torch.dtype = torch.float32, num_workers: int | None = None,
-                 normalization: dict | None = None, with_views: bool = False):
+                 normalization: dict | None = None, with_views: bool = False,
+                 shard: tuple[int, int] = (0, 1)):
     """(train_loader, test_loader) for a prepared file or :class:`PreparedData`.
 
     Cached data gives :class:`TensorLoader`s (train: shuffled, ``augment`` crop/flip, drop_last;
@@ -359,6 +388,8 @@ def make_loaders(prepared_or_path: PreparedData | str | os.PathLike, *, batch_si
     ``device``. ``num_workers`` applies to stream loaders only. ``normalization``: {"mean": [3],
     "std": [3]} (0-1 scale) in place of the data's own train-split statistics (None: those).
     ``with_views``: the train loader also yields guide-table rows (cached data with augment only).
+    ``shard``: (rank, world_size) of a data-parallel run; each loader yields that rank's slice
+    of every global batch (``batch_size``, ``eval_batch_size``) of the one shared order.
     """
     data = prepared_or_path
     if not isinstance(data, PreparedData):
@@ -370,10 +401,11 @@ def make_loaders(prepared_or_path: PreparedData | str | os.PathLike, *, batch_si
             raise DataError("guide tables need the cached data path; this dataset is streamed "
                             "from disk: set guide_tables: false")
         common = dict(device=device, seed=seed, channels_last=channels_last, dtype=dtype,
-                      num_workers=num_workers, mean=mean, std=std)
+                      num_workers=num_workers, mean=mean, std=std, shard=shard)
         return (StreamLoader(data, "train", batch_size=batch_size, augment=augment, **common),
                 StreamLoader(data, "test", batch_size=eval_batch_size, augment=False, **common))
-    common = dict(mean=mean, std=std, device=device, channels_last=channels_last, dtype=dtype)
+    common = dict(mean=mean, std=std, device=device, channels_last=channels_last, dtype=dtype,
+                  shard=shard)
     train = TensorLoader(data.train_images, data.train_labels, batch_size=batch_size, train=True,
                          augment=augment, generator_seed=seed, with_views=with_views, **common)
     test = TensorLoader(data.test_images, data.test_labels, batch_size=eval_batch_size,

@@ -3,6 +3,7 @@ into one prepared file; the format is described in :mod:`dgkd_core.data`."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from dgkd_core.data.prepared import (
     channel_stats,
     ordered_meta,
 )
+from dgkd_core.data.recipes import IMAGENET_MEAN, IMAGENET_STD, RECIPES
 from dgkd_core.data.synthetic import SYNTHETIC_CLASSES, make_synthetic
 
 __all__ = [
@@ -52,6 +54,7 @@ def prepare_dataset(
     max_cached_bytes: int = DEFAULT_MAX_CACHED_BYTES,
     workers: int | None = None,
     root_is_temporary: bool = False,
+    recipe: str = "cifar",
 ) -> dict:
     """Turn a dataset into one prepared file at ``out_path`` (written atomically); returns its meta.
 
@@ -71,6 +74,10 @@ def prepare_dataset(
     root_is_temporary: the imagefolder root is removed once the file is prepared (an unpacked
         archive); a dataset too large to cache then raises DataError instead of becoming a
         stream descriptor, which would point into a folder that is gone when training reads it.
+    recipe: "cifar" (default: the above); "imagenet" (imagefolder only): always a stream
+        descriptor of images of any size, trained with RandomResizedCrop(224) + flip and
+        evaluated with Resize(256) + CenterCrop(224), normalised with ImageNet's mean/std
+        (data/recipes.py).
 
     Same inputs give the same tensors and therefore the same ``meta["checksum"]``.
     """
@@ -81,6 +88,7 @@ def prepare_dataset(
     size = _parse_resize(resize)
     if size is not None and source != "imagefolder":
         raise DataError(f"resize applies to the imagefolder source only, not {source!r}")
+    _check_recipe(recipe, source, size, root_is_temporary)
     if source in _CIFAR_FOLDERS:
         root = Path(root) if root is not None else out_path.parent / "downloads"
         payload = _prepare_cifar(source, root, download)
@@ -88,8 +96,9 @@ def prepare_dataset(
         if root is None:
             raise DataError("the imagefolder source needs root: a folder with train/<class>/... "
                             "and test/<class>/...")
-        payload = _prepare_imagefolder(Path(root), size, max_cached_images, max_cached_bytes,
-                                       workers, name, root_is_temporary)
+        payload = (_imagenet_descriptor(Path(root)) if recipe == "imagenet" else
+                   _prepare_imagefolder(Path(root), size, max_cached_images, max_cached_bytes,
+                                        workers, name, root_is_temporary))
     else:
         payload = _prepare_synthetic(seed, synthetic_train, synthetic_test)
 
@@ -102,6 +111,20 @@ def prepare_dataset(
     payload["meta"] = meta
     io.atomic_torch_save(payload, out_path)
     return meta
+
+
+def _check_recipe(recipe: str, source: str, size, root_is_temporary: bool) -> None:
+    if recipe not in RECIPES:
+        raise DataError(f"recipe {recipe!r} is not one of {', '.join(RECIPES)}")
+    if recipe != "imagenet":
+        return
+    if source != "imagefolder":
+        raise DataError(f"recipe imagenet applies to the imagefolder source only, not {source!r}")
+    if size is not None:
+        raise DataError("recipe imagenet crops and resizes every image itself: remove resize")
+    if root_is_temporary:
+        raise DataError("recipe imagenet streams the images from their folder at train time: "
+                        "unpack the archive yourself and set root")
 
 
 def _parse_resize(resize: int | Sequence[int] | None) -> tuple[int, int] | None:
@@ -224,12 +247,14 @@ def _prepare_imagefolder(root: Path, size: tuple[int, int] | None, max_images: i
     return cached_payload(train_x, train_y, test_x, test_y, classes, detail, root.resolve().name)
 
 
-def _stream_descriptor(root, classes, samples, size, expected, detail, reason) -> dict:
-    """Meta + labels for a dataset read from its files at train time (no image tensors)."""
+def _stream_descriptor(root, classes, samples, size, expected, detail, reason,
+                       stats=None) -> dict:
+    """Meta + labels for a dataset read from its files at train time (no image tensors).
+    stats: (mean, std) to record; None: measured on up to 20000 train images."""
     paths = [p for p, _ in samples["train"]]
     step = max(1, len(paths) // _STAT_SAMPLE)
-    sample = paths[::step][:_STAT_SAMPLE]
-    mean, std = channel_stats(decode_all(sample, size, expected, None, paths[0]))
+    sample = paths[::step][:_STAT_SAMPLE] if stats is None else []
+    mean, std = stats or channel_stats(decode_all(sample, size, expected, None, paths[0]))
     labels = {split: torch.tensor([t for _, t in samples[split]], dtype=torch.int64)
               for split in ("train", "test")}
     meta = {
@@ -250,6 +275,23 @@ def _stream_descriptor(root, classes, samples, size, expected, detail, reason) -
     }
     return {"train_images": None, "train_labels": labels["train"],
             "test_images": None, "test_labels": labels["test"], "meta": meta}
+
+
+def _imagenet_descriptor(root: Path) -> dict:
+    """A stream descriptor for the ImageNet recipe: images of any size, ImageNet's statistics
+    (the recipe's, not measured: the images have no one size to measure them at)."""
+    import torchvision
+
+    classes, samples = _list_imagefolder(root)
+    detail = {"root": str(root.resolve()), "torchvision": torchvision.__version__,
+              "stats": "ImageNet's (torchvision)"}
+    payload = _stream_descriptor(root, classes, samples, None, [224, 224], detail,
+                                 reason="recipe imagenet", stats=(IMAGENET_MEAN, IMAGENET_STD))
+    meta = payload["meta"]
+    meta["recipe"] = "imagenet"
+    # The same files under another recipe are other training data: another checksum.
+    meta["checksum"] = hashlib.sha256(f"{meta['checksum']}\0recipe imagenet".encode()).hexdigest()
+    return payload
 
 
 # --------------------------------------------------------------------------- synthetic
