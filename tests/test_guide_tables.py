@@ -311,3 +311,21 @@ def test_fused_members_with_tables_train_as_they_do_solo(table_file, tiny_data, 
         train(member["config"], tiny_data, tmp_path / f"s{i}", [teacher], progress=False,
               guide_tables=member.get("guide_tables", ()))
         assert_same_weights(tmp_path / f"s{i}" / "model.pt", tmp_path / f"f{i}" / "model.pt")
+
+
+def test_two_ranks_with_a_table_train_as_one_process(table_file, tiny_data, teacher, tmp_path):
+    """Data-parallel ranks look up their own slices of each batch's rows (gloo, sync_bn)."""
+    from test_distributed import one_process, torchrun
+
+    path, _ = table_file
+    extra = ["--set", "method=kd", "--set", "epochs=1", "--set", "batch_size=32",
+             "--set", "sync_bn=true", "--set", f"guides=[{teacher}]",
+             "--set", f"guide_tables=[{path}]"]
+    one_process(tiny_data, tmp_path / "one", *extra)
+    proc = torchrun(tiny_data, tmp_path / "two", *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = torch.load(tmp_path / "one" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "two" / "model.pt", weights_only=True)["state_dict"]
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-5)
+    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["guide_tables"] == [True]
