@@ -254,16 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
     _add_guide_table_parser(sub, common)
 
-    p = sub.add_parser("train-group", parents=common,
-                       help="train several models together, as one fused group (resumes "
-                       "automatically; each member writes its own outputs)")
-    p.add_argument("--member", action="append", required=True, metavar="RUN_FILE",
-                   help="a member's run file, as `train --config` takes it (data, out_dir, "
-                   "guides and run-config keys); repeat for each member")
-    p.add_argument("--mechanism", default="auto",  # checked by dgkd_core.fused
-                   help="auto, cuda_streams or sequential; auto: each member on its own CUDA stream on a GPU, one after another "
-                   "on a CPU (default: %(default)s)")
-    p.set_defaults(func=_train_group)
+    _add_train_group_parser(sub, common)
 
     p = sub.add_parser("evaluate", help="top-1/top-5 of a checkpoint on a prepared test split",
                        parents=common)
@@ -286,6 +277,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resize", type=int, nargs="+", help="resize imagefolder images to H [W]")
     p.set_defaults(func=_prepare)
 
+    _add_bench_parser(sub, common)
+
+    p = sub.add_parser("reproduction", help="Table 1's reproduction report: paired per-seed "
+                       "differences, the paper's claims, provenance (Markdown)", parents=common)
+    p.add_argument("--config", action="append", required=True,
+                   help="workflow config; repeat for overlays (merged in order, as Snakemake's)")
+    p.add_argument("--workdir", default=".", help="the workflow's directory, holding results/")
+    p.add_argument("--command", required=True, help="the exact command that made the runs")
+    p.add_argument("--out", default="docs/reproduction.md",
+                   help="the Markdown report (default: %(default)s)")
+    p.add_argument("--commit", help="the code's commit, where this tree is no git checkout")
+    p.set_defaults(func=_reproduction)
+    return parser
+
+
+def _add_train_group_parser(sub, common) -> None:
+    p = sub.add_parser("train-group", parents=common,
+                       help="train several models together, as one fused group (resumes "
+                       "automatically; each member writes its own outputs)")
+    p.add_argument("--member", action="append", required=True, metavar="RUN_FILE",
+                   help="a member's run file, as `train --config` takes it (data, out_dir, "
+                   "guides and run-config keys); repeat for each member")
+    p.add_argument("--mechanism", default="auto",  # checked by dgkd_core.fused
+                   help="auto, cuda_streams or sequential; auto: each member on its own CUDA stream on a GPU, one after another "
+                   "on a CPU (default: %(default)s)")
+    p.set_defaults(func=_train_group)
+
+
+def _add_bench_parser(sub, common) -> None:
     p = sub.add_parser("bench", help="speed benchmark: project trainer vs the released loop",
                        parents=common)
     p.add_argument("--out", default="results/benchmarks/step.json",
@@ -311,18 +331,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream-folder", help="an ImageNet-style folder for --stream (default: "
                    "128 generated 500x375 JPEGs)")
     p.set_defaults(func=_bench)
-
-    p = sub.add_parser("reproduction", help="Table 1's reproduction report: paired per-seed "
-                       "differences, the paper's claims, provenance (Markdown)", parents=common)
-    p.add_argument("--config", action="append", required=True,
-                   help="workflow config; repeat for overlays (merged in order, as Snakemake's)")
-    p.add_argument("--workdir", default=".", help="the workflow's directory, holding results/")
-    p.add_argument("--command", required=True, help="the exact command that made the runs")
-    p.add_argument("--out", default="docs/reproduction.md",
-                   help="the Markdown report (default: %(default)s)")
-    p.add_argument("--commit", help="the code's commit, where this tree is no git checkout")
-    p.set_defaults(func=_reproduction)
-    return parser
 
 
 def _add_guide_table_parser(sub, common) -> None:
