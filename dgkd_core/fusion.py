@@ -64,7 +64,7 @@ def fuse_enabled(fuse, device: str) -> bool:
 def fused_groups(plan) -> list[FusedGroup]:
     """The plan's (a dgkd_core.plan.Plan) fused groups: the recorded ones still fitting, then
     new ones of the runs left; [] with fuse: false."""
-    fuse = plan.config.get("fuse", "auto")
+    fuse = plan.config.get("fuse", False)
     if fuse is False:
         return []
     trained = [run for run in plan.runs() if plan.import_source(run) is None]
