@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-import dgkd_core.train as train_mod
+import dgkd_core.distiller as distiller_mod
 from dgkd_core import paths
 from dgkd_core.config import ConfigError, resolve_run_config
 from dgkd_core.data import load_prepared, make_loaders
@@ -77,13 +77,13 @@ def test_released_preset_drops_exactly_one_guide_per_batch_teacher_included(
                 and r.dataset == "cifar100"]
     preset = plan.run_config(sdgkd)
     masks = []
-    real_loss = train_mod.dgkd_loss
+    real_loss = distiller_mod.dgkd_loss
 
     def recording(*args, keep=None, **kwargs):
         masks.append(keep.detach().cpu().clone())
         return real_loss(*args, keep=keep, **kwargs)
 
-    monkeypatch.setattr(train_mod, "dgkd_loss", recording)
+    monkeypatch.setattr(distiller_mod, "dgkd_loss", recording)
     cfg = tiny_run(method="sdgkd", loss=preset["loss"], augment=preset["augment"],
                    normalize=preset["normalize"], epochs=2)
     train(cfg, tiny_data, tmp_path / "student", guide_checkpoints=guides, progress=False)

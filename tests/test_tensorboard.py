@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+import dgkd_core.distiller as distiller_mod
 import dgkd_core.train as train_mod
 from dgkd_core import paths
 from dgkd_core.cli import main
@@ -144,13 +145,13 @@ def test_distiller_top1_term_is_the_batch_accuracy():
 
 def test_history_has_train_top1_and_test_loss(tiny_data, tmp_path, monkeypatch):
     counts: list[tuple[int, int]] = []  # (correct, images) of each training step
-    real_loss = train_mod.dgkd_loss
+    real_loss = distiller_mod.dgkd_loss
 
     def counting(student_logits, guide_logits, targets, **kwargs):
         counts.append((int((student_logits.argmax(1) == targets).sum()), targets.shape[0]))
         return real_loss(student_logits, guide_logits, targets, **kwargs)
 
-    monkeypatch.setattr(train_mod, "dgkd_loss", counting)
+    monkeypatch.setattr(distiller_mod, "dgkd_loss", counting)
     out = tmp_path / "run"
     metrics = train(run_config(), tiny_data, out, progress=False)
     history = read_history(out)
@@ -223,7 +224,7 @@ def test_workflow_script_logs_under_results_tensorboard(tiny_data, tmp_path, mon
         config=config, log=[str(log)], threads=threads,
         output=SimpleNamespace(model=run.file("model.pt")),
         params=SimpleNamespace(run_settings=semantic_settings(plan.run_config(run))),
-        input=SimpleNamespace(data=str(tiny_data), guides=[]),
+        input=SimpleNamespace(data=str(tiny_data), guides=[], guide_tables=[]),
         resources=SimpleNamespace(runtime=10))
     try:
         runpy.run_path(str(REPO / "workflow_scripts" / "train_model.py"),

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-import dgkd_core.train as train_mod
+import dgkd_core.distiller as distiller_mod
 from dgkd_core.config import ConfigError
 from dgkd_core.data import prepare_dataset
 from dgkd_core.models import build_model
@@ -187,7 +187,7 @@ def test_truncated_guide_names_the_file(tiny_data, teacher, tmp_path):
 
 def test_non_finite_loss_names_epoch_and_step_and_keeps_resume_state(
         tiny_data, tmp_path, monkeypatch):
-    real_loss = train_mod.dgkd_loss
+    real_loss = distiller_mod.dgkd_loss
     calls = {"n": 0}
     steps_per_epoch = 512 // 64
 
@@ -199,7 +199,7 @@ def test_non_finite_loss_names_epoch_and_step_and_keeps_resume_state(
             terms = {**terms, "total": total}
         return total, terms
 
-    monkeypatch.setattr(train_mod, "dgkd_loss", loss_that_blows_up)
+    monkeypatch.setattr(distiller_mod, "dgkd_loss", loss_that_blows_up)
     with pytest.raises(TrainingError, match=r"epoch 2, step 3"):
         train(run_config(epochs=3, fast=EAGER_ON_CUDA), tiny_data, tmp_path, progress=False)
     assert_no_outputs(tmp_path)
@@ -252,7 +252,7 @@ def test_resume_state_is_refused_after_the_guide_is_retrained(
         tiny_data, teacher, tmp_path, monkeypatch):
     guide = tmp_path / "guide.pt"
     guide.write_bytes(teacher.read_bytes())
-    real_loss = train_mod.dgkd_loss
+    real_loss = distiller_mod.dgkd_loss
     calls = {"n": 0}
 
     def fail_in_epoch_2(*args, **kwargs):
@@ -263,11 +263,11 @@ def test_resume_state_is_refused_after_the_guide_is_retrained(
         return total, terms
 
     cfg = run_config(method="kd", fast=EAGER_ON_CUDA)
-    monkeypatch.setattr(train_mod, "dgkd_loss", fail_in_epoch_2)
+    monkeypatch.setattr(distiller_mod, "dgkd_loss", fail_in_epoch_2)
     with pytest.raises(TrainingError):
         train(cfg, tiny_data, tmp_path / "out", [guide], progress=False)
     assert (tmp_path / "out" / "resume.pt").exists()
-    monkeypatch.setattr(train_mod, "dgkd_loss", real_loss)
+    monkeypatch.setattr(distiller_mod, "dgkd_loss", real_loss)
     # The same architecture retrained with another seed: same name, same size, other weights.
     retrained = tmp_path / "retrained"
     train(run_config(model="plane4", epochs=1, seed=9), tiny_data, retrained, progress=False)
