@@ -126,6 +126,18 @@ def get_job_resource(name):
     return get
 
 
+def one_gpu(run):
+    """The `gpu` resource of a one-GPU job for `run` (a guide table, a fused group): 1, or
+    none where `resources.gpus_per_job` is 0 there (GPUs given by the profile's gres).
+    """
+    gpus = launch.gpus_per_job(SETTINGS["resources"], PLAN.role(run), run.dataset)
+    return launch.slurm_resources(min(gpus, 1))["gpu"]
+
+
+def get_one_gpu(wildcards):
+    return one_gpu(run_of(wildcards))
+
+
 def get_dataset_archive(wildcards):
     return SETTINGS["datasets"][wildcards.dataset]["archive"]
 

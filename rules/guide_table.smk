@@ -22,6 +22,7 @@ rule guide_table:
     # The guide's forward pass over 162 views of every training image: a GPU job like training.
     resources:
         gpu_jobs=1,
+        gpu=get_one_gpu,
         mem_mb=SETTINGS["resources"]["mem_mb"],
         runtime=get_runtime_minutes,
     params:

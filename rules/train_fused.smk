@@ -27,6 +27,7 @@ for group in FUSED_GROUPS:
         threads: SETTINGS["resources"]["threads"]
         resources:
             gpu_jobs=1,
+            gpu=one_gpu(group.runs[0]),
             mem_mb=SETTINGS["resources"]["mem_mb"],
             runtime=SETTINGS["resources"]["runtime_minutes"][PLAN.role(group.runs[0])],
         params:

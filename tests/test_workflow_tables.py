@@ -87,6 +87,10 @@ def test_fused_groups_take_their_members_tables(tmp_path):
     fused = [rule for rule in run.rules if rule.startswith("train_fused")]
     # the teacher and the TA train alone; the two plane2 students as one group, from both tables
     assert run.count("guide_table") == 2 and run.count("train_model") == 2 and len(fused) == 1
-    group = run.text.split(f"rule {fused[0]}:")[1].split("output:")[0]
-    assert f"{RUNS}/kd/plane4-plane3/guide_table.pt" in group
-    assert f"{RUNS}/nokd/plane4/guide_table.pt" in group
+    group = run.text.split(f"rule {fused[0]}:")[1].split("\nrule ")[0]
+    assert f"{RUNS}/kd/plane4-plane3/guide_table.pt" in group.split("output:")[0]
+    assert f"{RUNS}/nokd/plane4/guide_table.pt" in group.split("output:")[0]
+    # on SLURM, the group's job and each table's ask for a GPU (the profile sets none)
+    assert "gpu=1" in group
+    table_job = run.text.split("rule guide_table:")[1].split("\nrule ")[0]
+    assert "gpu=1" in table_job
