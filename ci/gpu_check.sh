@@ -23,13 +23,7 @@ DEADLINE=$(($(date +%s) + ${DEADLINE_S:-540}))
 export PYTHONUNBUFFERED=1
 S="$OUT/summary.txt"
 
-left() { echo $((DEADLINE - $(date +%s))); }
-cap() { # the smaller of $1 and the time left (at least 5 s)
-    local l
-    l=$(left)
-    if ((l < $1)); then echo $((l > 5 ? l : 5)); else echo "$1"; fi
-}
-stage() { echo "== $* ($(date +%T), $(left) s left)" | tee -a "$S"; }
+. ci/deadline.sh
 
 stage environment
 {

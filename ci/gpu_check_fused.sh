@@ -22,9 +22,7 @@ ARCHIVE=$(realpath "${CIFAR10_ARCHIVE:-../shared/data/cifar10-images.tar}")
 DEADLINE=$(($(date +%s) + ${DEADLINE_S:-540}))
 export PYTHONUNBUFFERED=1
 S="$OUT/summary.txt"
-left() { echo $((DEADLINE - $(date +%s))); }
-cap() { local l; l=$(left); if ((l < $1)); then echo $((l > 5 ? l : 5)); else echo "$1"; fi; }
-stage() { echo "== $* ($(date +%T), $(left) s left)" | tee -a "$S"; }
+. ci/deadline.sh
 
 stage "bench --fused (alone on the GPU)"
 timeout "$(cap 150)" $PY -m dgkd_core bench --fused --out "$OUT/step.json" >"$WORK/bench.log" 2>&1
