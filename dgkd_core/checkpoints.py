@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -139,3 +140,18 @@ def file_fingerprint(path: str | os.PathLike) -> str:
     """sha256 (hex) of a file's bytes: a retrained guide (same name and size) must not match."""
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def check_writable_dir(path: Path) -> None:
+    """Make `path` and write and remove a probe file in it, so that a file in its place or a
+    folder without write access fails now, in one line, not after an epoch has trained."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        in_the_way = next((p for p in (path, *path.parents) if p.is_file()), None)
+        cause = (f"{in_the_way} is a file, not a folder" if in_the_way is not None
+                 else err.strerror or str(err))
+        raise TrainingError(f"out_dir {path} cannot be written: {cause}") from None

@@ -32,7 +32,7 @@ from dgkd_core.schema import ConfigError, check
 from dgkd_core.table_plan import plan_guide_tables
 
 __all__ = ["ABLATIONS", "ConfigError", "Plan", "ROLES", "default_schema_path", "evenly_spaced",
-           "job_run_config", "job_table_config", "job_time_budget_s", "load_workflow_schema"]
+           "job_run_config", "job_table_config", "load_workflow_schema"]
 
 ROLES = ("teacher", "ta", "student")
 ABLATIONS = ("num_tas", "keep_prob", "convention")
@@ -79,16 +79,6 @@ def job_table_config(config: dict, output_file: str, table_settings: dict) -> di
         raise ConfigError(f"the plan's settings for {output_file} differ from the job's params; "
                           "run Snakemake again from the same config")
     return cfg
-
-
-def job_time_budget_s(runtime_minutes: int) -> float | None:
-    """A training job's time budget (s), or None. Inside a SLURM job the `runtime` resource is
-    its --time: the trainer saves its resume state and exits before that runs out, and the
-    retried job continues from it. Two minutes go to the Snakemake start-ups before the
-    trainer's clock starts."""
-    if "SLURM_JOB_ID" not in os.environ:
-        return None
-    return max(60 * runtime_minutes - 120, 60)
 
 
 def _chain_models(chain: dict) -> list[str]:

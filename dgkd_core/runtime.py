@@ -55,6 +55,16 @@ def make_autocast(fast: dict[str, bool]):
     return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
 
 
+def job_time_budget_s(runtime_minutes: int) -> float | None:
+    """A training job's time budget (s), or None. Inside a SLURM job the `runtime` resource is
+    its --time: the trainer saves its resume state and exits before that runs out, and the
+    retried job continues from it. Two minutes go to the Snakemake start-ups before the
+    trainer's clock starts."""
+    if "SLURM_JOB_ID" not in os.environ:
+        return None
+    return max(60 * runtime_minutes - 120, 60)
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     """Seed Python, torch and numpy; with `deterministic`, also pin CUDA's algorithms."""
     random.seed(seed)

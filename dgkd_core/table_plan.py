@@ -19,9 +19,8 @@ import json
 from dgkd_core.data import CROP_PAD, views_per_image
 from dgkd_core.paths import Run
 
-__all__ = ["CACHED_SOURCES", "GUIDE_TABLE_MODES", "plan_guide_tables"]
+__all__ = ["CACHED_SOURCES", "plan_guide_tables"]
 
-GUIDE_TABLE_MODES = ("auto", True, False)
 # Sources whose prepared data is always the cached uint8 tensor (never streamed).
 CACHED_SOURCES = ("cifar10", "cifar100", "synthetic")
 

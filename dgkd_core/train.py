@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -29,15 +28,15 @@ import torch
 import torch.nn as nn
 
 from dgkd_core import io
-from dgkd_core.checkpoints import (TrainingError, file_fingerprint, first_non_finite, load_guide,
-                                   save_checkpoint)
+from dgkd_core.checkpoints import (TrainingError, check_writable_dir, file_fingerprint,
+                                   first_non_finite, load_guide, save_checkpoint)
 from dgkd_core.config import ConfigError, config_hash, resolve_run_config
 from dgkd_core.data import CROP_PAD, load_prepared, make_loaders
+from dgkd_core.distiller import Distiller
 from dgkd_core.distributed import Distributed
 from dgkd_core.epoch_log import (epoch_line, eta_seconds, history_csv, history_row, out_of_time,
                                  progress_bar)
 from dgkd_core.evaluate import evaluate
-from dgkd_core.distiller import Distiller
 from dgkd_core.guide_tables import GuideTable, aligned_tables, load_guide_table
 from dgkd_core.losses import draw_keep_mask, draw_released_drop_mask
 from dgkd_core.methods import check_guides
@@ -123,7 +122,7 @@ class Trainer:
         The order is fixed: building the guides and then the student draws from the seeded RNG."""
         cfg = self.cfg
         self.wall_start = time.time()
-        _check_writable_dir(self.out_dir)
+        check_writable_dir(self.out_dir)
         self.device = self.dist.start(pick_device(cfg))  # this rank's device
         self.fast = self.dist.restrict_fast(fast_settings(cfg, self.device))
         seed_everything(cfg["seed"], cfg["deterministic"])
@@ -490,18 +489,3 @@ def train(
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _check_writable_dir(path: Path) -> None:
-    """Make `path` and write and remove a probe file in it, so that a file in its place or a
-    folder without write access fails now, in one line, not after an epoch has trained."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=path)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        in_the_way = next((p for p in (path, *path.parents) if p.is_file()), None)
-        cause = (f"{in_the_way} is a file, not a folder" if in_the_way is not None
-                 else err.strerror or str(err))
-        raise TrainingError(f"out_dir {path} cannot be written: {cause}") from None

@@ -11,8 +11,8 @@ import torch
 from dgkd_core import paths
 from dgkd_core.cli import setup_logging
 from dgkd_core.fused import train_fused
-from dgkd_core.plan import job_run_config, job_time_budget_s
-from dgkd_core.runtime import workflow_ancestor_pid
+from dgkd_core.plan import job_run_config
+from dgkd_core.runtime import job_time_budget_s, workflow_ancestor_pid
 
 setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

@@ -11,7 +11,7 @@ from dgkd_core import paths
 from dgkd_core.cli import setup_logging
 from dgkd_core.launch import run_ranks
 from dgkd_core.plan import job_run_config
-from dgkd_core.runtime import workflow_ancestor_pid
+from dgkd_core.runtime import job_time_budget_s, workflow_ancestor_pid
 from dgkd_core.train import train
 
 setup_logging(snakemake.log[0])
@@ -20,11 +20,9 @@ run_config = job_run_config(snakemake.config, snakemake.output.model, snakemake.
 # One tree of every run's events, so that `tensorboard --logdir results/tensorboard` compares them.
 run = paths.run_from_path(snakemake.output.model)
 run_config["logging"]["tensorboard_dir"] = run.tensorboard_dir
-if "SLURM_JOB_ID" in os.environ:
-    # Inside a SLURM job the `runtime` resource is its --time: the trainer saves its resume
-    # state and exits before that runs out, and the retried job continues from it. Two minutes
-    # go to the Snakemake start-ups before the trainer's clock starts.
-    run_config["time_budget_s"] = max(60 * snakemake.resources.runtime - 120, 60)
+budget = job_time_budget_s(snakemake.resources.runtime)  # None outside a SLURM job
+if budget is not None:
+    run_config["time_budget_s"] = budget
 out_dir = os.path.dirname(snakemake.output.model)
 guide_tables = paths.guide_tables_for(snakemake.input.guides, snakemake.input.guide_tables)
 # tasks: set only for a job of several GPUs (resources.gpus_per_job; dgkd_core/launch.py)
