@@ -145,10 +145,6 @@ class GuideTable:
         self.rows_by_view = rows_by_view
         self.meta = meta
 
-    @property
-    def num_classes(self) -> int:
-        return self.rows_by_view.shape[1]
-
     def lookup(self, rows: torch.Tensor) -> torch.Tensor:
         return self.rows_by_view.index_select(0, rows)
 
@@ -192,6 +188,7 @@ def load_guide_table(path: str | os.PathLike, *, guide_checkpoint: str | os.Path
                f"--data <prepared data> --out {path}), or run without guide tables")
     if not path.is_file():
         raise TrainingError(f"guide table {path} does not exist; {rebuild}")
+    start = time.perf_counter()
     try:
         payload = io.load_tensor_file(path)
     except io.UnreadableFile as err:
@@ -202,9 +199,8 @@ def load_guide_table(path: str | os.PathLike, *, guide_checkpoint: str | os.Path
     if problem:
         raise TrainingError(f"guide table {path} does not fit this run: {problem}; {rebuild}")
     table = payload.pop("table")
-    start = time.perf_counter()
     rows = table.to(device).reshape(-1, table.shape[-1])
-    log.info("guide table %s: %d images x %d views x %d classes (%s), %.1f s to load",
+    log.info("guide table %s: %d images x %d views x %d classes (%s), %.1f s to read and place",
              path, *table.shape, payload["dtype"], time.perf_counter() - start)
     return GuideTable(rows, payload)
 
