@@ -26,6 +26,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -246,8 +247,19 @@ def _demo_workflow_wall_s() -> float:
         return time.perf_counter() - t0
 
 
+def _median_img_s(measure, repeat: int) -> tuple[float, list[float], object]:
+    """measure() -> images/s or (images/s, extra), called `repeat` times: the median images/s,
+    every value in call order, and the last call's extra (None where there is none)."""
+    values, extra = [], None
+    for _ in range(repeat):
+        got = measure()
+        img_s, extra = got if isinstance(got, tuple) else (got, None)
+        values.append(round(img_s, 1))
+    return statistics.median(values), values, extra
+
+
 def run(device: torch.device, steps: int, warmup: int, with_workflow: bool,
-        train_images: int = 50_000) -> dict:
+        train_images: int = 50_000, repeat: int = 1) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         # The data's content does not matter for speed; 50,000 images like CIFAR's train split.
         path = Path(tmp) / "bench.pt"
@@ -258,15 +270,20 @@ def run(device: torch.device, steps: int, warmup: int, with_workflow: bool,
     for workload, spec in WORKLOADS.items():
         key = (spec["student"], tuple(spec["guides"]))  # the baselines run guides inline
         if key not in baselines:
-            baselines[key] = (_baseline_img_s(data, spec, device, steps, warmup),
-                              _baseline_img_s(data, spec, device, steps, warmup, careful=True))
-        base, careful = baselines[key]
-        proj, graph_fallback = _project_img_s(data, spec, device, steps, warmup)
+            baselines[key] = (
+                _median_img_s(lambda: _baseline_img_s(data, spec, device, steps, warmup), repeat),
+                _median_img_s(lambda: _baseline_img_s(data, spec, device, steps, warmup,
+                                                      careful=True), repeat))
+        (base, base_runs, _), (careful, careful_runs, _) = baselines[key]
+        proj, proj_runs, graph_fallback = _median_img_s(
+            lambda: _project_img_s(data, spec, device, steps, warmup), repeat)
         entries.append({"workload": workload, "device": _device_name(device),
                         "batch_size": BATCH_SIZE, "baseline_img_s": round(base, 1),
                         "project_img_s": round(proj, 1), "ratio": round(proj / base, 2),
                         "careful_baseline_img_s": round(careful, 1),
                         "ratio_careful": round(proj / careful, 2),
+                        "repeats": {"baseline": base_runs, "careful": careful_runs,
+                                    "project": proj_runs},
                         "cuda_graph_fallback": graph_fallback})
     build_images = 2_000 if device.type == "cuda" else 16
     views_s = _table_build_views_s(data, device, build_images)
@@ -274,7 +291,8 @@ def run(device: torch.device, steps: int, warmup: int, with_workflow: bool,
                     "guide": "resnet26", "images": build_images,
                     "views_per_image": views_per_image(), "views_per_s": round(views_s, 1)})
     result = {"date": datetime.date.today().isoformat(), "device": _device_name(device),
-              "torch": torch.__version__, "timed_steps": steps, "workloads": entries}
+              "torch": torch.__version__, "timed_steps": steps, "repeat": repeat,
+              "workloads": entries}
     if with_workflow:
         result["demo_workflow_wall_s"] = round(_demo_workflow_wall_s(), 1)
     return result
@@ -282,7 +300,7 @@ def run(device: torch.device, steps: int, warmup: int, with_workflow: bool,
 
 def format_table(result: dict) -> str:
     lines = [f"device: {result['device']}  (torch {result['torch']}, batch {BATCH_SIZE}, "
-             f"{result['timed_steps']} timed steps)",
+             f"{result['timed_steps']} timed steps, median of {result.get('repeat', 1)})",
              f"{'workload':34s} {'released img/s':>15s} {'careful img/s':>14s} "
              f"{'project img/s':>14s} {'vs released':>11s} {'vs careful':>10s}"]
     for e in result["workloads"]:
@@ -350,7 +368,9 @@ def main(args) -> int:
     warmup = 20 if device.type == "cuda" else 3
     if getattr(args, "fused", False):  # the fused-training workloads (dgkd_core.bench_fused)
         return _fused_main(args, device, steps, warmup)
-    result = run(device, steps, warmup, not args.skip_workflow, args.train_images)
+    if args.repeat < 1:
+        raise SystemExit(f"bench: --repeat {args.repeat} must be at least 1")
+    result = run(device, steps, warmup, not args.skip_workflow, args.train_images, args.repeat)
     io.atomic_write_json(result, Path(args.out))
     print(format_table(result))
     print(f"written: {args.out}")

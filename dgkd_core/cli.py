@@ -312,6 +312,8 @@ def _add_bench_parser(sub, common) -> None:
                    help="the JSON result (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per workload")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="time each loop this many times and report the median (default: 1)")
     p.add_argument("--skip-workflow", action="store_true", help="skip the demo workflow timing")
     p.add_argument("--train-images", type=int, default=50_000,
                    help="size of the synthetic training set the loops read (CIFAR's: 50000)")

@@ -18,7 +18,7 @@ def test_bench_writes_one_entry_per_workload_and_prints_the_table(tmp_path):
     out = tmp_path / "benchmarks" / "step.json"
     res = subprocess.run(
         [sys.executable, "-m", "dgkd_core", "bench", "--device", "cpu", "--steps", "1",
-         "--train-images", "512", "--skip-workflow", "--out", str(out)],
+         "--repeat", "2", "--train-images", "512", "--skip-workflow", "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -37,9 +37,22 @@ def test_bench_writes_one_entry_per_workload_and_prints_the_table(tmp_path):
         assert e["ratio"] == pytest.approx(e["project_img_s"] / e["baseline_img_s"], rel=0.02,
                                            abs=0.01)
         assert e["cuda_graph_fallback"] is None  # no graph on a CPU, so nothing fell back
+        # --repeat 2: each loop timed twice, the median (here the mean of two) reported
+        assert [len(v) for v in e["repeats"].values()] == [2, 2, 2]
+        assert e["project_img_s"] == pytest.approx(sum(e["repeats"]["project"]) / 2, abs=0.1)
+    assert result["repeat"] == 2
     # the printed table names the device and each workload
     assert result["device"] in res.stdout
     assert all(name in res.stdout for name in [*entries, "guide_table_build"])
+
+
+def test_median_img_s_takes_the_median_and_the_last_extra():
+    from dgkd_core.bench import _median_img_s
+
+    values = iter([(30.0, "a"), (10.0, "b"), (20.0, "c")])
+    assert _median_img_s(lambda: next(values), 3) == (20.0, [30.0, 10.0, 20.0], "c")
+    plain = iter([5.0])
+    assert _median_img_s(lambda: next(plain), 1) == (5.0, [5.0], None)
 
 
 def test_stream_bench_measures_both_decoders(tmp_path):

@@ -1,0 +1,77 @@
+"""The packages to carry to the GPU machine as wheels (ci/device_prepare.sh).
+
+    python ci/wheel_closure.py IMAGE_LIST ROOT [ROOT ...]
+        prints name==version for every installed distribution that ROOTs need (their whole
+        dependency closure, extras off), less those named in IMAGE_LIST (one name a line, '#'
+        comments), the packages the GPU image already has
+    python ci/wheel_closure.py --prune DIR [DIR ...] -- name==version ...
+        deletes the wheels in DIRs that are not of the listed versions (an older run's)
+
+Run it with the interpreter whose versions are to be carried: the closure is read from its
+installed metadata, so the carried versions are those the test suite passes with.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import re
+import sys
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+
+def normalise(name: str) -> str:
+    """PEP 503's form of a distribution name (`Jinja2`, `jinja_2` -> `jinja2`)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def closure(roots: list[str]) -> dict[str, str]:
+    """normalised name -> installed version of the roots and everything they need."""
+    found: dict[str, str] = {}
+    pending = list(roots)
+    while pending:
+        name = pending.pop()
+        if normalise(name) in found:
+            continue
+        dist = metadata.distribution(name)  # PackageNotFoundError: the root is not installed
+        found[normalise(name)] = dist.version
+        for text in dist.requires or []:
+            req = Requirement(text)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                pending.append(req.name)
+    return found
+
+
+def image_packages(path: str) -> set[str]:
+    lines = Path(path).read_text().splitlines()
+    return {normalise(line.strip()) for line in lines if line.strip() and not line.startswith("#")}
+
+
+def prune(dirs: list[str], wanted: list[str]) -> None:
+    keep = {(normalise(s.split("==")[0]), s.split("==")[1]) for s in wanted}
+    for folder in dirs:
+        for wheel in Path(folder).glob("*.whl"):
+            name, version = wheel.name.split("-")[:2]
+            if (normalise(name), version) not in keep:
+                wheel.unlink()
+                print(f"removed stale {wheel}")
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] == "--prune":
+        split = argv.index("--")
+        prune(argv[1:split], argv[split + 1:])
+        return 0
+    if len(argv) < 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    skip = image_packages(argv[0])
+    for name, version in sorted(closure(argv[1:]).items()):
+        if name not in skip:
+            print(f"{name}=={version}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
