@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: setup demo test test-fast lint format bench clean-results
+.PHONY: setup demo test test-fast lint format bench device-prepare rehearse-gpu clean-results
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ format: setup
 
 bench: setup  ## speed benchmark -> results/benchmarks/step.json
 	$(BIN)/python -m dgkd_core bench
+
+device-prepare: setup  ## before a GPU window: the wheels and data a lent GPU machine lacks -> .device/
+	bash ci/device_prepare.sh
+
+rehearse-gpu: setup  ## ci/gpu_run.sh on this CPU in the GPU machine's conditions (a fresh venv, 60 s)
+	bash ci/rehearse_gpu.sh
 
 clean-results:
 	rm -rf results/ .snakemake/

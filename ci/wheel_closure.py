@@ -4,6 +4,8 @@
         prints name==version for every installed distribution that ROOTs need (their whole
         dependency closure, extras off), less those named in IMAGE_LIST (one name a line, '#'
         comments), the packages the GPU image already has
+    python ci/wheel_closure.py --in-image IMAGE_LIST ROOT [ROOT ...]
+        the others: the closure's packages that the image has (the rehearsal installs them)
     python ci/wheel_closure.py --prune DIR [DIR ...] -- name==version ...
         deletes the wheels in DIRs that are not of the listed versions (an older run's)
 
@@ -63,12 +65,14 @@ def main(argv: list[str]) -> int:
         split = argv.index("--")
         prune(argv[1:split], argv[split + 1:])
         return 0
+    in_image = bool(argv) and argv[0] == "--in-image"
+    argv = argv[1:] if in_image else argv
     if len(argv) < 2:
         print(__doc__, file=sys.stderr)
         return 2
-    skip = image_packages(argv[0])
+    image = image_packages(argv[0])
     for name, version in sorted(closure(argv[1:]).items()):
-        if name not in skip:
+        if (name in image) == in_image:
             print(f"{name}=={version}")
     return 0
 

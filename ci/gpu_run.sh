@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# The one script a lent GPU window runs (run ci/device_prepare.sh here first; carry
+# .device/wheels and .device/data). Stages, in priority order, none started after DEADLINE_S:
+#   0. preamble, fail-fast: install the carried wheels into a target folder, PYTHONPATH = the
+#      repository and that folder, import jsonschema, snakemake, dgkd_core and torch.cuda (and
+#      see a GPU, unless REHEARSAL=1); on failure exit 2 with a one-line reason;
+#   1. the CUDA tests: tests/test_cuda.py and the CUDA cases of the fused and table tests;
+#   2. `bench`, every step workload, each loop timed 3 times (the median reported);
+#   3. `bench --fused`, every fused mechanism;
+#   4. all the time left: the reproduction campaign (ci/campaign_continue.sh), whose state
+#      comes back as one file.
+# Everything comes back in at most 8 files under OUT: summary.txt (its last lines a short
+# table), tests.txt, step.json, fused.json, campaign_<name>.tar.xz and logs.tar.xz.
+# Usage, on the GPU machine (device tool):  DEADLINE_S=540 bash ci/gpu_run.sh
+#   OUT          where the files go (the device's $OUT; default results/gpu_run)
+#   DEADLINE_S   seconds for the whole call (default 540); stages are capped to what is left
+#   PYTHON       the interpreter (default python3: the image's, with torch)
+#   CAMPAIGN     the campaign to advance (default cifar10_resnet_80ep; ci/campaign_continue.sh)
+#   REHEARSAL=1  the CPU rehearsal (ci/rehearse_gpu.sh): no GPU needed, tiny workloads, the
+#                campaign on its tiny config
+set -uo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+PY=${PYTHON:-python3}
+OUT=$(realpath -m "${OUT:-results/gpu_run}")
+WORK=${GPU_RUN_WORK:-$(mktemp -d /tmp/gpu_run.XXXXXX)}
+DEADLINE=$(($(date +%s) + ${DEADLINE_S:-540}))
+REHEARSAL=${REHEARSAL:-0}
+CAMPAIGN=${CAMPAIGN:-cifar10_resnet_80ep}
+S=$WORK/summary.txt
+PACK_RESERVE_S=${PACK_RESERVE_S:-25} # kept at the end for packing
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT" "$WORK/logs"
+: >"$S"
+. ci/deadline.sh
+TABLE=() # the short table printed last: "stage | result"
+row() { TABLE+=("$(printf '%-16s %s' "$1" "$2")"); }
+
+pack() {
+    cp "$WORK/tests.txt" "$OUT/" 2>/dev/null
+    # Logs and small results only: no wheels, checkpoints, data or extracted images.
+    tar cJf "$OUT/logs.tar.xz" -C "$WORK" --exclude=./site --exclude='*.pt' --exclude='*.tar*' \
+        --exclude=extracted . 2>/dev/null
+    {
+        echo "== table"
+        printf '%s\n' "${TABLE[@]}"
+    } >>"$S"
+    cp "$S" "$OUT/summary.txt"
+}
+fail() {
+    echo "gpu_run: $*" | tee -a "$S" >&2
+    row preamble "FAILED: $*"
+    pack
+    printf '%s\n' "${TABLE[@]}"
+    exit 2
+}
+
+stage "preamble"
+SITE=$WORK/site
+ls .device/wheels/*.whl >/dev/null 2>&1 ||
+    fail "no wheels in .device/wheels: run ci/device_prepare.sh here and carry .device/wheels"
+WHEELS=(.device/wheels/*.whl)
+if [ "$REHEARSAL" = 1 ] && ls .device/local-wheels/*.whl >/dev/null 2>&1; then
+    # This machine's Python: its own binary wheels in place of the cp312 ones.
+    WHEELS=($(ls .device/wheels/*-none-any.whl) .device/local-wheels/*.whl)
+fi
+"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$SITE" "${WHEELS[@]}" >"$WORK/logs/pip.log" 2>&1 ||
+    fail "pip could not install the carried wheels ($(tail -1 "$WORK/logs/pip.log"))"
+export PYTHONPATH=$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}
+NEED_GPU=$([ "$REHEARSAL" = 1 ] && echo False || echo True)
+"$PY" - >>"$S" 2>"$WORK/logs/import.log" <<EOF || fail "import failed: $(tail -1 "$WORK/logs/import.log")"
+import sys, jsonschema, snakemake, torch, torchvision, torch.cuda
+import dgkd_core.train, dgkd_core.plan, dgkd_core.fused, dgkd_core.bench
+assert dgkd_core.__file__.startswith("$REPO/"), f"dgkd_core imported from {dgkd_core.__file__}"
+if $NEED_GPU and not torch.cuda.is_available():
+    raise SystemExit("torch sees no CUDA device")
+gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+print("python", sys.version.split()[0], "torch", torch.__version__, "torchvision",
+      torchvision.__version__, "snakemake", snakemake.__version__, "jsonschema",
+      jsonschema.__version__, "|", gpu)
+EOF
+command -v nvidia-smi >/dev/null &&
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader >>"$S"
+GIT_COMMIT=${GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || cat .device/commit 2>/dev/null || echo unknown)}
+export GIT_COMMIT
+echo "commit $GIT_COMMIT" >>"$S"
+row preamble "ok: $(grep -m1 '^python ' "$S" | cut -c1-110)"
+
+if [ "$REHEARSAL" = 1 ]; then
+    TEST_CAP=${TEST_CAP:-15} BENCH_CAP=${BENCH_CAP:-15} FUSED_CAP=${FUSED_CAP:-10}
+    BENCH_ARGS=(--device cpu --steps 1 --train-images 256)
+    REPEAT=1
+else
+    TEST_CAP=${TEST_CAP:-110} BENCH_CAP=${BENCH_CAP:-100} FUSED_CAP=${FUSED_CAP:-60}
+    BENCH_ARGS=(--steps 100)
+    REPEAT=3
+fi
+
+stage "1. CUDA tests"
+timeout "$(cap "$TEST_CAP")" "$PY" -m pytest -q -rs -p no:cacheprovider -m "not slurm" \
+    tests/test_cuda.py tests/test_fused.py tests/test_guide_tables.py -k cuda \
+    >"$WORK/tests.txt" 2>&1
+rc=$?
+tail -12 "$WORK/tests.txt" >>"$S"
+row "1 CUDA tests" "exit $rc: $(grep -E '(passed|failed|skipped|error)' "$WORK/tests.txt" | tail -1)"
+
+stage "2. bench (alone on the GPU)"
+timeout "$(cap "$BENCH_CAP")" "$PY" -m dgkd_core bench --skip-workflow "${BENCH_ARGS[@]}" --repeat $REPEAT \
+    --out "$OUT/step.json" >"$WORK/logs/bench.log" 2>&1
+rc=$?
+tail -8 "$WORK/logs/bench.log" >>"$S"
+row "2 bench" "exit $rc$(grep -E '^dgkd_student_tables' "$WORK/logs/bench.log" |
+    awk '{print ": tables " $4 " img/s, " $5 " vs released"}')"
+
+stage "3. bench --fused"
+timeout "$(cap "$FUSED_CAP")" "$PY" -m dgkd_core bench --fused "${BENCH_ARGS[@]}" \
+    --out "$OUT/step.json" >"$WORK/logs/fused.log" 2>&1
+rc=$?
+"$PY" - "$OUT/fused.json" >>"$S" 2>/dev/null <<'EOF'
+import json, sys
+for e in json.load(open(sys.argv[1]))["workloads"]:
+    print(" ".join(f"{k}={v}" for k, v in e.items() if not isinstance(v, (list, dict))))
+EOF
+row "3 bench --fused" "exit $rc"
+
+stage "4. campaign $CAMPAIGN"
+if [ -f ci/campaign_continue.sh ]; then
+    budget=$(($(left) - PACK_RESERVE_S))
+    if ((budget > 30)); then
+        CAMPAIGN=$CAMPAIGN WORKDIR=$WORK/campaign_work DEADLINE_S=$budget PYTHON=$PY OUT=$OUT \
+            CIFAR10_ARCHIVE=$(realpath -m "${CIFAR10_ARCHIVE:-.device/data/cifar10-images.tar.xz}") \
+            bash ci/campaign_continue.sh >"$WORK/logs/campaign.log" 2>&1
+        rc=$?
+        tail -6 "$WORK/logs/campaign.log" >>"$S"
+        row "4 campaign" "exit $rc: $(tail -1 "$WORK/logs/campaign.log" | cut -c1-120)"
+    else
+        row "4 campaign" "skipped: ${budget} s left"
+    fi
+else
+    row "4 campaign" "skipped: no ci/campaign_continue.sh"
+fi
+
+stage pack
+pack
+ls -la "$OUT" >>"$S"
+cp "$S" "$OUT/summary.txt"
+printf '%s\n' "${TABLE[@]}"
