@@ -70,6 +70,12 @@ def load_plan(config_files) -> Plan:
     return Plan(merged_config(config_files))
 
 
+def repo_relative(path) -> str:
+    """`path` relative to the repository where it lies inside it (as configs are recorded)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def run_key(run: Run) -> str:
     """A run's key in the manifest: its folder, as the workflow names it (results/runs/...)."""
     return run.dir

@@ -19,10 +19,10 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from dgkd_core import io
-from dgkd_core.campaign import (MANIFEST, MANIFEST_FORMAT, REPO, RESTORE_RECORD, CampaignError,
+from dgkd_core.campaign import (MANIFEST, MANIFEST_FORMAT, RESTORE_RECORD, CampaignError,
                                 check_manifest, files_of, found_status, git_commit,
-                                read_manifest, run_key, sha256_file, state_files,
-                                untrusted_reason)
+                                read_manifest, repo_relative, run_key, sha256_file,
+                                state_files, untrusted_reason)
 from dgkd_core.config import config_hash
 from dgkd_core.io import load_tensor_file
 from dgkd_core.paths import RESULTS, Run
@@ -62,7 +62,7 @@ def pack(workdir, plan: Plan, out, *, campaign: str, configs, state_dir=None,
         runs[run_key(run)] = _entry(plan, run, status, folder, files, old_runs.get(run_key(run)))
         members.update({f"{run_key(run)}/{name}": folder / name for name in files})
     manifest = {"format": MANIFEST_FORMAT, "campaign": campaign,
-                "configs": [_repo_relative(c) for c in configs], "runs": runs,
+                "configs": [repo_relative(c) for c in configs], "runs": runs,
                 "dropped": dropped, "retrained": _retrained(previous, workdir),
                 "windows": [*previous.get("windows", []), _window(runs, window_s)]}
     _write_archive(Path(out), manifest, members)
@@ -120,11 +120,6 @@ def _this_device() -> dict:
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _repo_relative(path) -> str:
-    path = Path(path).resolve()
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def _retrained(previous: dict, workdir: Path) -> dict:

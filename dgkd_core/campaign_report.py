@@ -13,7 +13,7 @@ import statistics
 from pathlib import Path
 
 from dgkd_core import paths, report
-from dgkd_core.campaign import load_plan, read_manifest, run_key
+from dgkd_core.campaign import load_plan, read_manifest, repo_relative, run_key
 from dgkd_core.io import atomic_write_text
 from dgkd_core.plan import Plan
 from dgkd_core.reference import RECIPES, paper_value, published_80_epochs
@@ -171,7 +171,7 @@ def campaign_report(state_dir, config_files) -> tuple[str, str]:
     manifest = read_manifest(state_dir) or {"runs": {}, "campaign": state_dir.name}
     name = manifest["campaign"]
     lines = [f"# Reproduction campaign `{name}`", "",
-             f"Configs: {', '.join(f'`{c}`' for c in manifest.get('configs', config_files))}. "
+             f"Configs: {', '.join(f'`{c}`' for c in manifest.get('configs', map(repo_relative, config_files)))}. "
              f"Protocol: {_protocol_text(plan)}. Top-1 % on the test set at the last epoch; "
              "differences in points, paired by seed, 95 % interval mean ± t(0.975, n−1)·sd/√n.",
              "", "## Progress", "", *_progress_lines(plan, manifest), ""]
