@@ -39,8 +39,8 @@ RECIPES = {
     _DGKD: "the paper's recipe is not fully known; its released code keeps the best test epoch, "
            "so these are probably best-epoch numbers",
     _DGKD_ABLATION: "as the paper's Table 1: probably best-epoch numbers",
-    _TAKD_PAPER_80: "the TAKD paper's protocol for this pair, 80 epochs (the numbers DGKD's Table 1 "
-                    "prints beside its own); its other settings, such as which epoch is "
+    _TAKD_PAPER_80: "the TAKD paper's protocol for this pair, 80 epochs (the numbers DGKD's "
+                    "Table 1 prints beside its own); its other settings, such as which epoch is "
                     "reported, may differ from this project's",
     _TAKD_AUTHOR: "another recipe: TAKD's code (no augmentation, its own learning-rate schedule, "
                   "λ and T searched per run, best-epoch selection)",
