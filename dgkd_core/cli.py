@@ -1,5 +1,5 @@
 """Command line: `python -m dgkd_core {train,train-group,guide-table,evaluate,prepare-data,bench,
-reproduction}`."""
+reproduction,campaign}`."""
 
 from __future__ import annotations
 
@@ -289,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the Markdown report (default: %(default)s)")
     p.add_argument("--commit", help="the code's commit, where this tree is no git checkout")
     p.set_defaults(func=_reproduction)
+
+    from dgkd_core.campaign_cli import add_campaign_parser
+
+    add_campaign_parser(sub, common)
     return parser
 
 
@@ -354,12 +358,13 @@ def _add_guide_table_parser(sub, common) -> None:
 
 def error_line(err: BaseException) -> str:
     """One line for the user: the message's first line; the type where it adds something."""
+    from dgkd_core.campaign import CampaignError
     from dgkd_core.checkpoints import TrainingError
     from dgkd_core.config import ConfigError
     from dgkd_core.data import DataError
 
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    if isinstance(err, (ConfigError, TrainingError, DataError, OSError)) and text:
+    if isinstance(err, (CampaignError, ConfigError, TrainingError, DataError, OSError)) and text:
         return text
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 

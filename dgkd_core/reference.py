@@ -32,12 +32,16 @@ class PaperValue:
 _DGKD = "DGKD (ICCV 2021)"
 _DGKD_ABLATION = "DGKD (ICCV 2021), 7-TA study"
 _TAKD_AUTHOR = "TAKD author's report"
+_TAKD_PAPER_80 = "TAKD paper (AAAI 2020), 80 epochs"
 # The recipe behind each source (REFERENCE.md; docs/recipe.md). Neither is this project's default
 # recipe (augmentation, the paper's loss, last-epoch numbers), so a difference is not only noise.
 RECIPES = {
     _DGKD: "the paper's recipe is not fully known; its released code keeps the best test epoch, "
            "so these are probably best-epoch numbers",
     _DGKD_ABLATION: "as the paper's Table 1: probably best-epoch numbers",
+    _TAKD_PAPER_80: "the TAKD paper's protocol for this pair, 80 epochs (the numbers DGKD's "
+                    "Table 1 prints beside its own); its other settings, such as which epoch is "
+                    "reported, may differ from this project's",
     _TAKD_AUTHOR: "another recipe: TAKD's code (no augmentation, its own learning-rate schedule, "
                   "λ and T searched per run, best-epoch selection)",
 }
@@ -87,3 +91,17 @@ def paper_value(dataset: str, method: str, lineage, keep_prob: float | None = No
         if key in _VALUES:
             return _VALUES[key]
     return None
+
+
+# Table 1's CIFAR-10 ResNet row at the TAKD paper's 80-epoch protocol, per (dataset, teacher,
+# student): NoKD, KD and TAKD are the TAKD paper's; DGKD's Table 1 shows DGKD 89.02 beside them.
+_PROTOCOL_80 = {
+    ("cifar10", "resnet26", "resnet8"): {
+        "nokd": PaperValue(86.02, _TAKD_PAPER_80), "kd": PaperValue(86.66, _TAKD_PAPER_80),
+        "takd": PaperValue(88.01, _TAKD_PAPER_80), "dgkd": PaperValue(89.02, _DGKD)},
+}
+
+
+def published_80_epochs(dataset: str, teacher: str, student: str) -> dict[str, PaperValue]:
+    """Method -> the published top-1 at the TAKD paper's 80-epoch protocol ({} if none)."""
+    return dict(_PROTOCOL_80.get((dataset, teacher, student), {}))
