@@ -50,7 +50,9 @@ fi
 CONFIG_ARGS=()
 for c in "${CONFIGS[@]}"; do CONFIG_ARGS+=(--config "$(realpath "$c")"); done
 SNAKE_CONFIGS=("${CONFIGS[@]}")
-if [ -n "${CIFAR10_ARCHIVE:-}" ]; then
+HAS_CIFAR10=$($PY -c "import sys; from dgkd_core.reproduction import merged_config
+print(int('cifar10' in merged_config(sys.argv[1:]).get('datasets', {})))" "${CONFIGS[@]}")
+if [ -n "${CIFAR10_ARCHIVE:-}" ] && [ "$HAS_CIFAR10" = 1 ]; then
     # Where the data is: not part of what a run computes, so no run's config hash changes.
     OVERLAY=$WORKDIR/results/campaign_archive.yaml
     printf 'datasets:\n  cifar10:\n    archive: %s\n' "$(realpath -m "$CIFAR10_ARCHIVE")" >"$OVERLAY"

@@ -10,7 +10,9 @@
 #   4. all the time left: the reproduction campaign (ci/campaign_continue.sh), whose state
 #      comes back as one file.
 # Everything comes back in at most 8 files under OUT: summary.txt (its last lines a short
-# table), tests.txt, step.json, fused.json, campaign_<name>.tar.xz and logs.tar.xz.
+# table), tests.txt, step.json, fused.json, logs.tar.xz, and the campaign's
+# campaign_<name>.tar.xz (its state: `python -m dgkd_core campaign unpack` here) and
+# campaign_<name>_logs.tar.gz.
 # Usage, on the GPU machine (device tool):  DEADLINE_S=540 bash ci/gpu_run.sh
 #   OUT          where the files go (the device's $OUT; default results/gpu_run)
 #   DEADLINE_S   seconds for the whole call (default 540); stages are capped to what is left
@@ -26,7 +28,7 @@ OUT=$(realpath -m "${OUT:-results/gpu_run}")
 WORK=${GPU_RUN_WORK:-$(mktemp -d /tmp/gpu_run.XXXXXX)}
 DEADLINE=$(($(date +%s) + ${DEADLINE_S:-540}))
 REHEARSAL=${REHEARSAL:-0}
-CAMPAIGN=${CAMPAIGN:-cifar10_resnet_80ep}
+CAMPAIGN=${CAMPAIGN:-$([ "$REHEARSAL" = 1 ] && echo rehearsal || echo cifar10_resnet_80ep)}
 S=$WORK/summary.txt
 PACK_RESERVE_S=${PACK_RESERVE_S:-25} # kept at the end for packing
 export PYTHONUNBUFFERED=1
@@ -88,7 +90,10 @@ echo "commit $GIT_COMMIT" >>"$S"
 row preamble "ok: $(grep -m1 '^python ' "$S" | cut -c1-110)"
 
 if [ "$REHEARSAL" = 1 ]; then
-    TEST_CAP=${TEST_CAP:-15} BENCH_CAP=${BENCH_CAP:-15} FUSED_CAP=${FUSED_CAP:-10}
+    # Short caps: the stages' plumbing is what is rehearsed; the campaign gets most of the time.
+    TEST_CAP=${TEST_CAP:-8} BENCH_CAP=${BENCH_CAP:-5} FUSED_CAP=${FUSED_CAP:-5}
+    PACK_RESERVE_S=8 CAMPAIGN_PACK_RESERVE_S=8
+    export MIN_TRAIN_S=5
     BENCH_ARGS=(--device cpu --steps 1 --train-images 256)
     REPEAT=1
 else
@@ -127,8 +132,12 @@ row "3 bench --fused" "exit $rc"
 stage "4. campaign $CAMPAIGN"
 if [ -f ci/campaign_continue.sh ]; then
     budget=$(($(left) - PACK_RESERVE_S))
-    if ((budget > 30)); then
+    if ((budget > 20)); then
+        if [ "$REHEARSAL" = 1 ]; then # the tiny config, into a state of its own
+            export CAMPAIGN_CONFIGS=config/repro_tiny.yaml STATE_DIR=$WORK/rehearsal_state
+        fi
         CAMPAIGN=$CAMPAIGN WORKDIR=$WORK/campaign_work DEADLINE_S=$budget PYTHON=$PY OUT=$OUT \
+            PACK_RESERVE_S=${CAMPAIGN_PACK_RESERVE_S:-40} \
             CIFAR10_ARCHIVE=$(realpath -m "${CIFAR10_ARCHIVE:-.device/data/cifar10-images.tar.xz}") \
             bash ci/campaign_continue.sh >"$WORK/logs/campaign.log" 2>&1
         rc=$?
