@@ -59,7 +59,9 @@ if [ -n "${CIFAR10_ARCHIVE:-}" ] && [ "$HAS_CIFAR10" = 1 ]; then
     SNAKE_CONFIGS+=("$OVERLAY")
 fi
 SNAKE=(--snakefile "$REPO/Snakefile" --directory "$WORKDIR" --profile profiles/local
-    --cores "${CORES:-all}" --resources "gpu_jobs=${GPU_JOBS:-6}")
+    --cores "${CORES:-all}" --scheduler greedy --resources "gpu_jobs=${GPU_JOBS:-6}")
+# greedy: the ILP scheduler needs pulp, which the GPU kit does not carry (ci/device_prepare.sh);
+# with a handful of jobs at a time it picks the same ones, by --prioritize first.
 
 stage "data"
 mapfile -t DATA < <($PY -m dgkd_core campaign targets data "${CONFIG_ARGS[@]}")
