@@ -301,6 +301,28 @@ def test_cuda_streams_group_matches_solo_runs(tiny_data, teacher, tmp_path):
         assert_close_weights(solo, spec["out_dir"], atol=1e-4)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_streams_members_recaptured_at_a_milestone_match_solo_runs(tiny_data, teacher,
+                                                                        tmp_path):
+    """Both members' lr drops after epoch 1, so each re-captures its graph while the other's
+    graph lives on: each captured on its own stream (dgkd_core.step), neither disturbs the
+    other, and each ends at its solo weights."""
+    step_lr = {"name": "step", "milestones": [0.5], "gamma": 0.2}
+    specs = [{"config": run_config(seed=3, device="cuda", schedule=step_lr), "data": tiny_data,
+              "out_dir": tmp_path / "a"},
+             {"config": run_config(seed=4, method="kd", device="cuda", schedule=step_lr),
+              "data": tiny_data, "out_dir": tmp_path / "b", "guides": [teacher]}]
+    fused = train_fused(specs, progress=False)
+    for spec, metrics in zip(specs, fused):
+        assert metrics["fused_group"]["mechanism"] == "cuda_streams"
+        assert metrics["determinism"]["cuda_graph_fallback"] is None
+        lrs = [float(row["lr"]) for row in history_without_timing(spec["out_dir"])]
+        assert lrs == pytest.approx([0.05, 0.01])
+        solo = tmp_path / f"solo_{spec['out_dir'].name}"
+        train(spec["config"], tiny_data, solo, spec.get("guides", ()), progress=False)
+        assert_close_weights(solo, spec["out_dir"], atol=1e-4)
+
+
 @pytest.mark.slow
 def test_bench_fused_workloads_report_both_ways(tmp_path):
     """`bench --fused`'s entries (figures never asserted on: speed is not a timed test)."""
