@@ -110,6 +110,17 @@ def epoch_generator(seed: int, epoch: int, stream: str) -> torch.Generator:
     return torch.Generator().manual_seed(epoch_seed(seed, epoch, stream))
 
 
+def elapsed_s(device: torch.device, start: float) -> float:
+    """Seconds from `start` (a `time.perf_counter()` reading) until `device` has finished the
+    work queued on it. CUDA runs kernels asynchronously: the clock is read after
+    `torch.cuda.synchronize(device)`, else work still queued would go uncounted and training
+    times come out short (img/s too high). A sync per call: for once per epoch or segment,
+    not per step."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
 def environment_info(device: torch.device) -> dict:
     """Versions, device name, thread count and host, as metrics.json records them."""
     import torchvision

@@ -44,8 +44,8 @@ from dgkd_core.models import build_model
 from dgkd_core.prepared_guides import prepare_guide
 from dgkd_core.resume import (RESUME_FILE, TrainState, read_resume_state, restore_resume_state,
                               write_resume_state)
-from dgkd_core.runtime import (StopFlag, environment_info, epoch_generator, fast_settings,
-                               make_autocast, pick_device, seed_everything)
+from dgkd_core.runtime import (StopFlag, elapsed_s, environment_info, epoch_generator,
+                               fast_settings, make_autocast, pick_device, seed_everything)
 from dgkd_core.step import make_step
 from dgkd_core.tensorboard_log import check_available, open_writer
 
@@ -229,7 +229,7 @@ class Trainer:
     def end_epoch(self, lr: float) -> None:
         """After the epoch's last step: fold the segment in, evaluate, log, save the resume
         state (and stop there on a signal or a spent time budget)."""
-        self._end_segment(time.perf_counter() - self.state.segment_start)
+        self._end_segment(elapsed_s(self.device, self.state.segment_start))
         self._record_epoch(lr)
         self.stop_or_save(0.0)
 
@@ -255,7 +255,8 @@ class Trainer:
 
     def run_step(self, batch: Sequence[torch.Tensor], lr: float) -> float:
         """One optimizer step on a train-loader batch: (x [B,3,H,W], y [B]), or (x, y, views
-        [B]) where guide tables stand in for the guides. Returns the segment's seconds so far."""
+        [B]) where guide tables stand in for the guides. Returns the segment's seconds so far,
+        without a device sync (for the time budget; work still queued on a GPU is not in it)."""
         s = self.state
         x, y, views = batch[0], batch[1], (batch[2] if len(batch) > 2 else None)
         terms = self.step_fn(x, y, self._draw_keep(), lr, views)
@@ -354,8 +355,8 @@ class Trainer:
         reason = self.dist.agree_stop(self.stop_reason(elapsed))  # ranks: all stop at one step
         if reason is None and not at_epoch_end:
             return
-        if not at_epoch_end:
-            self._end_segment(elapsed)
+        if not at_epoch_end:  # the segment's time with its queued work done (elapsed has not)
+            self._end_segment(elapsed_s(self.device, s.segment_start))
         self._save_resume(reason)
         if reason is None:
             return

@@ -44,6 +44,34 @@ def test_outputs_and_metrics(tiny_data, tmp_path):
     assert ckpt["model"] == "plane2" and ckpt["num_classes"] == 10
 
 
+def test_elapsed_time_waits_for_the_cuda_device(monkeypatch):
+    """Training times (img/s) are read after a CUDA sync: queued kernels count too."""
+    from dgkd_core.runtime import elapsed_s
+
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    start = time.perf_counter()
+    assert elapsed_s(torch.device("cpu"), start) >= 0.0 and synced == []
+    cuda = torch.device("cuda", 1)
+    assert elapsed_s(cuda, start) >= 0.0 and synced == [cuda]
+
+
+def test_each_epochs_training_time_is_read_through_elapsed_s(tiny_data, tmp_path,
+                                                            monkeypatch):
+    import dgkd_core.train as train_mod
+
+    read = []
+
+    def recording(device, start):
+        read.append(device)
+        return time.perf_counter() - start
+
+    monkeypatch.setattr(train_mod, "elapsed_s", recording)
+    metrics = train(run_config(device="cpu"), tiny_data, tmp_path, progress=False)
+    assert read == [torch.device("cpu")] * 2  # once per epoch, not per step
+    assert metrics["train_time_s"] > 0
+
+
 def test_same_seed_is_bit_identical(tiny_data, tmp_path):
     train(run_config(), tiny_data, tmp_path / "a", progress=False)
     train(run_config(), tiny_data, tmp_path / "b", progress=False)
