@@ -14,6 +14,7 @@ import torch
 import yaml
 
 import dgkd_core.distiller as distiller_mod
+import dgkd_core.train as train_mod
 from dgkd_core.config import ConfigError
 from dgkd_core.data import prepare_dataset
 from dgkd_core.models import build_model
@@ -58,8 +59,6 @@ def test_elapsed_time_waits_for_the_cuda_device(monkeypatch):
 
 def test_each_epochs_training_time_is_read_through_elapsed_s(tiny_data, tmp_path,
                                                             monkeypatch):
-    import dgkd_core.train as train_mod
-
     read = []
 
     def recording(device, start):
@@ -163,6 +162,37 @@ def test_sigterm_mid_epoch_saves_and_restart_completes(tiny_data, teacher, tmp_p
     reference = tmp_path / "straight"
     train(cfg, tiny_data, reference, guides, progress=False)
     assert_same_weights(reference / "model.pt", out / "model.pt")
+
+
+def test_sdgkd_steps_get_the_per_step_draws_of_the_epoch_generator(tiny_data, teacher,
+                                                                   tmp_path, monkeypatch):
+    """The masks drawn per epoch into one tensor reach the steps in the order, and with the
+    values, that one draw per step from the epoch's keep RNG gave (so training is unchanged)."""
+    from dgkd_core.losses import draw_keep_mask
+    from dgkd_core.runtime import epoch_generator
+
+    seen = []
+    real_make_step = train_mod.make_step
+
+    def recording_make_step(*args, **kwargs):
+        step = real_make_step(*args, **kwargs)
+
+        def recorded(x, y, keep, lr, views=None):
+            seen.append(keep.clone())
+            return step(x, y, keep, lr, views)
+        return recorded
+
+    monkeypatch.setattr(train_mod, "make_step", recording_make_step)
+    cfg = run_config(epochs=2, batch_size=128, method="sdgkd", device="cpu",
+                     loss={"keep_prob": 0.5, "drop_teacher": True})
+    train(cfg, tiny_data, tmp_path, [teacher, teacher], progress=False)
+    steps = 512 // 128
+    expected = []
+    for epoch in range(2):
+        gen = epoch_generator(cfg["seed"], epoch, stream="keep")
+        expected += [draw_keep_mask(2, 0.5, drop_teacher=True, generator=gen)
+                     for _ in range(steps)]
+    assert len(seen) == len(expected) and all(map(torch.equal, seen, expected))
 
 
 @pytest.mark.parametrize("over, needle", [
