@@ -112,12 +112,13 @@ def epoch_generator(seed: int, epoch: int, stream: str) -> torch.Generator:
 
 def elapsed_s(device: torch.device, start: float) -> float:
     """Seconds from `start` (a `time.perf_counter()` reading) until `device` has finished the
-    work queued on it. CUDA runs kernels asynchronously: the clock is read after
-    `torch.cuda.synchronize(device)`, else work still queued would go uncounted and training
-    times come out short (img/s too high). A sync per call: for once per epoch or segment,
-    not per step."""
+    work queued on its current stream. CUDA runs kernels asynchronously: the clock is read
+    after that stream's sync, else work still queued would go uncounted and training times come
+    out short (img/s too high). The current stream, not the whole device: a fused member's
+    epoch ends with its stream joined into the current one (dgkd_core.fused), and need not wait
+    for the other members' queued steps. A sync per call: for once per segment, not per step."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        torch.cuda.current_stream(device).synchronize()
     return time.perf_counter() - start
 
 

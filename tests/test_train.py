@@ -50,7 +50,15 @@ def test_elapsed_time_waits_for_the_cuda_device(monkeypatch):
     from dgkd_core.runtime import elapsed_s
 
     synced = []
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+
+    class Stream:
+        def __init__(self, device):
+            self.device = device
+
+        def synchronize(self):
+            synced.append(self.device)
+
+    monkeypatch.setattr(torch.cuda, "current_stream", Stream)
     start = time.perf_counter()
     assert elapsed_s(torch.device("cpu"), start) >= 0.0 and synced == []
     cuda = torch.device("cuda", 1)
