@@ -339,3 +339,29 @@ def test_resume_state_is_refused_after_the_guide_is_retrained(
     train(run_config(model="plane4", epochs=1, seed=9), tiny_data, retrained, progress=False)
     guide.write_bytes((retrained / "model.pt").read_bytes())
     assert train(cfg, tiny_data, tmp_path / "out", [guide], progress=False)["resumed"] is False
+
+
+def test_evaluate_sums_on_the_device_to_the_per_batch_host_sums(teacher, tiny_data):
+    """evaluate() keeps its counts and loss sum on the device (one sync); the result equals,
+    bit for bit, the per-batch host sums it replaced (written out here as the reference)."""
+    import torch.nn as nn
+
+    from dgkd_core.checkpoints import load_guide
+    from dgkd_core.data import load_prepared, make_loaders
+    from dgkd_core.evaluate import evaluate
+
+    data = load_prepared(tiny_data)
+    model = load_guide(teacher, data.meta, torch.device("cpu")).eval()
+    _, loader = make_loaders(data, batch_size=100, eval_batch_size=100, device="cpu", seed=0)
+    correct1 = correct5 = n = 0
+    loss_sum = 0.0
+    with torch.inference_mode():
+        for images, targets in loader:  # 256 images: batches of 100, 100 and 56
+            logits = model(images).float()
+            hits = logits.topk(5, dim=1).indices.eq(targets[:, None])
+            correct1 += int(hits[:, 0].sum())
+            correct5 += int(hits.any(dim=1).sum())
+            loss_sum += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))
+            n += targets.shape[0]
+    assert evaluate(model, loader) == {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n,
+                                       "loss": loss_sum / n, "n": n}
