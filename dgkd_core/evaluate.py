@@ -26,32 +26,41 @@ def evaluate(model: nn.Module, loader, *, bf16: bool = False,
     Returns {"top1", "top5", "loss", "n"}; top-5 equals top-1's definition with k = min(5, C)."""
     was_training = model.training
     model.eval()
-    correct1 = correct5 = 0
-    loss_sum, n = 0.0, 0
-    device_type = next(model.parameters()).device.type
+    device = next(model.parameters()).device
+    # [top-1 hits, top-5 hits, summed loss (nats)], kept on the device: one sync per evaluation,
+    # not three per batch. float64 adds the float32 batch losses as the Python floats once
+    # did, and counts exactly (below 2**53).
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    n = 0
     # Unlike the training step's autocast (`runtime.make_autocast`) the weight-cast cache stays
     # on: nothing here is captured in a CUDA graph.
-    autocast = torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     with torch.inference_mode(), autocast:
         for images, targets in loader:
-            logits = model(images).float()
-            k = min(5, logits.shape[1])
-            top = logits.topk(k, dim=1).indices
-            hits = top.eq(targets[:, None])
-            correct1 += int(hits[:, 0].sum())
-            correct5 += int(hits.any(dim=1).sum())
-            loss_sum += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))
+            totals += _batch_totals(model(images).float(), targets)
             n += targets.shape[0]
     model.train(was_training)
     if sum_over_ranks is not None:
-        totals = torch.tensor([correct1, correct5, loss_sum, n], dtype=torch.float64,
-                              device=next(model.parameters()).device)
+        totals = torch.cat([totals, totals.new_tensor([n])])
         c1, c5, loss_sum, n = sum_over_ranks(totals).tolist()
-        correct1, correct5, n = int(c1), int(c5), int(n)
+        n = int(n)
+    else:
+        c1, c5, loss_sum = totals.tolist()
+    correct1, correct5 = int(c1), int(c5)
     if n == 0:
         raise ValueError("evaluation loader yielded no samples")
     return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n,
             "n": n}
+
+
+def _batch_totals(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """float64 [3] on the logits' device: the batch's top-1 hits, top-5 hits (k = min(5, C))
+    and summed cross-entropy (nats). logits: float32 [B, C]; targets: int64 [B]."""
+    k = min(5, logits.shape[1])
+    hits = logits.topk(k, dim=1).indices.eq(targets[:, None])
+    loss = nn.functional.cross_entropy(logits, targets, reduction="sum")
+    return torch.stack([hits[:, 0].sum().double(), hits.any(dim=1).sum().double(),
+                        loss.double()])
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data_path: str | os.PathLike, *,

@@ -15,6 +15,9 @@ Three conventions:
   numbers: the KL is also divided by the class count (``nn.KLDivLoss()``'s default 'mean'
   reduction) and the CE weight is ``(1−λ)`` whatever ``n``; its guide dropping removes exactly
   ``drop_num`` terms, teacher included (:func:`draw_released_drop_mask`).
+
+A training run draws its masks per epoch segment (:class:`SegmentKeepMasks`): the same draws as
+one mask per step, in step order from the epoch's generator, but copied to the device once.
 * ``"released_code_batchmean"``: the released code's loss without its 1/C: CE weight ``(1−λ)``,
   KD as in the paper. It exists for the convention ablation, to show what the 1/C does.
 """
@@ -22,7 +25,7 @@ Three conventions:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,12 +33,14 @@ from torch import Tensor
 
 __all__ = [
     "CONVENTIONS",
+    "SegmentKeepMasks",
     "check_loss_settings",
     "dgkd_loss",
     "draw_keep_mask",
     "draw_released_drop_mask",
     "guide_term_names",
     "kd_loss",
+    "step_mask_drawer",
 ]
 
 CONVENTIONS = ("paper", "released_code", "released_code_batchmean")
@@ -182,3 +187,61 @@ def draw_released_drop_mask(n_guides: int, drop_num: int, *, generator: torch.Ge
     keep = torch.ones(n_guides)
     keep[torch.randperm(n_guides, generator=generator)[:drop_num]] = 0.0
     return keep
+
+
+def step_mask_drawer(loss_cfg: dict, n_guides: int) -> Callable[[torch.Generator], Tensor] | None:
+    """What draws one training step's mask, float32 ``[n_guides]`` on CPU, from a generator:
+    :func:`draw_keep_mask` where ``loss_cfg["keep_prob"]`` is set (and there are guides),
+    :func:`draw_released_drop_mask` where ``loss_cfg["drop_num"]`` > 0, else None (every guide
+    counts, nothing is drawn). loss_cfg: a resolved run config's ``loss``."""
+    if loss_cfg["keep_prob"] is not None and n_guides > 0:
+        return lambda gen: draw_keep_mask(n_guides, loss_cfg["keep_prob"],
+                                          drop_teacher=loss_cfg["drop_teacher"], generator=gen)
+    if loss_cfg["drop_num"] > 0:  # exactly drop_num dropped, as the released code does
+        return lambda gen: draw_released_drop_mask(n_guides, loss_cfg["drop_num"], generator=gen)
+    return None
+
+
+class SegmentKeepMasks:
+    """The keep masks of one epoch segment, steps ``first_step`` to ``steps - 1``: drawn on the
+    host in step order when made, held on ``device`` as one float32 tensor ``[steps - first_step,
+    n_guides]``; :meth:`at` gives a step's row ``[n_guides]`` (None where ``draw`` is None).
+
+    Drawing them at once, rather than one per step, changes neither the masks nor the
+    generator's stream, and replaces a pageable host-to-device copy per step by one per
+    segment. ``generator`` (at ``first_step``) is left untouched: the draws come from a copy,
+    and :meth:`generator_state_at` re-creates the state after any step for the resume state.
+    """
+
+    def __init__(self, draw: Callable[[torch.Generator], Tensor] | None,
+                 generator: torch.Generator, first_step: int, steps: int, device: torch.device):
+        self.draw, self.first_step = draw, first_step
+        self.start_state = generator.get_state()
+        self.masks: Tensor | None = None
+        if draw is not None:
+            copy = _generator_at(self.start_state)
+            rows = [draw(copy) for _ in range(first_step, steps)]
+            # n_guides from a draw of a throw-away generator where the segment has no step left
+            width = rows[0].shape[0] if rows else draw(torch.Generator()).shape[0]
+            host = torch.stack(rows) if rows else torch.zeros(0, width)
+            self.masks = host.to(device)
+
+    def at(self, step: int) -> Tensor | None:
+        """Step ``step``'s mask (0-based within the epoch), on the device; None: keep all."""
+        return None if self.masks is None else self.masks[step - self.first_step]
+
+    def generator_state_at(self, step: int) -> Tensor:
+        """The generator's state once steps ``first_step`` to ``step - 1`` have drawn theirs:
+        what one draw per step leaves, so a resumed run goes on with the same masks."""
+        gen = _generator_at(self.start_state)
+        if self.draw is not None:
+            for _ in range(self.first_step, step):
+                self.draw(gen)
+        return gen.get_state()
+
+
+def _generator_at(state: Tensor) -> torch.Generator:
+    """A new CPU generator in ``state`` (a ``get_state()`` byte tensor)."""
+    gen = torch.Generator()
+    gen.set_state(state)
+    return gen

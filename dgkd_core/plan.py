@@ -123,9 +123,8 @@ class Plan:
         self._warn_on_imported_baselines()
         self._check_run_configs()
         self._warn_on_chain_sizes()
-        self._tables = plan_guide_tables(
-            self._runs, self.guides, self.run_config,
-            lambda name: self.config["datasets"][name]["source"], self.config["guide_tables"])
+        self._tables = plan_guide_tables(self._runs, self.guides, self.run_config,
+                                         self.config["datasets"], self.config["guide_tables"])
 
     # ------------------------------------------------------------------ the runs
 

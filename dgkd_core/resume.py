@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from dgkd_core import io
 from dgkd_core.io import UnreadableFile, load_tensor_file
+from dgkd_core.losses import SegmentKeepMasks
 from dgkd_core.runtime import rng_state, set_rng_state
 
 __all__ = ["RESUME_FILE", "TrainState", "read_resume_state", "restore_resume_state",
@@ -42,7 +43,7 @@ class TrainState:
     sums: dict[str, float] | None = None  # per loss term: sum of (term x batch size), this epoch
     images: int = 0  # training images seen in this epoch
     train_time_s: float = 0.0  # seconds spent on training steps in this epoch
-    keep_gen: torch.Generator | None = None  # this epoch's guide keep-mask RNG
+    keep_gen: torch.Generator | None = None  # the keep-mask RNG at this segment's start
     history: list[dict] = field(default_factory=list)  # history.csv's rows, one per epoch done
     epoch_times: list[float] = field(default_factory=list)  # train_time_s of each epoch done
     previous_stop: str | None = None  # why the attempt resumed from stopped; None: fresh start
@@ -50,6 +51,7 @@ class TrainState:
     sums_dev: torch.Tensor | None = None  # float64 [n terms]: this segment's sums
     bad_step: torch.Tensor | None = None  # int64 []: first non-finite step of the segment, or -1
     last_terms: torch.Tensor | None = None  # float32 [n terms]: the last step's loss terms
+    keep_masks: SegmentKeepMasks | None = None  # this segment's masks, drawn from keep_gen
 
     def fold_sums(self, term_names: list[str]) -> None:
         """Add the segment's device sums into `sums` (one sync) and zero them."""
@@ -80,8 +82,9 @@ def write_resume_state(path: Path, state: TrainState, *, identity: dict,
         "train_time_s": state.train_time_s,
         "history": state.history,
         "loader": loader.state_dict() if state.step else None,
-        # mid-epoch only: a new epoch derives its keep RNG from (seed, epoch)
-        "keep_gen": state.keep_gen.get_state() if state.step else None,
+        # mid-epoch only: a new epoch derives its keep RNG from (seed, epoch). The RNG as one
+        # draw per step leaves it after `step` steps (the segment drew its masks at once).
+        "keep_gen": state.keep_masks.generator_state_at(state.step) if state.step else None,
         "rng": rng_state(),
     }
     io.atomic_torch_save(payload, path)

@@ -110,6 +110,18 @@ def epoch_generator(seed: int, epoch: int, stream: str) -> torch.Generator:
     return torch.Generator().manual_seed(epoch_seed(seed, epoch, stream))
 
 
+def elapsed_s(device: torch.device, start: float) -> float:
+    """Seconds from `start` (a `time.perf_counter()` reading) until `device` has finished the
+    work queued on its current stream. CUDA runs kernels asynchronously: the clock is read
+    after that stream's sync, else work still queued would go uncounted and training times come
+    out short (img/s too high). The current stream, not the whole device: a fused member's
+    epoch ends with its stream joined into the current one (dgkd_core.fused), and need not wait
+    for the other members' queued steps. A sync per call: for once per segment, not per step."""
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+    return time.perf_counter() - start
+
+
 def environment_info(device: torch.device) -> dict:
     """Versions, device name, thread count and host, as metrics.json records them."""
     import torchvision

@@ -13,6 +13,12 @@ bound by kernel-launch overhead, so replaying one graph per step is what makes t
 maths is the eager step's: warm-up iterations needed before capture run on a snapshot that is
 restored afterwards, and the learning rate, baked into the captured optimizer kernel, triggers
 a re-capture when it changes.
+
+Each graph step warms up and captures on a CUDA stream of its own, created with it and kept:
+cuBLAS keeps a workspace per stream, and a graph replays with the workspace of the stream it was
+captured on. On one shared capture stream the graphs of a fused group (dgkd_core.fused), replayed
+concurrently on the members' streams, would race on one workspace, and one member's re-capture
+at an lr change could reallocate the workspace the others' graphs still point to.
 """
 
 from __future__ import annotations
@@ -66,6 +72,8 @@ class CudaGraphStep:
 
     def __init__(self, eager, distiller, optimizer, device):
         self.eager, self.distiller, self.optimizer, self.device = eager, distiller, optimizer, device
+        # This step's warm-up and capture stream, for its whole life (module docstring: why).
+        self.capture_stream = torch.cuda.Stream(device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_lr: float | None = None
         self.static: dict[str, torch.Tensor | None] = {}
@@ -115,7 +123,7 @@ class CudaGraphStep:
         s = self.static
         if self.graph is None:  # first capture: warm up lazily-initialised state, then undo it
             snap = self._snapshot()
-            side = torch.cuda.Stream()
+            side = self.capture_stream
             side.wait_stream(torch.cuda.current_stream())
             try:
                 with torch.cuda.stream(side):
@@ -129,7 +137,7 @@ class CudaGraphStep:
         self.graph = None
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=self.capture_stream):
             self.static_terms = self.eager.forward_backward(s["x"], s["y"], s["keep"], s["views"])
             self.optimizer.step()
         self.graph, self.graph_lr = graph, lr

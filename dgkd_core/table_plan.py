@@ -6,23 +6,22 @@ table costs `views_per_image` (162) forward passes per training image, once, and
 image and epoch of each run that uses it, so it pays when those runs train for more than 162
 epochs together (the teacher of Table 1's chain guides five runs of 160 epochs each).
 
-A run can use a table when it trains on cached data (cifar10, cifar100, synthetic; an
-imagefolder set may be streamed, so it gets none) with the random crop and flip (`augment`), and
-when its normalisation, fast path and device are those the table is built with, which are those
-of the first such run in plan order. Other runs of the same guide run it inline.
+A run can use a table when it trains on data that is always prepared into the cached tensor
+(`dgkd_core.data.always_cached`: cifar10, cifar100, synthetic, and an image folder given as an
+archive; one read in place may be streamed, so it gets none) with the random crop and flip
+(`augment`), and when its normalisation, fast path and device are those the table is built
+with, which are those of the first such run in plan order. Other runs of the same guide run it
+inline.
 """
 
 from __future__ import annotations
 
 import json
 
-from dgkd_core.data import CROP_PAD, views_per_image
+from dgkd_core.data import CROP_PAD, always_cached, views_per_image
 from dgkd_core.paths import Run
 
-__all__ = ["CACHED_SOURCES", "plan_guide_tables"]
-
-# Sources whose prepared data is always the cached uint8 tensor (never streamed).
-CACHED_SOURCES = ("cifar10", "cifar100", "synthetic")
+__all__ = ["dataset_is_cached", "plan_guide_tables"]
 
 
 def _table_key(cfg: dict) -> str:
@@ -30,13 +29,23 @@ def _table_key(cfg: dict) -> str:
     return json.dumps([cfg["normalize"], cfg["fast"], cfg["device"]], sort_keys=True)
 
 
-def plan_guide_tables(runs: list[Run], guides_of, run_config, dataset_source, mode
+def dataset_is_cached(spec: dict) -> bool:
+    """Whether a workflow config's dataset (`datasets.<name>`, defaults filled in) is always
+    prepared into the cached uint8 tensor. One given as an archive is unpacked for preparing
+    only, and removed after (rules/data.smk): its root is temporary."""
+    recipe = (spec.get("options") or {}).get("recipe")
+    return always_cached(spec["source"], root_is_temporary=bool(spec.get("archive")),
+                         **({"recipe": recipe} if recipe else {}))
+
+
+def plan_guide_tables(runs: list[Run], guides_of, run_config, datasets: dict, mode
                       ) -> dict[Run, list[Run]]:
     """guide run -> the runs that look its logits up in its table (plan order; the first one's
     run config builds the table). Guides left out run inline everywhere.
 
     runs: every run of the plan, guides first; guides_of(run): its guide runs; run_config(run):
-    its resolved run config; dataset_source(name): the dataset's `source`; mode: auto/true/false.
+    its resolved run config; datasets: the workflow config's `datasets` (name -> spec);
+    mode: auto/true/false.
     """
     if mode is False:
         return {}
@@ -44,7 +53,7 @@ def plan_guide_tables(runs: list[Run], guides_of, run_config, dataset_source, mo
     users: dict[Run, list[Run]] = {}
     for run in runs:
         guides = guides_of(run)
-        if not guides or dataset_source(run.dataset) not in CACHED_SOURCES:
+        if not guides or not dataset_is_cached(datasets[run.dataset]):
             continue
         configs[run] = run_config(run)
         if configs[run]["augment"]:

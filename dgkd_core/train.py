@@ -38,14 +38,14 @@ from dgkd_core.epoch_log import (epoch_line, eta_seconds, history_csv, history_r
                                  progress_bar)
 from dgkd_core.evaluate import evaluate
 from dgkd_core.guide_tables import GuideTable, aligned_tables, load_guide_table
-from dgkd_core.losses import draw_keep_mask, draw_released_drop_mask
+from dgkd_core.losses import SegmentKeepMasks, step_mask_drawer
 from dgkd_core.methods import check_guides
 from dgkd_core.models import build_model
 from dgkd_core.prepared_guides import prepare_guide
 from dgkd_core.resume import (RESUME_FILE, TrainState, read_resume_state, restore_resume_state,
                               write_resume_state)
-from dgkd_core.runtime import (StopFlag, environment_info, epoch_generator, fast_settings,
-                               make_autocast, pick_device, seed_everything)
+from dgkd_core.runtime import (StopFlag, elapsed_s, environment_info, epoch_generator,
+                               fast_settings, make_autocast, pick_device, seed_everything)
 from dgkd_core.step import make_step
 from dgkd_core.tensorboard_log import check_available, open_writer
 
@@ -229,13 +229,14 @@ class Trainer:
     def end_epoch(self, lr: float) -> None:
         """After the epoch's last step: fold the segment in, evaluate, log, save the resume
         state (and stop there on a signal or a spent time budget)."""
-        self._end_segment(time.perf_counter() - self.state.segment_start)
+        self._end_segment(elapsed_s(self.device, self.state.segment_start))
         self._record_epoch(lr)
         self.stop_or_save(0.0)
 
     def begin_epoch(self) -> float:
         """Set the epoch's lr and start a segment; a fresh epoch (step 0) also resets its sums,
-        counts and keep RNG, a resumed one goes on with those restored. Returns the lr."""
+        counts and keep RNG, a resumed one goes on with those restored. The segment's keep
+        masks are drawn here, at once. Returns the lr."""
         s, cfg = self.state, self.cfg
         lr = lr_at(cfg, s.epoch)
         for group in self.optimizer.param_groups:
@@ -245,6 +246,8 @@ class Trainer:
             s.sums = {k: 0.0 for k in self.term_names}
             s.images, s.train_time_s = 0, 0.0
             s.keep_gen = epoch_generator(cfg["seed"], s.epoch, stream="keep")
+        s.keep_masks = SegmentKeepMasks(step_mask_drawer(cfg["loss"], len(self.guide_paths)),
+                                        s.keep_gen, s.step, len(self.train_loader), self.device)
         self.distiller.train()
         self.bar = progress_bar(len(self.train_loader), s.epoch, cfg["epochs"], self.interactive,
                                 s.step)
@@ -255,10 +258,11 @@ class Trainer:
 
     def run_step(self, batch: Sequence[torch.Tensor], lr: float) -> float:
         """One optimizer step on a train-loader batch: (x [B,3,H,W], y [B]), or (x, y, views
-        [B]) where guide tables stand in for the guides. Returns the segment's seconds so far."""
+        [B]) where guide tables stand in for the guides. Returns the segment's seconds so far,
+        without a device sync (for the time budget; work still queued on a GPU is not in it)."""
         s = self.state
         x, y, views = batch[0], batch[1], (batch[2] if len(batch) > 2 else None)
-        terms = self.step_fn(x, y, self._draw_keep(), lr, views)
+        terms = self.step_fn(x, y, s.keep_masks.at(s.step), lr, views)
         finite = torch.isfinite(terms[self.total_index])
         # Noted on the device and checked when the segment ends: no GPU sync per step.
         s.bad_step = torch.where((s.bad_step < 0) & ~finite,
@@ -272,16 +276,6 @@ class Trainer:
         if self.bar is not None:
             self.bar.update(1)
         return time.perf_counter() - s.segment_start
-
-    def _draw_keep(self) -> torch.Tensor | None:
-        """This step's guide keep mask [n guides] (0/1), or None when every guide counts."""
-        loss_cfg, n_guides, gen = self.cfg["loss"], len(self.guide_paths), self.state.keep_gen
-        if loss_cfg["keep_prob"] is not None and n_guides > 0:
-            return draw_keep_mask(n_guides, loss_cfg["keep_prob"],
-                                  drop_teacher=loss_cfg["drop_teacher"], generator=gen)
-        if loss_cfg["drop_num"] > 0:  # exactly drop_num dropped, as the released code does
-            return draw_released_drop_mask(n_guides, loss_cfg["drop_num"], generator=gen)
-        return None
 
     def _end_segment(self, elapsed: float) -> None:
         """Close the bar, fail on a non-finite step, fold the segment's time and sums in."""
@@ -354,8 +348,8 @@ class Trainer:
         reason = self.dist.agree_stop(self.stop_reason(elapsed))  # ranks: all stop at one step
         if reason is None and not at_epoch_end:
             return
-        if not at_epoch_end:
-            self._end_segment(elapsed)
+        if not at_epoch_end:  # the segment's time with its queued work done (elapsed has not)
+            self._end_segment(elapsed_s(self.device, s.segment_start))
         self._save_resume(reason)
         if reason is None:
             return

@@ -29,7 +29,8 @@ from helpers import assert_same_weights, history_without_timing
 # 2e-7 after 3 steps, 2e-5 after 6, on this data).
 RUN = ["--set", "model=plane2", "--set", "seed=3", "--set", "batch_size=64",
        "--set", "eval_batch_size=100", "--set", "optimizer.lr=0.05",
-       "--set", "schedule.name=constant", "--set", "fast.channels_last=false"]
+       "--set", "schedule.name=constant", "--set", "fast.channels_last=false",
+       "--set", "device=cpu"]  # gloo on the CPU, also where a GPU is visible
 
 
 def free_port() -> int:

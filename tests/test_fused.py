@@ -70,8 +70,10 @@ def test_fused_group_trains_each_member_to_its_solo_weights(
         train(spec["config"], tiny_data, solo, spec.get("guides", ()), progress=False)
         assert_close_weights(solo, spec["out_dir"])
         assert history_without_timing(solo) == history_without_timing(spec["out_dir"])
+        # the device the group actually ran on (run_config leaves device at auto)
+        on_cuda = metrics["device"].startswith("cuda")
         assert metrics["fused_group"] == {"members": [str(s["out_dir"]) for s in specs],
-                                          "mechanism": "sequential"}
+                                          "mechanism": "cuda_streams" if on_cuda else "sequential"}
         assert json.loads((spec["out_dir"] / "metrics.json").read_text()) == metrics
         assert "fused_group" not in json.loads((solo / "metrics.json").read_text())
         assert not (spec["out_dir"] / "resume.pt").exists()
@@ -296,6 +298,28 @@ def test_cuda_streams_group_matches_solo_runs(tiny_data, teacher, tmp_path):
     fused = train_fused(specs, progress=False)
     assert all(m["fused_group"]["mechanism"] == "cuda_streams" for m in fused)
     for spec in specs:
+        solo = tmp_path / f"solo_{spec['out_dir'].name}"
+        train(spec["config"], tiny_data, solo, spec.get("guides", ()), progress=False)
+        assert_close_weights(solo, spec["out_dir"], atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_streams_members_recaptured_at_a_milestone_match_solo_runs(tiny_data, teacher,
+                                                                        tmp_path):
+    """Both members' lr drops after epoch 1, so each re-captures its graph while the other's
+    graph lives on: each captured on its own stream (dgkd_core.step), neither disturbs the
+    other, and each ends at its solo weights."""
+    step_lr = {"name": "step", "milestones": [0.5], "gamma": 0.2}
+    specs = [{"config": run_config(seed=3, device="cuda", schedule=step_lr), "data": tiny_data,
+              "out_dir": tmp_path / "a"},
+             {"config": run_config(seed=4, method="kd", device="cuda", schedule=step_lr),
+              "data": tiny_data, "out_dir": tmp_path / "b", "guides": [teacher]}]
+    fused = train_fused(specs, progress=False)
+    for spec, metrics in zip(specs, fused):
+        assert metrics["fused_group"]["mechanism"] == "cuda_streams"
+        assert metrics["determinism"]["cuda_graph_fallback"] is None
+        lrs = [float(row["lr"]) for row in history_without_timing(spec["out_dir"])]
+        assert lrs == pytest.approx([0.05, 0.01])
         solo = tmp_path / f"solo_{spec['out_dir'].name}"
         train(spec["config"], tiny_data, solo, spec.get("guides", ()), progress=False)
         assert_close_weights(solo, spec["out_dir"], atol=1e-4)

@@ -7,12 +7,14 @@ import pytest
 import torch
 
 from dgkd_core.losses import (
+    SegmentKeepMasks,
     check_loss_settings,
     dgkd_loss,
     draw_keep_mask,
     draw_released_drop_mask,
     guide_term_names,
     kd_loss,
+    step_mask_drawer,
 )
 
 # ---------------------------------------------------------------- plain-Python reference formulas
@@ -250,6 +252,58 @@ def test_draw_released_drop_mask_exactly_k(k):
     assert masks.mean(0).tolist() == pytest.approx([1 - k / 4] * 4, abs=0.04)  # teacher included
     again = torch.Generator().manual_seed(1)
     assert torch.equal(masks[0], draw_released_drop_mask(4, k, generator=again))
+
+
+def per_step_masks(loss_cfg, n_guides, gen, steps):
+    """The order before per-segment drawing (the reference): one mask drawn per step, as the
+    trainer drew them, from the epoch's generator."""
+    out = []
+    for _ in range(steps):
+        if loss_cfg["keep_prob"] is not None and n_guides > 0:
+            out.append(draw_keep_mask(n_guides, loss_cfg["keep_prob"],
+                                      drop_teacher=loss_cfg["drop_teacher"], generator=gen))
+        elif loss_cfg["drop_num"] > 0:
+            out.append(draw_released_drop_mask(n_guides, loss_cfg["drop_num"], generator=gen))
+    return out
+
+
+@pytest.mark.parametrize("loss_cfg", [
+    {"keep_prob": 0.5, "drop_teacher": True, "drop_num": 0},
+    {"keep_prob": 0.7, "drop_teacher": False, "drop_num": 0},
+    {"keep_prob": None, "drop_teacher": False, "drop_num": 1},  # the released code's dropping
+])
+def test_segment_masks_are_the_per_step_draws_and_resume_mid_epoch(loss_cfg):
+    steps, n_guides, k = 9, 3, 4
+    reference = per_step_masks(loss_cfg, n_guides, torch.Generator().manual_seed(5), steps)
+    gen = torch.Generator().manual_seed(5)
+    whole = SegmentKeepMasks(step_mask_drawer(loss_cfg, n_guides), gen, 0, steps,
+                             torch.device("cpu"))
+    assert whole.masks.shape == (steps, n_guides) and whole.masks.dtype == torch.float32
+    assert all(torch.equal(whole.at(i), reference[i]) for i in range(steps))
+    assert torch.equal(gen.get_state(), torch.Generator().manual_seed(5).get_state())  # untouched
+    # A stop after step k saves the state k per-step draws leave; the resumed segment goes on.
+    old = torch.Generator().manual_seed(5)
+    per_step_masks(loss_cfg, n_guides, old, k)
+    saved = whole.generator_state_at(k)
+    assert torch.equal(saved, old.get_state())
+    resumed_gen = torch.Generator()
+    resumed_gen.set_state(saved)
+    rest = SegmentKeepMasks(step_mask_drawer(loss_cfg, n_guides), resumed_gen, k, steps,
+                            torch.device("cpu"))
+    assert all(torch.equal(rest.at(i), reference[i]) for i in range(k, steps))
+    assert torch.equal(rest.generator_state_at(steps), whole.generator_state_at(steps))
+    # stopped after the last step: nothing left to draw
+    done = SegmentKeepMasks(step_mask_drawer(loss_cfg, n_guides), resumed_gen, steps, steps,
+                            torch.device("cpu"))
+    assert done.masks.shape == (0, n_guides)
+
+
+def test_no_masks_where_every_guide_counts():
+    loss_cfg = {"keep_prob": None, "drop_teacher": False, "drop_num": 0}
+    gen = torch.Generator().manual_seed(2)
+    masks = SegmentKeepMasks(step_mask_drawer(loss_cfg, 2), gen, 0, 5, torch.device("cpu"))
+    assert masks.at(3) is None
+    assert torch.equal(masks.generator_state_at(3), gen.get_state())
 
 
 def test_draw_released_drop_mask_too_many():

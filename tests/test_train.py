@@ -14,6 +14,7 @@ import torch
 import yaml
 
 import dgkd_core.distiller as distiller_mod
+import dgkd_core.train as train_mod
 from dgkd_core.config import ConfigError
 from dgkd_core.data import prepare_dataset
 from dgkd_core.models import build_model
@@ -42,6 +43,40 @@ def test_outputs_and_metrics(tiny_data, tmp_path):
     assert on_disk["config"]["optimizer"]["momentum"] == 0.9  # defaults resolved and recorded
     ckpt = torch.load(tmp_path / "model.pt", weights_only=True)
     assert ckpt["model"] == "plane2" and ckpt["num_classes"] == 10
+
+
+def test_elapsed_time_waits_for_the_cuda_device(monkeypatch):
+    """Training times (img/s) are read after a CUDA sync: queued kernels count too."""
+    from dgkd_core.runtime import elapsed_s
+
+    synced = []
+
+    class Stream:
+        def __init__(self, device):
+            self.device = device
+
+        def synchronize(self):
+            synced.append(self.device)
+
+    monkeypatch.setattr(torch.cuda, "current_stream", Stream)
+    start = time.perf_counter()
+    assert elapsed_s(torch.device("cpu"), start) >= 0.0 and synced == []
+    cuda = torch.device("cuda", 1)
+    assert elapsed_s(cuda, start) >= 0.0 and synced == [cuda]
+
+
+def test_each_epochs_training_time_is_read_through_elapsed_s(tiny_data, tmp_path,
+                                                            monkeypatch):
+    read = []
+
+    def recording(device, start):
+        read.append(device)
+        return time.perf_counter() - start
+
+    monkeypatch.setattr(train_mod, "elapsed_s", recording)
+    metrics = train(run_config(device="cpu"), tiny_data, tmp_path, progress=False)
+    assert read == [torch.device("cpu")] * 2  # once per epoch, not per step
+    assert metrics["train_time_s"] > 0
 
 
 def test_same_seed_is_bit_identical(tiny_data, tmp_path):
@@ -135,6 +170,37 @@ def test_sigterm_mid_epoch_saves_and_restart_completes(tiny_data, teacher, tmp_p
     reference = tmp_path / "straight"
     train(cfg, tiny_data, reference, guides, progress=False)
     assert_same_weights(reference / "model.pt", out / "model.pt")
+
+
+def test_sdgkd_steps_get_the_per_step_draws_of_the_epoch_generator(tiny_data, teacher,
+                                                                   tmp_path, monkeypatch):
+    """The masks drawn per epoch into one tensor reach the steps in the order, and with the
+    values, that one draw per step from the epoch's keep RNG gave (so training is unchanged)."""
+    from dgkd_core.losses import draw_keep_mask
+    from dgkd_core.runtime import epoch_generator
+
+    seen = []
+    real_make_step = train_mod.make_step
+
+    def recording_make_step(*args, **kwargs):
+        step = real_make_step(*args, **kwargs)
+
+        def recorded(x, y, keep, lr, views=None):
+            seen.append(keep.clone())
+            return step(x, y, keep, lr, views)
+        return recorded
+
+    monkeypatch.setattr(train_mod, "make_step", recording_make_step)
+    cfg = run_config(epochs=2, batch_size=128, method="sdgkd", device="cpu",
+                     loss={"keep_prob": 0.5, "drop_teacher": True})
+    train(cfg, tiny_data, tmp_path, [teacher, teacher], progress=False)
+    steps = 512 // 128
+    expected = []
+    for epoch in range(2):
+        gen = epoch_generator(cfg["seed"], epoch, stream="keep")
+        expected += [draw_keep_mask(2, 0.5, drop_teacher=True, generator=gen)
+                     for _ in range(steps)]
+    assert len(seen) == len(expected) and all(map(torch.equal, seen, expected))
 
 
 @pytest.mark.parametrize("over, needle", [
@@ -273,3 +339,29 @@ def test_resume_state_is_refused_after_the_guide_is_retrained(
     train(run_config(model="plane4", epochs=1, seed=9), tiny_data, retrained, progress=False)
     guide.write_bytes((retrained / "model.pt").read_bytes())
     assert train(cfg, tiny_data, tmp_path / "out", [guide], progress=False)["resumed"] is False
+
+
+def test_evaluate_sums_on_the_device_to_the_per_batch_host_sums(teacher, tiny_data):
+    """evaluate() keeps its counts and loss sum on the device (one sync); the result equals,
+    bit for bit, the per-batch host sums it replaced (written out here as the reference)."""
+    import torch.nn as nn
+
+    from dgkd_core.checkpoints import load_guide
+    from dgkd_core.data import load_prepared, make_loaders
+    from dgkd_core.evaluate import evaluate
+
+    data = load_prepared(tiny_data)
+    model = load_guide(teacher, data.meta, torch.device("cpu")).eval()
+    _, loader = make_loaders(data, batch_size=100, eval_batch_size=100, device="cpu", seed=0)
+    correct1 = correct5 = n = 0
+    loss_sum = 0.0
+    with torch.inference_mode():
+        for images, targets in loader:  # 256 images: batches of 100, 100 and 56
+            logits = model(images).float()
+            hits = logits.topk(5, dim=1).indices.eq(targets[:, None])
+            correct1 += int(hits[:, 0].sum())
+            correct5 += int(hits.any(dim=1).sum())
+            loss_sum += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))
+            n += targets.shape[0]
+    assert evaluate(model, loader) == {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n,
+                                       "loss": loss_sum / n, "n": n}

@@ -41,6 +41,23 @@ def test_auto_gives_tables_where_users_train_more_than_162_epochs():
     assert not any(Plan(no_augment).uses_table(r) for r in Plan(no_augment).runs())
 
 
+@pytest.mark.parametrize("spec, cached", [
+    ({"source": "imagefolder", "archive": "jpegs.tar"}, True),  # unpacked, cached or refused
+    ({"source": "imagefolder", "root": "jpegs"}, False),  # streamed above the cache limits
+    ({"source": "imagefolder", "root": "jpegs", "options": {"recipe": "imagenet"}}, False),
+])
+def test_image_folders_get_tables_where_their_data_is_always_cached(spec, cached):
+    """The CIFAR-10 JPEG copy is given as an archive: prepared into the cached tensor, so its
+    runs get tables as CIFAR's do; a folder read in place may be streamed and gets none."""
+    for mode, epochs in (("auto", 163), (True, 1)):
+        config = small(guide_tables=mode)
+        config["hyperparameters"]["defaults"]["epochs"] = epochs
+        config["datasets"]["synthetic"] = spec  # the runs' paths keep the dataset's name
+        plan = Plan(config)
+        tabled = sorted(r.dir.split("seed1/")[1] for r in plan.runs() if plan.uses_table(r))
+        assert tabled == (["kd/plane4-plane3", "nokd/plane4"] if cached else []), mode
+
+
 def test_paper_config_plans_tables_and_false_plans_none(tmp_path):
     assert dry_run(tmp_path, "results/table1.csv", configfiles=()).count("guide_table") > 0
     config = small(guide_tables=False)

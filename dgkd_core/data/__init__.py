@@ -64,6 +64,7 @@ from dgkd_core.data.sources import (
     DATASET_SOURCES,
     DEFAULT_MAX_CACHED_BYTES,
     DEFAULT_MAX_CACHED_IMAGES,
+    always_cached,
     prepare_dataset,
 )
 from dgkd_core.data.synthetic import (
@@ -82,6 +83,7 @@ __all__ = [
     "PreparedData",
     "StreamLoader",
     "TensorLoader",
+    "always_cached",
     "augment_batch",
     "channel_stats",
     "crop_flip",

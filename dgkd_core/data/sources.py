@@ -27,6 +27,7 @@ __all__ = [
     "DATASET_SOURCES",
     "DEFAULT_MAX_CACHED_BYTES",
     "DEFAULT_MAX_CACHED_IMAGES",
+    "always_cached",
     "prepare_dataset",
 ]
 
@@ -111,6 +112,20 @@ def prepare_dataset(
     payload["meta"] = meta
     io.atomic_torch_save(payload, out_path)
     return meta
+
+
+def always_cached(source: str, *, recipe: str = "cifar", root_is_temporary: bool = False) -> bool:
+    """Whether `prepare_dataset` with these arguments always writes the cached uint8 tensor, never
+    a stream descriptor; known before any image is read (the workflow plans guide tables by it,
+    dgkd_core.table_plan).
+
+    cifar10, cifar100 and synthetic are always cached. An imagefolder under recipe imagenet is
+    always streamed; under recipe cifar it is streamed when it exceeds the cache limits, except
+    where its root is temporary (an unpacked archive): the folder a stream descriptor would
+    read is gone by train time, so a set too large to cache is refused instead."""
+    if source != "imagefolder":
+        return True
+    return recipe == "cifar" and root_is_temporary
 
 
 def _check_recipe(recipe: str, source: str, size, root_is_temporary: bool) -> None:
@@ -228,7 +243,7 @@ def _prepare_imagefolder(root: Path, size: tuple[int, int] | None, max_images: i
         size_text = f"{n_images} images, about {est_bytes / 2**30:.2f} GiB as uint8"
         limits = f"{max_images} images, {max_bytes / 2**30:.2f} GiB"
         reason = f"{size_text} (limits: {limits})"
-        if root_is_temporary:
+        if always_cached("imagefolder", root_is_temporary=root_is_temporary):
             # Refused here rather than keeping the unpacked folder for training: it would then
             # have to outlive every training job (on a cluster, on storage that every node
             # sees), which is what `root` already gives, with the user choosing where it lives.
