@@ -97,8 +97,8 @@ if [ "$REHEARSAL" = 1 ]; then
     BENCH_ARGS=(--device cpu --steps 1 --train-images 256)
     REPEAT=1
 else
-    TEST_CAP=${TEST_CAP:-110} BENCH_CAP=${BENCH_CAP:-100} FUSED_CAP=${FUSED_CAP:-60}
-    BENCH_ARGS=(--steps 100)
+    TEST_CAP=${TEST_CAP:-110} BENCH_CAP=${BENCH_CAP:-85} FUSED_CAP=${FUSED_CAP:-45}
+    BENCH_ARGS=(--steps 60)
     REPEAT=3
 fi
 
