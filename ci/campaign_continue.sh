@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU window of a reproduction campaign (dgkd_core/campaign.py): the campaign advances by
+# One GPU window of a reproduction campaign (dgkd_core/campaign/state.py): the campaign advances by
 # the time this window spends, nothing lost. On a bare machine:
 #   1. prepare the data (Snakemake, the data files only; an archive may be .tar or .tar.xz);
 #   2. `campaign restore`: the committed state (docs/reproduction/$CAMPAIGN) into WORKDIR, after
@@ -12,7 +12,7 @@
 # Back home: python -m dgkd_core campaign unpack $OUT/campaign_$CAMPAIGN.tar.xz \
 #   --state docs/reproduction/$CAMPAIGN, then `campaign report`, then commit the state.
 # Variables (relative paths are taken from the repository's root):
-#   CAMPAIGN         the campaign (dgkd_core.campaign.CAMPAIGNS), e.g. cifar10_resnet_80ep
+#   CAMPAIGN         the campaign (dgkd_core.campaign.state.CAMPAIGNS), e.g. cifar10_resnet_80ep
 #   WORKDIR          Snakemake's --directory (a fresh folder each window)
 #   OUT              where the packed state goes
 #   DEADLINE_S       seconds for the whole call (default 600); training stops PACK_RESERVE_S
@@ -28,7 +28,7 @@ set -uo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO" || exit 2
 START=$(date +%s)
-: "${CAMPAIGN:?set CAMPAIGN (dgkd_core.campaign.CAMPAIGNS)}" "${WORKDIR:?set WORKDIR}" \
+: "${CAMPAIGN:?set CAMPAIGN (dgkd_core.campaign.state.CAMPAIGNS)}" "${WORKDIR:?set WORKDIR}" \
     "${OUT:?set OUT}"
 PY=${PYTHON:-python3}
 DEADLINE_S=${DEADLINE_S:-600}
@@ -50,7 +50,7 @@ fi
 CONFIG_ARGS=()
 for c in "${CONFIGS[@]}"; do CONFIG_ARGS+=(--config "$(realpath "$c")"); done
 SNAKE_CONFIGS=("${CONFIGS[@]}")
-HAS_CIFAR10=$($PY -c "import sys; from dgkd_core.reproduction import merged_config
+HAS_CIFAR10=$($PY -c "import sys; from dgkd_core.reporting.reproduction import merged_config
 print(int('cifar10' in merged_config(sys.argv[1:]).get('datasets', {})))" "${CONFIGS[@]}")
 if [ -n "${CIFAR10_ARCHIVE:-}" ] && [ "$HAS_CIFAR10" = 1 ]; then
     # Where the data is: not part of what a run computes, so no run's config hash changes.

@@ -73,7 +73,7 @@ export PYTHONPATH=$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}
 NEED_GPU=$([ "$REHEARSAL" = 1 ] && echo False || echo True)
 "$PY" - >>"$S" 2>"$WORK/logs/import.log" <<EOF || fail "import failed: $(tail -1 "$WORK/logs/import.log")"
 import sys, jsonschema, snakemake, torch, torchvision, torch.cuda
-import dgkd_core.train, dgkd_core.plan, dgkd_core.fused, dgkd_core.bench
+import dgkd_core.training.trainer, dgkd_core.experiment.plan, dgkd_core.training.fused, dgkd_core.bench.step
 assert dgkd_core.__file__.startswith("$REPO/"), f"dgkd_core imported from {dgkd_core.__file__}"
 if $NEED_GPU and not torch.cuda.is_available():
     raise SystemExit("torch sees no CUDA device")

@@ -116,8 +116,8 @@ stage "evidence -> $EVIDENCE_DIR"
 # The configured runs' small files only (teachers, TAs, students), never model.pt.
 FILES=$($PY - "${CONFIGS[@]}" <<'PYEOF'
 import sys
-from dgkd_core.plan import Plan
-from dgkd_core.reproduction import merged_config
+from dgkd_core.experiment.plan import Plan
+from dgkd_core.reporting.reproduction import merged_config
 plan = Plan(merged_config(sys.argv[1:]))
 for run in plan.table1_guide_runs() + plan.table1_runs():
     print(run.file("metrics.json"), run.file("history.csv"), sep="\n")

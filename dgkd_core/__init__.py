@@ -1,6 +1,7 @@
 """Densely Guided Knowledge Distillation (DGKD, ICCV 2021) and its baselines.
 
-Modules: models (the registry), losses, data, config, train, evaluate, paths, report, plots,
-bench. See docs/design.md for where each concept lives."""
+Subpackages, lowest first: method, data, guides, training, experiment, reporting, campaign,
+bench; beside them errors, device, io, schema, config, runtime and cli. docs/design.md maps
+each concept to its home."""
 
 __version__ = "0.1.0"

@@ -30,7 +30,7 @@ def read_run_file(path: str) -> dict:
     """A `train --config` YAML file: a mapping; ConfigError naming the file otherwise."""
     import yaml
 
-    from dgkd_core.config import ConfigError
+    from dgkd_core.schema import ConfigError
 
     try:
         with open(path, encoding="utf-8") as fh:
@@ -52,7 +52,7 @@ def read_run_file(path: str) -> dict:
 
 def guide_list(guides) -> list[str]:
     """`guides` as given in a run file or `--set`: one path, or a list of paths."""
-    from dgkd_core.config import ConfigError
+    from dgkd_core.schema import ConfigError
 
     if guides is None:
         return []
@@ -67,7 +67,7 @@ def guide_list(guides) -> list[str]:
 def table_list(tables) -> list:
     """`guide_tables` as given in a run file or `--set`: one entry per guide, a table file or
     null (that guide runs inline); none: every guide runs inline."""
-    from dgkd_core.config import ConfigError
+    from dgkd_core.schema import ConfigError
 
     if tables is None:
         return []
@@ -79,8 +79,9 @@ def table_list(tables) -> list:
 
 
 def _train(args) -> int:
-    from dgkd_core.config import ConfigError, deep_update, parse_overrides
-    from dgkd_core.train import train
+    from dgkd_core.config import deep_update, parse_overrides
+    from dgkd_core.schema import ConfigError
+    from dgkd_core.training.trainer import train
 
     run = read_run_file(args.config) if args.config else {}
     run = deep_update(run, parse_overrides(args.set or []))
@@ -98,7 +99,7 @@ def _train(args) -> int:
 
 def _guide_table(args) -> int:
     from dgkd_core.config import deep_update, parse_overrides
-    from dgkd_core.guide_tables import make_guide_table
+    from dgkd_core.guides.tables import make_guide_table
 
     run = read_run_file(args.config) if args.config else {}
     run = deep_update(run, parse_overrides(args.set or []))
@@ -111,14 +112,14 @@ def _guide_table(args) -> int:
 
 
 def _train_group(args) -> int:
-    from dgkd_core.fused import train_fused
+    from dgkd_core.training.fused import train_fused
 
     specs = []
     for path in args.member:
         run = read_run_file(path)
         missing = [k for k in ("data", "out_dir") if not run.get(k)]
         if missing:
-            from dgkd_core.config import ConfigError
+            from dgkd_core.schema import ConfigError
 
             raise ConfigError(f"--member {path} needs {' and '.join(missing)}")
         where = {k: run.pop(k, None) for k in RUN_FILE_KEYS}
@@ -132,7 +133,7 @@ def _train_group(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from dgkd_core.evaluate import evaluate_checkpoint
+    from dgkd_core.training.evaluate import evaluate_checkpoint
 
     print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data, device=args.device)))
     return 0
@@ -149,13 +150,13 @@ def _prepare(args) -> int:
 
 
 def _bench(args) -> int:
-    from dgkd_core.bench import main as bench_main
+    from dgkd_core.bench.step import main as bench_main
 
     return bench_main(args)
 
 
 def _reproduction(args) -> int:
-    from dgkd_core.reproduction import write_from_config
+    from dgkd_core.reporting.reproduction import write_from_config
 
     print(write_from_config(args.config, args.workdir, args.command, args.out, args.commit))
     return 0
@@ -290,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--commit", help="the code's commit, where this tree is no git checkout")
     p.set_defaults(func=_reproduction)
 
-    from dgkd_core.campaign_cli import add_campaign_parser
+    from dgkd_core.campaign.cli import add_campaign_parser
 
     add_campaign_parser(sub, common)
     return parser
@@ -303,7 +304,7 @@ def _add_train_group_parser(sub, common) -> None:
     p.add_argument("--member", action="append", required=True, metavar="RUN_FILE",
                    help="a member's run file, as `train --config` takes it (data, out_dir, "
                    "guides and run-config keys); repeat for each member")
-    p.add_argument("--mechanism", default="auto",  # checked by dgkd_core.fused
+    p.add_argument("--mechanism", default="auto",  # checked by dgkd_core.training.fused
                    help="auto, cuda_streams or sequential; auto: each member on its own CUDA stream on a GPU, one after another "
                    "on a CPU (default: %(default)s)")
     p.set_defaults(func=_train_group)
@@ -358,10 +359,10 @@ def _add_guide_table_parser(sub, common) -> None:
 
 def error_line(err: BaseException) -> str:
     """One line for the user: the message's first line; the type where it adds something."""
-    from dgkd_core.campaign import CampaignError
-    from dgkd_core.checkpoints import TrainingError
-    from dgkd_core.config import ConfigError
+    from dgkd_core.campaign.state import CampaignError
     from dgkd_core.data import DataError
+    from dgkd_core.errors import TrainingError
+    from dgkd_core.schema import ConfigError
 
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     if isinstance(err, (CampaignError, ConfigError, TrainingError, DataError, OSError)) and text:

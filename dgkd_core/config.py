@@ -11,12 +11,12 @@ import hashlib
 import json
 from typing import Any
 
-from dgkd_core.losses import CONVENTIONS
-from dgkd_core.methods import METHODS
-from dgkd_core.models import INITS
+from dgkd_core.method.losses import CONVENTIONS
+from dgkd_core.method.models import INITS
+from dgkd_core.method.registry import METHODS
 from dgkd_core.schema import ConfigError, check
 
-__all__ = ["ConfigError", "DEFAULT_RUN_CONFIG", "RUN_CONFIG_SCHEMA", "TRAINING_CODE_VERSION",
+__all__ = ["DEFAULT_RUN_CONFIG", "RUN_CONFIG_SCHEMA", "TRAINING_CODE_VERSION",
            "config_hash", "deep_update", "parse_overrides", "resolve_run_config",
            "run_config_keys", "semantic_settings", "settings_schema"]
 
@@ -36,10 +36,10 @@ RUN_CONFIG_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "properties": {
         "model": {"type": ["string", "null"], "default": None,
-                  "description": "a name from dgkd_core.models.available_models()"},
+                  "description": "a name from dgkd_core.method.models.available_models()"},
         "init": {"enum": list(INITS), "default": "auto",
                  "description": "the model's initialisation; auto: its family's, as in the "
-                                "released code (dgkd_core.models.default_init), written into the "
+                                "released code (dgkd_core.method.models.default_init), written into the "
                                 "resolved config"},
         "method": {"enum": list(METHODS), "default": "nokd",
                    "description": "recorded with the run; the guides decide the loss"},
@@ -89,7 +89,7 @@ RUN_CONFIG_SCHEMA: dict[str, Any] = {
                                         "rank (0: in the training process); null: up to 4"},
         "fast": {"type": "object", "additionalProperties": False, "default": {}, "properties": {
             "bf16": _FLAG, "channels_last": _FLAG, "cuda_graph": _FLAG,
-            # Folded BN (dgkd_core.prepared_guides): auto is on CUDA only, so that CPU results
+            # Folded BN (dgkd_core.guides.prepared): auto is on CUDA only, so that CPU results
             # stay what earlier versions computed; true folds on the CPU too.
             "fold_guides": _FLAG}},
         "deterministic": {"type": "boolean", "default": True},
@@ -172,7 +172,7 @@ def resolve_run_config(partial: dict) -> dict:
                           f"{type(partial).__name__} {partial!r}")
     check(partial or {}, RUN_CONFIG_SCHEMA, what="run-config")
     cfg = _complete(RUN_CONFIG_SCHEMA, partial)
-    from dgkd_core.models import available_models, default_init
+    from dgkd_core.method.models import available_models, default_init
 
     names = available_models()
     if cfg["model"] not in names:

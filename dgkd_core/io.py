@@ -16,11 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from dgkd_core.errors import DgkdError
+
 __all__ = ["UnreadableFile", "WriteError", "atomic_write_bytes", "atomic_torch_save",
            "atomic_write_json", "atomic_write_text", "load_tensor_file"]
 
 
-class WriteError(OSError):
+class WriteError(DgkdError, OSError):
     """A file could not be written; the message names it, the cause (e.g. ENOSPC) and that the
     previous file, if any, is unchanged."""
 
@@ -41,7 +43,7 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -
                            "any, is unchanged") from err
 
 
-class UnreadableFile(ValueError):
+class UnreadableFile(DgkdError, ValueError):
     """A torch file could not be loaded safely; `reason` says why in one line, to follow the
     file's name: "holds more than tensors and plain values (...)" (refused: nothing in it ran)
     or "is truncated or corrupt (...)"."""

@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from dgkd_core.checkpoints import TrainingError
 from dgkd_core.config import TRAINING_CODE_VERSION
-from dgkd_core.data import epoch_seed, resolve_device
+from dgkd_core.data import epoch_seed
+from dgkd_core.device import resolve_device
+from dgkd_core.errors import TrainingError
 
 # Which fast-path parts `auto` turns on on the CPU. channels_last also helps oneDNN's CPU
 # convolutions (about 2x for these ResNets on a 2-core x86 CPU); bf16 and CUDA graphs are
@@ -115,7 +116,7 @@ def elapsed_s(device: torch.device, start: float) -> float:
     work queued on its current stream. CUDA runs kernels asynchronously: the clock is read
     after that stream's sync, else work still queued would go uncounted and training times come
     out short (img/s too high). The current stream, not the whole device: a fused member's
-    epoch ends with its stream joined into the current one (dgkd_core.fused), and need not wait
+    epoch ends with its stream joined into the current one (dgkd_core.training.fused), and need not wait
     for the other members' queued steps. A sync per call: for once per segment, not per step."""
     if device.type == "cuda":
         torch.cuda.current_stream(device).synchronize()

@@ -1,6 +1,6 @@
 """JSON-schema checks with short errors: the key's path, the bad value and what is allowed.
 
-Both the workflow config (config/schema.yaml, through dgkd_core.plan) and the run config
+Both the workflow config (config/schema.yaml, through dgkd_core.experiment.plan) and the run config
 (dgkd_core.config.RUN_CONFIG_SCHEMA) are checked here, so each rule is written once, in a schema.
 Types are strict: `true` is not an integer, `4.0` is not an integer, and numbers are finite.
 """
@@ -15,8 +15,10 @@ from typing import Any
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import best_match
 
+from dgkd_core.errors import DgkdError
 
-class ConfigError(ValueError):
+
+class ConfigError(DgkdError, ValueError):
     """A config value is missing or outside its allowed range; the message names the key."""
 
 

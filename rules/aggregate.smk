@@ -1,4 +1,4 @@
-# Tables and figures from the runs' metrics.json/history.csv (dgkd_core.report, dgkd_core.plots).
+# Tables and figures from the runs' metrics.json/history.csv (dgkd_core.reporting.tables, dgkd_core.reporting.plots).
 # Cheap: they run where Snakemake runs.
 
 

@@ -1,8 +1,8 @@
-"""Wiring only: check the config and build the plan (dgkd_core.plan), wildcard constraints, and
+"""Wiring only: check the config and build the plan (dgkd_core.experiment.plan), wildcard constraints, and
 the rules' input functions. Which runs exist and who guides whom is dgkd_core's business.
 
-A run is one training job (dgkd_core.paths.Run): dataset, seed, method and lineage. Its output
-paths come only from dgkd_core.paths; its settings only from PLAN.run_config.
+A run is one training job (dgkd_core.experiment.paths.Run): dataset, seed, method and lineage. Its output
+paths come only from dgkd_core.experiment.paths; its settings only from PLAN.run_config.
 """
 
 import os
@@ -10,10 +10,12 @@ import os
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
-from dgkd_core import launch, paths
 from dgkd_core.config import TRAINING_CODE_VERSION, semantic_settings
-from dgkd_core.fusion import fused_groups
-from dgkd_core.plan import ConfigError, Plan
+from dgkd_core.experiment import paths
+from dgkd_core.experiment.fused_groups import fused_groups
+from dgkd_core.experiment.plan import Plan
+from dgkd_core.schema import ConfigError
+from dgkd_core.training import launch
 
 try:
     PLAN = Plan(config, os.path.join(workflow.basedir, "config", "schema.yaml"))
@@ -27,7 +29,7 @@ wildcard_constraints:
     **paths.WILDCARD_CONSTRAINTS,
 
 
-# A training job's outputs, log and benchmark as wildcard patterns (dgkd_core.paths builds them).
+# A training job's outputs, log and benchmark as wildcard patterns (dgkd_core.experiment.paths builds them).
 RUN_WILDCARDS = ("{dataset}", "{seed}", "{method}", "{lineage}")
 SETTINGS = PLAN.config  # the config with the schema's defaults filled in
 # The lineages of imported runs go to import_model, every other one to train_model.
@@ -114,7 +116,7 @@ def get_runtime_minutes(wildcards):
 
 def get_job_resource(name):
     """A training job's `name` resource (gpu, tasks, tasks_per_gpu, mpi) from its GPUs,
-    `resources.gpus_per_job` (dgkd_core.launch)."""
+    `resources.gpus_per_job` (dgkd_core.training.launch)."""
 
     def get(wildcards):
         run = run_of(wildcards)

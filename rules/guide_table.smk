@@ -1,6 +1,6 @@
-# A guide's logits for every crop-and-flip view of the training set (dgkd_core.guide_tables),
+# A guide's logits for every crop-and-flip view of the training set (dgkd_core.guides.tables),
 # built once where its users would otherwise run it for more than 162 epochs together
-# (dgkd_core.table_plan; the `guide_tables` setting). Its users take the table as an input in
+# (dgkd_core.experiment.table_plan; the `guide_tables` setting). Its users take the table as an input in
 # place of running the guide; it is removed once the last of them has trained, unless
 # keep_guide_tables. A retrained guide or new data rebuilds it (its inputs); so do new
 # normalisation or fast-path settings of its users, or new training code (its params).

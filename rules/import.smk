@@ -1,8 +1,8 @@
 # Teachers and TAs trained elsewhere (chains.<name>.teacher_checkpoint, .ta_checkpoints): each
-# imported run gets the outputs a trained one has (dgkd_core.importing), at its usual path, and
+# imported run gets the outputs a trained one has (dgkd_core.experiment.importing), at its usual path, and
 # the runs it guides take its model.pt as they take a trained one. Imported runs match only this
 # rule and trained runs only train_model: their `lineage` constraints exclude each other
-# (dgkd_core.paths.lineage_constraint on Plan.imported_lineages). The rerun param is the file's
+# (dgkd_core.experiment.paths.lineage_constraint on Plan.imported_lineages). The rerun param is the file's
 # content: new content reruns the import and what it guides; moving the file reruns nothing.
 
 

@@ -1,4 +1,4 @@
-# One rule trains every model, from its guides' checkpoints (dgkd_core.plan: Plan.guides) and,
+# One rule trains every model, from its guides' checkpoints (dgkd_core.experiment.plan: Plan.guides) and,
 # where the plan says so, their guide tables (rules/guide_table.smk).
 # Its params are this job's own resolved run config (but for the settings that cannot change a
 # result: dgkd_core.config.semantic_settings) and TRAINING_CODE_VERSION, so a changed setting
@@ -25,7 +25,7 @@ rule train_model:
     conda:
         "../environment.yml"
     threads: SETTINGS["resources"]["threads"]
-    # gpu, tasks, tasks_per_gpu, mpi: from resources.gpus_per_job (dgkd_core/launch.py). N > 1:
+    # gpu, tasks, tasks_per_gpu, mpi: from resources.gpus_per_job (dgkd_core/training/launch.py). N > 1:
     # N GPUs and N tasks, and the job's adapter starts the N ranks (srun, or torchrun locally).
     resources:
         gpu_jobs=1,

@@ -1,5 +1,5 @@
-# One rule per fused group (dgkd_core.fusion: the workflow config's `fuse`), each training its
-# members in one job (dgkd_core.fused) to the same outputs as train_model's, one set per member.
+# One rule per fused group (dgkd_core.experiment.fused_groups: the workflow config's `fuse`), each training its
+# members in one job (dgkd_core.training.fused) to the same outputs as train_model's, one set per member.
 # These rules name their outputs without wildcards, so Snakemake prefers them to train_model's
 # wildcard pattern for those files. Their params are every member's own run settings, so a
 # changed setting of one member reruns its group.

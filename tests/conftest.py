@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dgkd_core.data import prepare_dataset
-from dgkd_core.train import train
+from dgkd_core.training.trainer import train
 from helpers import run_config
 
 

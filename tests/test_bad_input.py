@@ -32,8 +32,9 @@ import yaml
 
 from dgkd_core.cli import main
 from dgkd_core.data import prepare_dataset
-from dgkd_core.plan import ConfigError, Plan
-from dgkd_core.report import ReportError, load_runs
+from dgkd_core.experiment.plan import Plan
+from dgkd_core.reporting.tables import ReportError, load_runs
+from dgkd_core.schema import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 FINAL_OUTPUTS = ("model.pt", "metrics.json", "history.csv")

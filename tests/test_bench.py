@@ -47,7 +47,7 @@ def test_bench_writes_one_entry_per_workload_and_prints_the_table(tmp_path):
 
 
 def test_median_img_s_takes_the_median_and_the_last_extra():
-    from dgkd_core.bench import _median_img_s
+    from dgkd_core.bench.step import _median_img_s
 
     values = iter([(30.0, "a"), (10.0, "b"), (20.0, "c")])
     assert _median_img_s(lambda: next(values), 3) == (20.0, [30.0, 10.0, 20.0], "c")
@@ -57,7 +57,7 @@ def test_median_img_s_takes_the_median_and_the_last_extra():
 
 def test_stream_bench_measures_both_decoders(tmp_path):
     """bench --stream: images/s of PIL and decode_jpeg on generated JPEGs (GPU: None on CPU)."""
-    from dgkd_core.bench_stream import format_stream_table, stream_bench, write_jpegs
+    from dgkd_core.bench.stream import format_stream_table, stream_bench, write_jpegs
 
     write_jpegs(tmp_path, 4, size=(60, 80))
     result = stream_bench(str(tmp_path), count=8)

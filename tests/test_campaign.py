@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from dgkd_core import cli
-from dgkd_core.campaign import (CAMPAIGNS, CampaignError, campaign_configs, data_targets,
-                                load_plan, read_manifest, restore, run_key)
-from dgkd_core.campaign_pack import pack, unpack
-from dgkd_core.campaign_report import README_BEGIN, campaign_report, readme_box
+from dgkd_core.campaign.pack import pack, unpack
+from dgkd_core.campaign.report import README_BEGIN, campaign_report, readme_box
+from dgkd_core.campaign.state import (CAMPAIGNS, CampaignError, campaign_configs, data_targets,
+                                      load_plan, read_manifest, restore, run_key)
 from dgkd_core.config import config_hash
 from helpers import assert_same_weights
 

@@ -12,8 +12,8 @@ import pytest
 from dgkd_core.cli import build_parser, main
 from dgkd_core.config import RUN_CONFIG_SCHEMA
 from dgkd_core.data import prepare_dataset
-from dgkd_core.epoch_log import eta_seconds, format_eta
-from dgkd_core.train import train
+from dgkd_core.training.history import eta_seconds, format_eta
+from dgkd_core.training.trainer import train
 
 
 @pytest.fixture(scope="module")

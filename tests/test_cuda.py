@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from dgkd_core.data import prepare_dataset
-from dgkd_core.models import build_model
+from dgkd_core.method.models import build_model
 from dgkd_core.runtime import FAST_OFF, make_autocast
-from dgkd_core.step import CudaGraphStep, EagerStep
-from dgkd_core.train import Distiller, train
+from dgkd_core.training.distiller import Distiller
+from dgkd_core.training.step import CudaGraphStep, EagerStep
+from dgkd_core.training.trainer import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -148,7 +149,7 @@ def test_guide_table_on_cuda_matches_the_inline_guide_in_the_graph(same_seed_run
                                                                    tmp_path):
     """A bf16 table built on the GPU, looked up inside the captured step, against the folded
     bf16 guide run inline in it: the same training to bf16 rounding."""
-    from dgkd_core.guide_tables import make_guide_table
+    from dgkd_core.guides.tables import make_guide_table
 
     (_, guide), _ = same_seed_runs
     table = tmp_path / "guide_table.pt"

@@ -1,4 +1,4 @@
-"""Data-parallel training (dgkd_core.distributed) on the CPU with gloo: 2 ranks against 1
+"""Data-parallel training (dgkd_core.training.distributed) on the CPU with gloo: 2 ranks against 1
 process, a signal to one rank, the environment that names the ranks, and the shards."""
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dgkd_core.config import ConfigError
 from dgkd_core.data import make_loaders, prepare_dataset
 from dgkd_core.data.shards import shard_slice
-from dgkd_core.distributed import Distributed
-from dgkd_core.train import EXIT_RESUMABLE
+from dgkd_core.schema import ConfigError
+from dgkd_core.training.distributed import Distributed
+from dgkd_core.training.trainer import EXIT_RESUMABLE
 from helpers import assert_same_weights, history_without_timing
 
 # Contiguous tensors: torch's CPU batch_norm on channels_last float32 input is itself off by up

@@ -1,4 +1,4 @@
-"""Fused training (dgkd_core.fused): a group trains each member to its solo weights, is
+"""Fused training (dgkd_core.training.fused): a group trains each member to its solo weights, is
 deterministic, and stops and resumes as one model does."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import pytest
 import torch
 import yaml
 
-import dgkd_core.train as train_mod
-from dgkd_core.config import ConfigError
-from dgkd_core.fused import train_fused
-from dgkd_core.train import EXIT_RESUMABLE, TrainingInterrupted, train
+from dgkd_core.schema import ConfigError
+from dgkd_core.training.fused import train_fused
+import dgkd_core.training.trainer as train_mod
+from dgkd_core.training.trainer import EXIT_RESUMABLE, TrainingInterrupted, train
 from helpers import FINAL_OUTPUTS, assert_no_outputs, history_without_timing, run_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -232,7 +232,7 @@ def test_cli_train_group_stops_on_sigterm_and_resumes(tiny_data, teacher, tmp_pa
 
 
 def plan_of(path: Path, **changes):
-    from dgkd_core.plan import Plan
+    from dgkd_core.experiment.plan import Plan
 
     config = yaml.safe_load(path.read_text())
     config.update(changes)
@@ -243,7 +243,7 @@ def test_paper_config_groups_follow_the_rules(tmp_path, monkeypatch):
     """fuse: true on the paper's config: every group shares dataset, model, role, epochs,
     batch size and device, no member guides another, and every run is in one group at most;
     the ResNet chain's students (5 methods x 3 seeds) and teachers (3 seeds) are groups."""
-    from dgkd_core.fusion import fused_groups
+    from dgkd_core.experiment.fused_groups import fused_groups
 
     monkeypatch.chdir(tmp_path)  # no results/ here: nothing trained yet
     plan = plan_of(REPO / "config" / "config.yaml", fuse=True)
@@ -273,7 +273,7 @@ def test_paper_config_groups_follow_the_rules(tmp_path, monkeypatch):
 
 
 def test_fuse_false_and_auto_on_a_cpu_plan_no_groups(monkeypatch, tmp_path):
-    from dgkd_core.fusion import fuse_enabled, fused_groups
+    from dgkd_core.experiment.fused_groups import fuse_enabled, fused_groups
 
     monkeypatch.chdir(tmp_path)
     tiny = REPO / "config" / "test_tiny.yaml"  # device: cpu
@@ -307,7 +307,7 @@ def test_cuda_streams_group_matches_solo_runs(tiny_data, teacher, tmp_path):
 def test_cuda_streams_members_recaptured_at_a_milestone_match_solo_runs(tiny_data, teacher,
                                                                         tmp_path):
     """Both members' lr drops after epoch 1, so each re-captures its graph while the other's
-    graph lives on: each captured on its own stream (dgkd_core.step), neither disturbs the
+    graph lives on: each captured on its own stream (dgkd_core.training.step), neither disturbs the
     other, and each ends at its solo weights."""
     step_lr = {"name": "step", "milestones": [0.5], "gamma": 0.2}
     specs = [{"config": run_config(seed=3, device="cuda", schedule=step_lr), "data": tiny_data,
@@ -328,7 +328,7 @@ def test_cuda_streams_members_recaptured_at_a_milestone_match_solo_runs(tiny_dat
 @pytest.mark.slow
 def test_bench_fused_workloads_report_both_ways(tmp_path):
     """`bench --fused`'s entries (figures never asserted on: speed is not a timed test)."""
-    from dgkd_core.bench_fused import FUSED_WORKLOADS, run_fused
+    from dgkd_core.bench.fused import FUSED_WORKLOADS, run_fused
 
     # 256 images are 2 batches: the 3 steps of each member cross an epoch boundary.
     entries = run_fused(torch.device("cpu"), steps=2, warmup=1, train_images=256)
@@ -345,13 +345,13 @@ def test_bench_fused_workloads_report_both_ways(tmp_path):
 
 def test_data_parallel_jobs_train_alone(tmp_path, monkeypatch):
     """A job of several GPUs (resources.gpus_per_job) runs its own ranks: never in a group."""
-    from dgkd_core.fusion import fused_groups
+    from dgkd_core.experiment.fused_groups import fused_groups
 
     monkeypatch.chdir(tmp_path)
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["fuse"] = True
     config["resources"]["gpus_per_job"] = {"default": 1, "per_role": {"teacher": 2}}
-    from dgkd_core.plan import Plan
+    from dgkd_core.experiment.plan import Plan
 
     plan = Plan(config)
     groups = fused_groups(plan)

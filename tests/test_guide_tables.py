@@ -1,4 +1,4 @@
-"""Guide tables and prepared guides (dgkd_core.guide_tables, dgkd_core.prepared_guides).
+"""Guide tables and prepared guides (dgkd_core.guides.tables, dgkd_core.guides.prepared).
 
 The tables are checked against the guide run inline on the loader's own batches, and the view
 numbering against a crop and flip written out here by hand (pad, slice, torch.flip)."""
@@ -13,15 +13,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dgkd_core.checkpoints import TrainingError, load_guide
 from dgkd_core.data import (Normalizer, TensorLoader, load_prepared, prepare_dataset, view_index,
                             view_params, views_per_image)
-from dgkd_core.guide_tables import (build_guide_table, load_guide_table, make_guide_table,
-                                    save_guide_table)
-from dgkd_core.losses import dgkd_loss
-from dgkd_core.models import build_model
-from dgkd_core.prepared_guides import count_batchnorms, fold_batchnorm, prepare_guide
-from dgkd_core.train import Trainer, TrainingInterrupted, train
+from dgkd_core.errors import TrainingError
+from dgkd_core.guides.checkpoints import load_guide
+from dgkd_core.guides.prepared import count_batchnorms, fold_batchnorm, prepare_guide
+from dgkd_core.guides.tables import (build_guide_table, load_guide_table, make_guide_table,
+                                     save_guide_table)
+from dgkd_core.method.losses import dgkd_loss
+from dgkd_core.method.models import build_model
+from dgkd_core.training.trainer import Trainer, TrainingInterrupted, train
 from helpers import assert_same_weights, run_config
 
 PAD = 4
@@ -297,7 +298,7 @@ def test_tables_for_some_guides_and_a_wrong_count(table_file, tiny_data, teacher
 
 def test_fused_members_with_tables_train_as_they_do_solo(table_file, tiny_data, teacher,
                                                          tmp_path):
-    from dgkd_core.fused import train_fused
+    from dgkd_core.training.fused import train_fused
 
     path, _ = table_file
     cfg = run_config(method="kd", epochs=1, batch_size=16)

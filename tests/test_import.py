@@ -1,4 +1,4 @@
-"""Imported teachers and TAs (dgkd_core.importing, Plan.import_source, rule import_model).
+"""Imported teachers and TAs (dgkd_core.experiment.importing, Plan.import_source, rule import_model).
 
 A tiny model's checkpoint is written in every accepted layout and imported; the plan and a
 Snakemake dry run show which runs are imported and that nothing trains them; a real import shows
@@ -19,15 +19,16 @@ import pytest
 import torch
 import yaml
 
-from dgkd_core import paths
-from dgkd_core.checkpoints import load_checkpoint, load_guide, save_checkpoint
 from dgkd_core.config import resolve_run_config
 from dgkd_core.data import load_prepared, prepare_dataset
-from dgkd_core.evaluate import evaluate_checkpoint
-from dgkd_core.importing import ImportFailed, import_model
-from dgkd_core.models import build_model
-from dgkd_core.plan import ConfigError, Plan
-from dgkd_core.report import read_metrics
+from dgkd_core.experiment import paths
+from dgkd_core.experiment.importing import ImportFailed, import_model
+from dgkd_core.experiment.plan import Plan
+from dgkd_core.guides.checkpoints import load_checkpoint, load_guide, save_checkpoint
+from dgkd_core.method.models import build_model
+from dgkd_core.reporting.tables import read_metrics
+from dgkd_core.schema import ConfigError
+from dgkd_core.training.evaluate import evaluate_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dgkd_core.models import available_models, build_model, count_parameters, model_family
+from dgkd_core.method.models import available_models, build_model, count_parameters, model_family
 
 # (name, dataset, num_classes, parameters) -- numbers copied from REFERENCE.md "Architectures".
 REFERENCE_COUNTS = [

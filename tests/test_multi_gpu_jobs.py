@@ -1,4 +1,4 @@
-"""Training jobs of several GPUs in the workflow (resources.gpus_per_job, dgkd_core/launch.py)
+"""Training jobs of several GPUs in the workflow (resources.gpus_per_job, dgkd_core/training/launch.py)
 and the ImageNet config (config/imagenet.yaml) against a tiny fake ImageNet-style folder."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import yaml
 
-from dgkd_core import paths
-from dgkd_core.launch import gpus_per_job, rank_command, slurm_resources
-from dgkd_core.reference import paper_value
+from dgkd_core.experiment import paths
+from dgkd_core.reporting.reference import paper_value
+from dgkd_core.training.launch import gpus_per_job, rank_command, slurm_resources
 from test_workflow import REPO, TINY, DryRun, dry_run, snakemake, tiny, write_config
 
 

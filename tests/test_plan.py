@@ -1,4 +1,4 @@
-"""The experiment plan (dgkd_core.plan) on small config dicts: no Snakemake, no subprocess.
+"""The experiment plan (dgkd_core.experiment.plan) on small config dicts: no Snakemake, no subprocess.
 
 Expected guides are written out by hand from the paper's definitions (REFERENCE.md), not
 computed with the code under test."""
@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dgkd_core import methods, paths
-from dgkd_core.plan import ConfigError, Plan, evenly_spaced
+from dgkd_core.method import registry
+
+from dgkd_core.experiment import paths
+from dgkd_core.experiment.plan import Plan, evenly_spaced
+from dgkd_core.schema import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = yaml.safe_load((REPO / "config" / "test_tiny.yaml").read_text())
@@ -48,20 +51,20 @@ def student(plan: Plan, method: str):
 
 def test_schema_method_list_equals_the_registry():
     schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
-    assert schema["$defs"]["method"]["enum"] == list(methods.METHODS)
-    assert methods.METHODS == ("nokd", "kd", "takd", "dgkd", "sdgkd")
+    assert schema["$defs"]["method"]["enum"] == list(registry.METHODS)
+    assert registry.METHODS == ("nokd", "kd", "takd", "dgkd", "sdgkd")
     ablation = schema["properties"]["ablations"]["properties"]["num_tas"]["properties"]
-    assert set(ablation["methods"]["items"]["enum"]) <= set(methods.METHODS)
+    assert set(ablation["methods"]["items"]["enum"]) <= set(registry.METHODS)
 
 
 def test_labels_and_colours_come_from_the_registry():
-    from dgkd_core import plots, report
+    from dgkd_core.reporting import plots, tables
 
-    assert report.method_label("sdgkd", 0.5) == "Stochastic DGKD (p=0.5)"
-    assert report.method_label("dgkd", 0.5) == "DGKD"
-    assert report.method_label("sdgkd", float("nan")) == "Stochastic DGKD"
-    assert len({methods.colour(m) for m in methods.METHODS}) == len(methods.METHODS)
-    assert not hasattr(plots, "METHOD_COLORS") and not hasattr(report, "METHOD_LABELS")
+    assert tables.method_label("sdgkd", 0.5) == "Stochastic DGKD (p=0.5)"
+    assert tables.method_label("dgkd", 0.5) == "DGKD"
+    assert tables.method_label("sdgkd", float("nan")) == "Stochastic DGKD"
+    assert len({registry.colour(m) for m in registry.METHODS}) == len(registry.METHODS)
+    assert not hasattr(plots, "METHOD_COLORS") and not hasattr(tables, "METHOD_LABELS")
 
 
 # ---------------------------------------------------------------------- guides
@@ -255,7 +258,7 @@ def test_every_planned_run_passes_the_trainers_method_check(name):
     plan = Plan(yaml.safe_load((REPO / "config" / name).read_text()))
     for run in plan.runs():
         cfg = plan.run_config(run)
-        methods.check_guides(cfg["method"], len(plan.guides(run)), cfg["loss"]["keep_prob"],
+        registry.check_guides(cfg["method"], len(plan.guides(run)), cfg["loss"]["keep_prob"],
                              cfg["loss"]["drop_num"])
 
 
@@ -268,20 +271,20 @@ def test_every_planned_run_passes_the_trainers_method_check(name):
 ])
 def test_check_guides_refuses_a_mismatch(method, n_guides, keep_prob, needle):
     with pytest.raises(ValueError, match=needle):
-        methods.check_guides(method, n_guides, keep_prob)
+        registry.check_guides(method, n_guides, keep_prob)
 
 
 def test_check_guides_accepts_each_methods_own_runs():
     for args in (("nokd", 0, None), ("kd", 1, None), ("takd", 1, None), ("dgkd", 2, None),
                  ("sdgkd", 3, 0.75)):
-        methods.check_guides(*args)
+        registry.check_guides(*args)
 
 
 # ---------------------------------------------------------------------- convention ablation
 
 
 def test_convention_ablation_trains_its_chain_under_each_convention():
-    from dgkd_core.losses import CONVENTIONS
+    from dgkd_core.method.losses import CONVENTIONS
 
     schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
     ablation = schema["properties"]["ablations"]["properties"]["convention"]["properties"]

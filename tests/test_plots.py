@@ -1,4 +1,4 @@
-"""Figures (dgkd_core.plots): accuracy axes never magnify a difference smaller than the spread,
+"""Figures (dgkd_core.reporting.plots): accuracy axes never magnify a difference smaller than the spread,
 the methods figure shows each seed, the learning curves get one panel per method."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from matplotlib.collections import PathCollection, PolyCollection
 
-from dgkd_core import plots
+from dgkd_core.reporting import plots
 
 METHODS = [("nokd", None), ("kd", None), ("takd", None), ("dgkd", None), ("sdgkd", 0.75)]
 

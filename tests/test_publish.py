@@ -1,5 +1,5 @@
 """Table 1 as HTML and LaTeX (pandas Styler), the runs table and the resolved config
-(dgkd_core.publish), on hand-made metrics files (no training)."""
+(dgkd_core.reporting.publish), on hand-made metrics files (no training)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from dgkd_core import paths, publish, report
+from dgkd_core.experiment import paths
 
+
+from dgkd_core.reporting import publish, tables
 CHAIN = ["plane10", "plane8", "plane6", "plane4", "plane2"]
 RESNET = ["resnet26", "resnet20", "resnet14", "resnet8"]
 SETTINGS = {"model": "?", "method": "?", "seed": 0, "epochs": 3, "batch_size": 128,
@@ -53,7 +55,7 @@ def runs(tmp_path, monkeypatch):
 
 
 def table1_of(students) -> pd.DataFrame:
-    return report.table1(report.load_runs(students))
+    return tables.table1(tables.load_runs(students))
 
 
 def test_pivot_has_a_row_per_dataset_and_chain_and_methods_in_registry_order(runs):

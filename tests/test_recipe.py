@@ -10,12 +10,13 @@ import pytest
 import torch
 import yaml
 
-import dgkd_core.distiller as distiller_mod
-from dgkd_core import paths
-from dgkd_core.config import ConfigError, resolve_run_config
+from dgkd_core.config import resolve_run_config
 from dgkd_core.data import load_prepared, make_loaders
-from dgkd_core.plan import Plan
-from dgkd_core.train import train
+from dgkd_core.experiment import paths
+from dgkd_core.experiment.plan import Plan
+from dgkd_core.schema import ConfigError
+import dgkd_core.training.distiller as distiller_mod
+from dgkd_core.training.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASED = yaml.safe_load((REPO / "config" / "released_code.yaml").read_text())

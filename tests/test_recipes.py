@@ -118,7 +118,7 @@ def test_imagenet_recipe_refuses_what_it_cannot_do(imagenet_folder, tmp_path):
 
 
 def test_train_resnet18_through_the_recipe(imagenet_folder, tmp_path):
-    from dgkd_core.train import train
+    from dgkd_core.training.trainer import train
     from helpers import run_config
 
     data = tmp_path / "imagenet.pt"

@@ -9,8 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dgkd_core import paths, plots, report
-from dgkd_core.reference import paper_value
+from dgkd_core.experiment import paths
+
+from dgkd_core.reporting import plots, tables
+from dgkd_core.reporting.reference import paper_value
 
 # ------------------------------------------------------------------------ paths
 
@@ -107,7 +109,7 @@ def runs(tmp_path, monkeypatch):
 
 def test_table1_aggregates_seeds_and_compares_with_the_paper(runs, tmp_path):
     students, _ = runs
-    table = report.table1(report.load_runs(students))
+    table = tables.table1(tables.load_runs(students))
     assert list(table["method"]) == ["nokd", "kd", "takd", "dgkd", "sdgkd"]
     dgkd = table[table["method"] == "dgkd"].iloc[0]
     assert dgkd["teacher"] == "plane10" and dgkd["tas"] == "plane8, plane6, plane4"
@@ -121,7 +123,7 @@ def test_table1_aggregates_seeds_and_compares_with_the_paper(runs, tmp_path):
     assert "best-epoch" in dgkd["paper_recipe"]
     assert math.isnan(table[table["method"] == "kd"]["paper_top1"].item())
 
-    report.write_table(table, tmp_path / "t.csv", tmp_path / "t.md", "Table 1")
+    tables.write_table(table, tmp_path / "t.csv", tmp_path / "t.md", "Table 1")
     again = pd.read_csv(tmp_path / "t.csv")
     assert len(again) == 5 and again["top1_last_mean"].dtype == float
     md = (tmp_path / "t.md").read_text()
@@ -135,17 +137,17 @@ def test_table1_aggregates_seeds_and_compares_with_the_paper(runs, tmp_path):
 
 def test_reference_values_from_another_recipe_say_which(tmp_path):
     run = paths.make_run("cifar100", 20, "nokd", ["resnet8"])
-    table = report.table1(report.load_runs([write_run(tmp_path, run, 60.0, 61.0)]))
+    table = tables.table1(tables.load_runs([write_run(tmp_path, run, 60.0, 61.0)]))
     assert table["paper_top1"].item() == 61.37
     assert "another recipe" in table["paper_recipe"].item()
     assert "no augmentation" in table["paper_recipe"].item()
-    md = report.markdown(table, "T")
+    md = tables.markdown(table, "T")
     assert "TAKD author's report: another recipe: TAKD's code (no augmentation" in md
 
 
 def test_guides_table(runs):
     _, guides = runs
-    table = report.guides_table(report.load_runs(guides))
+    table = tables.guides_table(tables.load_runs(guides))
     assert list(table["role"]) == ["teacher", "TA"]
     assert list(table["lineage"]) == ["plane10", "plane10 → plane8"]
     assert table["top1_last_mean"].tolist() == [61.0, 56.0]
@@ -158,9 +160,9 @@ def test_an_imported_teacher_is_labelled_imported(tmp_path):
     metrics = json.loads(path.read_text())
     path.write_text(json.dumps({**metrics, "imported": True, "epochs": 0}))
     ta = write_run(tmp_path, paths.make_run("cifar100", 20, "kd", ["plane10", "plane8"]), 55, 56)
-    table = report.guides_table(report.load_runs([str(path), ta]))
+    table = tables.guides_table(tables.load_runs([str(path), ta]))
     assert table["imported"].tolist() == [True, False]
-    md = report.markdown(table, "Guides")
+    md = tables.markdown(table, "Guides")
     assert "| teacher | plane10 | imported |" in md and "| TA | plane8 | KD |" in md
 
 
@@ -172,23 +174,23 @@ def test_num_tas_table_gives_the_no_ta_point_to_every_method(tmp_path, monkeypat
                                   ("dgkd", ["plane10", "plane6", "plane2"], 43.0)):
         files.append(write_run(Path("."), paths.make_run("cifar100", 1, method, lineage),
                                top1, top1))
-    table = report.num_tas_table(report.load_runs(files))
+    table = tables.num_tas_table(tables.load_runs(files))
     assert list(zip(table["method"], table["n_tas"], table["trained_as"])) == [
         ("takd", 0, "kd"), ("takd", 1, "takd"), ("dgkd", 0, "kd"), ("dgkd", 1, "dgkd")]
     assert table["top1_last_std"].isna().all()  # one seed: no std
-    assert "40.00 |" in report.markdown(table, "x")
+    assert "40.00 |" in tables.markdown(table, "x")
 
 
 def test_figures_are_valid_png_and_pdf(runs, tmp_path):
     from PIL import Image
 
     students, _ = runs
-    loaded = report.load_runs(students)
-    table = report.table1(loaded)
+    loaded = tables.load_runs(students)
+    table = tables.table1(loaded)
     outputs = {
         "methods": lambda out: plots.methods_figure(table, out),
-        "curves": lambda out: plots.learning_curves_figure(report.learning_curves(loaded), out),
-        "keep": lambda out: plots.keep_prob_figure(report.keep_prob_table(
+        "curves": lambda out: plots.learning_curves_figure(tables.learning_curves(loaded), out),
+        "keep": lambda out: plots.keep_prob_figure(tables.keep_prob_table(
             loaded[loaded["method"].isin(["dgkd", "sdgkd"])]), out),
     }
     for name, draw in outputs.items():
@@ -197,7 +199,7 @@ def test_figures_are_valid_png_and_pdf(runs, tmp_path):
         with Image.open(png) as image:
             image.verify()
         assert pdf.read_bytes().startswith(b"%PDF")
-    curves = report.learning_curves(loaded)
+    curves = tables.learning_curves(loaded)
     dgkd = curves[curves["method"] == "dgkd"]
     assert dgkd["epoch"].tolist() == [1, 2, 3]
     assert dgkd["top1_mean"].tolist() == [45.0, 47.0, 49.0]

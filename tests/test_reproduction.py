@@ -1,4 +1,4 @@
-"""The reproduction report (dgkd_core.reproduction, `python -m dgkd_core reproduction`) on
+"""The reproduction report (dgkd_core.reporting.reproduction, `python -m dgkd_core reproduction`) on
 hand-made metrics files with numbers worked by hand, and ci/reproduce_table1.sh end to end on
 the CPU with a tiny schedule (in a temporary folder: the repository's results/ and docs/ stay
 as they are)."""
@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from dgkd_core import cli, reproduction
-from dgkd_core.plan import Plan
+from dgkd_core import cli
+
+from dgkd_core.experiment.plan import Plan
+from dgkd_core.reporting import reproduction
 
 REPO = Path(__file__).resolve().parents[1]
 REPRO_CONFIG = REPO / "config" / "cifar10_repro.yaml"
@@ -87,7 +89,7 @@ def test_report_states_differences_ordering_gap_and_provenance(tmp_path):
     assert "| TAKD | resnet26 | resnet20, resnet14 | resnet8 | 30 | 20 31 55 | " \
            "87.50, 87.90, 87.10 | 87.50 ± 0.40 | 88.01 | -0.51 |" in text
     assert "in the means: **holds**" in text and "TAKD < DGKD: 87.50 vs 88.53, holds" in text
-    # The paper's gap, 89.02 − 88.01 from dgkd_core.reference, inside [+0.52, +1.55].
+    # The paper's gap, 89.02 − 88.01 from dgkd_core.reporting.reference, inside [+0.52, +1.55].
     assert "against the paper's +1.01 (89.02 − 88.01, DGKD (ICCV 2021)): +0.02 from it" in text
     assert "lies inside the 95 % interval [+0.52, +1.55] (± 0.52), which excludes 0" in text
     assert "- Command: `the command`" in text

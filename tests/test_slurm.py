@@ -333,7 +333,7 @@ def test_preempted_training_job_resumes_to_the_same_result(slurm_cluster, tmp_pa
     longer.write_text(yaml.safe_dump({"hyperparameters": {"per_role": {"teacher": {"epochs": 8}}}}))
     configs = [DEMO, OVERLAY, str(longer)]
     cfg = merged_config(REPO / DEMO, REPO / OVERLAY, longer)
-    from dgkd_core import paths
+    from dgkd_core.experiment import paths
 
     dataset = next(iter(cfg["datasets"]))
     teacher = next(iter(cfg["chains"].values()))["teacher"]
@@ -404,7 +404,7 @@ def test_training_jobs_share_one_gpu_through_shards(demo_runs, tmp_path):
     README's "Several trainings on one GPU"), independent training jobs run at the same time on
     the cluster's one GPU, each still its own SLURM job, and each ends with the metrics of the
     local run. (With `gpu: 1` the one GPU runs them one after the other.)"""
-    from dgkd_core import paths
+    from dgkd_core.experiment import paths
 
     cfg = merged_config(REPO / DEMO, REPO / OVERLAY)
     dataset = next(iter(cfg["datasets"]))

@@ -40,7 +40,7 @@ def two_gpu_cluster():
 
 @pytest.mark.slurm
 def test_a_two_gpu_training_job_runs_as_two_tasks(two_gpu_cluster, tmp_path):
-    from dgkd_core import paths
+    from dgkd_core.experiment import paths
 
     cfg = yaml.safe_load(open(DEMO))
     dataset, chain = next(iter(cfg["datasets"])), next(iter(cfg["chains"].values()))

@@ -8,10 +8,10 @@ from contextlib import contextmanager
 
 import torch
 
-from dgkd_core.models import build_model
+from dgkd_core.method.models import build_model
 from dgkd_core.runtime import make_autocast
-from dgkd_core.step import CudaGraphStep, EagerStep
-from dgkd_core.train import Distiller
+from dgkd_core.training.distiller import Distiller
+from dgkd_core.training.step import CudaGraphStep, EagerStep
 
 LOSS = {"lam": 0.5, "temperature": 4.0, "convention": "paper"}
 

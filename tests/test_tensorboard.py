@@ -14,17 +14,19 @@ import pytest
 import torch
 import yaml
 
-import dgkd_core.distiller as distiller_mod
-import dgkd_core.train as train_mod
-from dgkd_core import paths
 from dgkd_core.cli import main
-from dgkd_core.config import (DEFAULT_RUN_CONFIG, ConfigError, config_hash, resolve_run_config,
+from dgkd_core.config import (DEFAULT_RUN_CONFIG, config_hash, resolve_run_config,
                               semantic_settings, settings_schema)
-from dgkd_core.evaluate import evaluate_checkpoint
-from dgkd_core.models import build_model
-from dgkd_core.plan import Plan
-from dgkd_core.tensorboard_log import MISSING_PACKAGE, check_available, tag_for
-from dgkd_core.train import Distiller, train
+from dgkd_core.experiment import paths
+from dgkd_core.experiment.plan import Plan
+from dgkd_core.method.models import build_model
+from dgkd_core.schema import ConfigError
+import dgkd_core.training.distiller as distiller_mod
+from dgkd_core.training.distiller import Distiller
+from dgkd_core.training.evaluate import evaluate_checkpoint
+from dgkd_core.training.tensorboard_log import MISSING_PACKAGE, check_available, tag_for
+import dgkd_core.training.trainer as train_mod
+from dgkd_core.training.trainer import train
 from helpers import run_config
 
 REPO = Path(__file__).resolve().parents[1]

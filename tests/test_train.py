@@ -13,12 +13,14 @@ import pytest
 import torch
 import yaml
 
-import dgkd_core.distiller as distiller_mod
-import dgkd_core.train as train_mod
-from dgkd_core.config import ConfigError
 from dgkd_core.data import prepare_dataset
-from dgkd_core.models import build_model
-from dgkd_core.train import EXIT_RESUMABLE, Distiller, TrainingError, train
+from dgkd_core.errors import TrainingError
+from dgkd_core.method.models import build_model
+from dgkd_core.schema import ConfigError
+import dgkd_core.training.distiller as distiller_mod
+from dgkd_core.training.distiller import Distiller
+import dgkd_core.training.trainer as train_mod
+from dgkd_core.training.trainer import EXIT_RESUMABLE, train
 from helpers import (EAGER_ON_CUDA, assert_no_outputs, assert_same_weights,
                      history_without_timing, run_config)
 
@@ -176,7 +178,7 @@ def test_sdgkd_steps_get_the_per_step_draws_of_the_epoch_generator(tiny_data, te
                                                                    tmp_path, monkeypatch):
     """The masks drawn per epoch into one tensor reach the steps in the order, and with the
     values, that one draw per step from the epoch's keep RNG gave (so training is unchanged)."""
-    from dgkd_core.losses import draw_keep_mask
+    from dgkd_core.method.losses import draw_keep_mask
     from dgkd_core.runtime import epoch_generator
 
     seen = []
@@ -346,9 +348,9 @@ def test_evaluate_sums_on_the_device_to_the_per_batch_host_sums(teacher, tiny_da
     bit for bit, the per-batch host sums it replaced (written out here as the reference)."""
     import torch.nn as nn
 
-    from dgkd_core.checkpoints import load_guide
     from dgkd_core.data import load_prepared, make_loaders
-    from dgkd_core.evaluate import evaluate
+    from dgkd_core.guides.checkpoints import load_guide
+    from dgkd_core.training.evaluate import evaluate
 
     data = load_prepared(tiny_data)
     model = load_guide(teacher, data.meta, torch.device("cpu")).eval()

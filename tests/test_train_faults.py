@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import dgkd_core.train as train_mod
-from dgkd_core.config import ConfigError
-from dgkd_core.evaluate import evaluate_checkpoint
+from dgkd_core.errors import TrainingError
 from dgkd_core.runtime import StopFlag
-from dgkd_core.train import EXIT_RESUMABLE, TrainingError, train
+from dgkd_core.schema import ConfigError
+from dgkd_core.training.evaluate import evaluate_checkpoint
+import dgkd_core.training.trainer as train_mod
+from dgkd_core.training.trainer import EXIT_RESUMABLE, train
 from helpers import (assert_no_outputs, assert_same_weights,
                      history_without_timing, run_config)
 

@@ -1,6 +1,6 @@
 """The workflow with `fuse: true`: fused groups train the same per-run outputs as train_model
 does, finished groups are left alone when a seed is added, and a changed setting reruns the
-groups it reaches (dgkd_core.fusion)."""
+groups it reaches (dgkd_core.experiment.fused_groups)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The workflow with guide tables (rules/guide_table.smk, dgkd_core.table_plan): which guides
+"""The workflow with guide tables (rules/guide_table.smk, dgkd_core.experiment.table_plan): which guides
 get a table, that their users take it in place of the guide's forward pass, that it is removed
 after its last user, and what reruns when tables are switched off."""
 
@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from dgkd_core.plan import ConfigError, Plan
+from dgkd_core.experiment.plan import Plan
+from dgkd_core.schema import ConfigError
 from test_workflow import TINY, dry_run, snakemake, tiny
 
 CHAIN = {"plain": {"teacher": "plane4", "tas": ["plane3"], "student": "plane2"}}

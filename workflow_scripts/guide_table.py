@@ -1,4 +1,4 @@
-"""Adapter: rule guide_table -> dgkd_core.guide_tables.make_guide_table (one guide's table)."""
+"""Adapter: rule guide_table -> dgkd_core.guides.tables.make_guide_table (one guide's table)."""
 
 import sys
 
@@ -7,8 +7,8 @@ sys.stdout = sys.stderr = open(snakemake.log[0], "a", buffering=1)
 import torch
 
 from dgkd_core.cli import setup_logging
-from dgkd_core.guide_tables import make_guide_table
-from dgkd_core.plan import job_table_config
+from dgkd_core.experiment.plan import job_table_config
+from dgkd_core.guides.tables import make_guide_table
 
 setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

@@ -1,4 +1,4 @@
-"""Adapter: rule import_model -> dgkd_core.importing.import_planned_run (one model from a file)."""
+"""Adapter: rule import_model -> dgkd_core.experiment.importing.import_planned_run (one model from a file)."""
 
 import sys
 
@@ -7,7 +7,7 @@ sys.stdout = sys.stderr = open(snakemake.log[0], "a", buffering=1)
 import torch
 
 from dgkd_core.cli import setup_logging
-from dgkd_core.importing import ImportFailed, import_planned_run
+from dgkd_core.experiment.importing import ImportFailed, import_planned_run
 
 setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

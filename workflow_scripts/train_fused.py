@@ -1,4 +1,4 @@
-"""Adapter: a fused group's rule (rules/train_fused.smk) -> dgkd_core.fused.train_fused (its
+"""Adapter: a fused group's rule (rules/train_fused.smk) -> dgkd_core.training.fused.train_fused (its
 members trained together, each from its guides, each to its own outputs)."""
 
 import os
@@ -8,11 +8,11 @@ sys.stdout = sys.stderr = open(snakemake.log[0], "a", buffering=1)
 
 import torch
 
-from dgkd_core import paths
 from dgkd_core.cli import setup_logging
-from dgkd_core.fused import train_fused
-from dgkd_core.plan import job_run_config
+from dgkd_core.experiment import paths
+from dgkd_core.experiment.plan import job_run_config
 from dgkd_core.runtime import job_time_budget_s, workflow_ancestor_pid
+from dgkd_core.training.fused import train_fused
 
 setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

@@ -1,4 +1,4 @@
-"""Adapter: rule train_model -> dgkd_core.train.train (one model, from its guides)."""
+"""Adapter: rule train_model -> dgkd_core.training.trainer.train (one model, from its guides)."""
 
 import os
 import sys
@@ -7,12 +7,12 @@ sys.stdout = sys.stderr = open(snakemake.log[0], "a", buffering=1)
 
 import torch
 
-from dgkd_core import paths
 from dgkd_core.cli import setup_logging
-from dgkd_core.launch import run_ranks
-from dgkd_core.plan import job_run_config
+from dgkd_core.experiment import paths
+from dgkd_core.experiment.plan import job_run_config
 from dgkd_core.runtime import job_time_budget_s, workflow_ancestor_pid
-from dgkd_core.train import train
+from dgkd_core.training.launch import run_ranks
+from dgkd_core.training.trainer import train
 
 setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
@@ -25,7 +25,7 @@ if budget is not None:
     run_config["time_budget_s"] = budget
 out_dir = os.path.dirname(snakemake.output.model)
 guide_tables = paths.guide_tables_for(snakemake.input.guides, snakemake.input.guide_tables)
-# tasks: set only for a job of several GPUs (resources.gpus_per_job; dgkd_core/launch.py)
+# tasks: set only for a job of several GPUs (resources.gpus_per_job; dgkd_core/training/launch.py)
 ranks = getattr(snakemake.resources, "tasks", None) or 1
 if ranks > 1:  # data-parallel: srun in a SLURM job, else torchrun, starts the ranks
     sys.exit(run_ranks(ranks, run_config, snakemake.input.data, out_dir,

@@ -18,15 +18,9 @@ from dgkd_core.data.prepared import DataError, PreparedData, load_prepared
 from dgkd_core.data.recipes import ImagenetFolder
 from dgkd_core.data.seeds import epoch_seed
 from dgkd_core.data.shards import shard_slice
+from dgkd_core.device import resolve_device
 
-__all__ = ["StreamLoader", "TensorLoader", "make_loaders", "resolve_device"]
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """"auto" (or None) -> cuda where a CUDA device is visible, else cpu; anything else as is."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+__all__ = ["StreamLoader", "TensorLoader", "make_loaders"]
 
 
 class _EpochState:

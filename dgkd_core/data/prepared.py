@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from dgkd_core.errors import DgkdError
 from dgkd_core.io import UnreadableFile, load_tensor_file
 
 __all__ = [
@@ -30,7 +31,7 @@ FORMAT_VERSION = 1
 _TENSOR_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 
 
-class DataError(ValueError):
+class DataError(DgkdError, ValueError):
     """A dataset cannot be prepared or a prepared file cannot be used; the message says why."""
 
 

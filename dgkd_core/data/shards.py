@@ -1,4 +1,4 @@
-"""Which part of a global batch one rank of a data-parallel run takes (dgkd_core.distributed)."""
+"""Which part of a global batch one rank of a data-parallel run takes (dgkd_core.training.distributed)."""
 
 from __future__ import annotations
 

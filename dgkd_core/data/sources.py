@@ -13,13 +13,8 @@ import torch
 
 from dgkd_core import io
 from dgkd_core.data.imagefolder import decode_all, image_size, listing_checksum
-from dgkd_core.data.prepared import (
-    FORMAT_VERSION,
-    DataError,
-    cached_payload,
-    channel_stats,
-    ordered_meta,
-)
+from dgkd_core.data.prepared import (FORMAT_VERSION, DataError, cached_payload, channel_stats,
+                                     ordered_meta)
 from dgkd_core.data.recipes import IMAGENET_MEAN, IMAGENET_STD, RECIPES
 from dgkd_core.data.synthetic import SYNTHETIC_CLASSES, make_synthetic
 
@@ -117,7 +112,7 @@ def prepare_dataset(
 def always_cached(source: str, *, recipe: str = "cifar", root_is_temporary: bool = False) -> bool:
     """Whether `prepare_dataset` with these arguments always writes the cached uint8 tensor, never
     a stream descriptor; known before any image is read (the workflow plans guide tables by it,
-    dgkd_core.table_plan).
+    dgkd_core.experiment.table_plan).
 
     cifar10, cifar100 and synthetic are always cached. An imagefolder under recipe imagenet is
     always streamed; under recipe cifar it is streamed when it exceeds the cache limits, except

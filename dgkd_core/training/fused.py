@@ -1,0 +1,241 @@
+"""Fused training: several models trained in one process, in lockstep (horizontal fusion).
+
+    FusedTrainer(trainers).run()      # each a dgkd_core.training.trainer.Trainer, not yet set up
+    train_fused(members)              # the same from {config, data, out_dir, guides} mappings
+
+Each member is a whole `Trainer`: its own loader and batch stream, guides (or guide tables),
+optimizer, keep-mask RNG, learning-rate schedule, resume state and outputs (`model.pt`,
+`metrics.json`, `history.csv`) at its own out_dir. Its maths is its solo maths; what the group
+adds is:
+
+- one process, and one loaded copy of each prepared data file;
+- lockstep: each round runs every unfinished member's current epoch, their steps interleaved
+  (member 1's step k, member 2's step k, ...); a member with fewer steps left ends its epoch and
+  waits for the round to end;
+- one StopFlag: after every step the group asks the members that stepped whether they must stop
+  (a signal, the workflow gone, or a member's time budget); if one must, every member saves its
+  resume state at that step boundary and the group raises TrainingInterrupted (exit 75). A
+  restart resumes every member; one already at its end only writes its outputs;
+- the end: every member's outputs first, then every resume state removed, so that a kill in
+  between leaves each member resumable at its end, not retrained;
+- metrics.json's `fused_group`: {"members": [every member's out_dir], "mechanism": ...}.
+
+The mechanism (docs/performance.md, "Fused training"): `cuda_streams` on CUDA, where each
+member's work, its captured CUDA-graph step included, runs on a CUDA stream of its own, so
+kernels of different members overlap on the GPU; `sequential` on a CPU (or when asked for): the
+members' steps one after another on one stream, bit-identical to training each alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from dgkd_core.data import load_prepared
+from dgkd_core.runtime import StopFlag
+from dgkd_core.schema import ConfigError
+from dgkd_core.training.trainer import Trainer, TrainingInterrupted
+
+__all__ = ["MECHANISMS", "FusedTrainer", "train_fused"]
+
+log = logging.getLogger("dgkd_core.training.fused")
+
+MECHANISMS = ("auto", "cuda_streams", "sequential")
+
+
+class MemberStreams:
+    """Where each member's GPU work is queued: a CUDA stream per member (`cuda_streams`), or
+    the current stream for all (`sequential`, and always on a CPU)."""
+
+    def __init__(self, count: int, mechanism: str):
+        self.mechanism = mechanism
+        self.streams = ([torch.cuda.Stream() for _ in range(count)]
+                        if mechanism == "cuda_streams" else None)
+
+    def on(self, index: int):
+        """A context queuing work on member `index`'s stream."""
+        return nullcontext() if self.streams is None else torch.cuda.stream(self.streams[index])
+
+    def fork(self, indices: Sequence[int]) -> None:
+        """Members' streams wait for what the current stream queued (set-up, epoch start)."""
+        if self.streams is not None:
+            current = torch.cuda.current_stream()
+            for i in indices:
+                self.streams[i].wait_stream(current)
+
+    def join(self, indices: Sequence[int]) -> None:
+        """The current stream waits for the members' work (before evaluating or saving)."""
+        if self.streams is not None:
+            current = torch.cuda.current_stream()
+            for i in indices:
+                current.wait_stream(self.streams[i])
+
+
+class FusedTrainer:
+    """Train `members` (Trainers not yet set up, with distinct out_dirs) together.
+
+    mechanism: auto (cuda_streams where every member runs on CUDA, else sequential),
+    cuda_streams or sequential. watch_pid: as `train()`'s, for the whole group."""
+
+    def __init__(self, members: Sequence[Trainer], *, mechanism: str = "auto",
+                 watch_pid: int | None = None):
+        if not members:
+            raise ConfigError("a fused group needs at least one member")
+        if mechanism not in MECHANISMS:
+            raise ConfigError(f"fused mechanism {mechanism!r} is unknown; use one of "
+                              f"{', '.join(MECHANISMS)}")
+        dirs = [os.path.realpath(m.out_dir) for m in members]
+        twice = sorted({d for d in dirs if dirs.count(d) > 1})
+        if twice:
+            raise ConfigError(f"fused members share the out_dir {twice[0]}; give each member "
+                              "its own")
+        self.members = list(members)
+        self.requested = mechanism
+        self.watch_pid = watch_pid
+        self.streams: MemberStreams | None = None
+        self.stop: StopFlag | None = None
+
+    # ------------------------------------------------------------------ set up and run
+
+    def setup(self) -> None:
+        """Set every member up, one after another (each seeds the global RNG before building
+        its models, as alone), sharing each prepared data file; then pick the mechanism."""
+        loaded: dict[str, object] = {}
+        for member in self.members:
+            key = os.path.realpath(member.data_path)
+            if key not in loaded:
+                loaded[key] = load_prepared(member.data_path)
+            member.prepared = loaded[key]
+            member.setup()
+        mechanism = self._mechanism()
+        self.streams = MemberStreams(len(self.members), mechanism)
+        record = {"members": [str(m.out_dir) for m in self.members], "mechanism": mechanism}
+        for member in self.members:
+            member.fused_group = record
+
+    def _mechanism(self) -> str:
+        on_cuda = all(m.device.type == "cuda" for m in self.members)
+        if self.requested == "auto":
+            return "cuda_streams" if on_cuda else "sequential"
+        if self.requested == "cuda_streams" and not on_cuda:
+            raise ConfigError("fused mechanism cuda_streams needs every member on CUDA; use "
+                              "auto or sequential")
+        return self.requested
+
+    def run(self) -> list[dict]:
+        """Set up, train every member's remaining epochs, write every member's outputs; the
+        members' metrics.json contents, in order. Raises TrainingInterrupted (after every
+        member saved its resume state) on a signal or a member's nearly spent time budget."""
+        try:
+            self.setup()
+            with StopFlag(watch_pid=self.watch_pid) as self.stop:
+                for member in self.members:
+                    member.stop = self.stop
+                self._log_start()
+                while self._unfinished():
+                    self.run_round()
+            return self.finish()
+        finally:  # finished, stopped to be resumed, or failed: the events so far are kept
+            for member in self.members:
+                if member.tensorboard is not None:
+                    member.tensorboard.close()
+
+    def _log_start(self) -> None:
+        log.info("training %d models as one fused group (%s)", len(self.members),
+                 self.streams.mechanism)
+        for m in self.members:
+            log.info("  %s: %s (%s, seed %d) on %s, %d/%d epochs done, %d guides, %d steps/epoch",
+                     m.out_dir, m.cfg["model"], m.cfg["method"], m.cfg["seed"], m.device,
+                     m.state.epoch, m.cfg["epochs"], len(m.guide_paths), len(m.train_loader))
+
+    def _unfinished(self) -> list[int]:
+        return [i for i, m in enumerate(self.members) if m.state.epoch < m.cfg["epochs"]]
+
+    # ------------------------------------------------------------------ one round
+
+    def run_round(self) -> None:
+        """The rest of every unfinished member's current epoch, steps interleaved; each member
+        ends its epoch (evaluation, history, resume state) when its loader runs out."""
+        active = self._unfinished()
+        lrs = {i: self.members[i].begin_epoch() for i in active}
+        self.streams.fork(active)
+        batches = {i: iter(self.members[i].train_loader) for i in active}
+        stepping = list(active)
+        while stepping:
+            stepped: list[tuple[int, float]] = []
+            for i in list(stepping):
+                member = self.members[i]
+                with self.streams.on(i):
+                    batch = next(batches[i], None)
+                    if batch is not None:
+                        stepped.append((i, member.run_step(batch, lrs[i])))
+                if batch is None:
+                    stepping.remove(i)
+                    self._end_epoch(i, lrs[i])
+            self._stop_if_asked(stepped)
+
+    def _end_epoch(self, index: int, lr: float) -> None:
+        self.streams.join([index])
+        try:
+            self.members[index].end_epoch(lr)
+        except TrainingInterrupted as stopped:  # it saved; the others stop with it
+            self.stop.reason = stopped.reason
+            self._stop_all(saved={index})
+
+    def _stop_if_asked(self, stepped: list[tuple[int, float]]) -> None:
+        """After one step of each member that stepped: stop the group if one must stop."""
+        reason = next((r for i, elapsed in stepped
+                       if (r := self.members[i].stop_reason(elapsed)) is not None), None)
+        if reason is not None:
+            self.stop.reason = reason  # every member now sees it
+            self._stop_all(saved=set())
+
+    def _stop_all(self, saved: set[int]) -> None:
+        """Every unfinished member saves its resume state here; then TrainingInterrupted."""
+        pending = [i for i in self._unfinished() if i not in saved]
+        self.streams.join(pending)
+        for i in pending:
+            member = self.members[i]
+            mid_epoch = member.state.step > 0
+            elapsed = time.perf_counter() - member.state.segment_start if mid_epoch else 0.0
+            try:
+                member.stop_or_save(elapsed)
+            except TrainingInterrupted:
+                pass
+        log.warning("fused group stopped (%s): every member saved its resume state; run "
+                    "again to continue", self.stop.reason)
+        raise TrainingInterrupted(self.stop.reason)
+
+    # ------------------------------------------------------------------ finish
+
+    def finish(self) -> list[dict]:
+        """Every member's outputs, then every member's resume state removed."""
+        self.streams.join(range(len(self.members)))
+        metrics = [m.finish(remove_resume_state=False) for m in self.members]
+        for member in self.members:
+            member.resume_path.unlink(missing_ok=True)
+        return metrics
+
+
+def train_fused(members: Sequence[dict], progress: bool | None = None, *,
+                mechanism: str = "auto", watch_pid: int | None = None) -> list[dict]:
+    """Train the members together; each a mapping {config, data, out_dir, guides (optional),
+    guide_tables (optional)} with `train()`'s meanings. Returns their metrics.json contents, in order.
+
+    Raises ConfigError / TrainingError on bad input before training, TrainingInterrupted
+    (exit status 75) after saving every member's resume state on a stop."""
+    trainers = []
+    for i, spec in enumerate(members):
+        missing = [k for k in ("config", "data", "out_dir") if k not in spec]
+        if missing:
+            raise ConfigError(f"fused member {i + 1} lacks {', '.join(missing)}")
+        trainers.append(Trainer(spec["config"], spec["data"], Path(spec["out_dir"]),
+                                spec.get("guides", ()), progress, watch_pid=watch_pid,
+                                guide_tables=spec.get("guide_tables", ())))
+    return FusedTrainer(trainers, mechanism=mechanism, watch_pid=watch_pid).run()

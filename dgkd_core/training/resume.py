@@ -1,0 +1,126 @@
+"""The resume state, `out_dir/resume.pt`: where a run stands (`TrainState`), written atomically
+at every epoch's end and on a stop, read when a run starts.
+
+It holds tensors and plain Python values only (dicts, lists, numbers, strings, None) and is read
+with `torch.load(weights_only=True)`, which unpickles nothing else: a crafted file cannot run
+code. It is refused and ignored like a truncated one, and the run starts from scratch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from dgkd_core import io
+from dgkd_core.io import UnreadableFile, load_tensor_file
+from dgkd_core.method.losses import SegmentKeepMasks
+from dgkd_core.runtime import rng_state, set_rng_state
+
+__all__ = ["RESUME_FILE", "TrainState", "read_resume_state", "restore_resume_state",
+           "write_resume_state"]
+
+# The trainer's logger: these lines have always come from it, and job logs are read by its name.
+log = logging.getLogger("dgkd_core.training.trainer")
+
+RESUME_FILE = "resume.pt"
+
+
+@dataclass
+class TrainState:
+    """Where a run stands. `epoch` to `history` go into the resume state (`keep_gen` only
+    mid-epoch); `epoch_times` is rebuilt from `history`.
+
+    A segment is the part of one epoch run in this process: all of it, or what is left of it
+    after a mid-epoch resume. Its sums stay on the device until it ends (no sync per step)."""
+
+    epoch: int = 0  # 0-based epoch in progress; == epochs when training is done
+    step: int = 0  # next step within `epoch`
+    sums: dict[str, float] | None = None  # per loss term: sum of (term x batch size), this epoch
+    images: int = 0  # training images seen in this epoch
+    train_time_s: float = 0.0  # seconds spent on training steps in this epoch
+    keep_gen: torch.Generator | None = None  # the keep-mask RNG at this segment's start
+    history: list[dict] = field(default_factory=list)  # history.csv's rows, one per epoch done
+    epoch_times: list[float] = field(default_factory=list)  # train_time_s of each epoch done
+    previous_stop: str | None = None  # why the attempt resumed from stopped; None: fresh start
+    segment_start: float = 0.0  # time.perf_counter() when this segment started
+    sums_dev: torch.Tensor | None = None  # float64 [n terms]: this segment's sums
+    bad_step: torch.Tensor | None = None  # int64 []: first non-finite step of the segment, or -1
+    last_terms: torch.Tensor | None = None  # float32 [n terms]: the last step's loss terms
+    keep_masks: SegmentKeepMasks | None = None  # this segment's masks, drawn from keep_gen
+
+    def fold_sums(self, term_names: list[str]) -> None:
+        """Add the segment's device sums into `sums` (one sync) and zero them."""
+        values = self.sums_dev.cpu().tolist()
+        for k, v in zip(term_names, values):
+            # A term missing from an older version's mid-epoch state (train top-1 came later)
+            # is unknown for that epoch: NaN, not a sum over part of it.
+            self.sums[k] = self.sums.get(k, math.nan) + v
+        self.sums_dev.zero_()
+
+
+def write_resume_state(path: Path, state: TrainState, *, identity: dict,
+                       stop_reason: str | None, model: nn.Module,
+                       optimizer: torch.optim.Optimizer, loader) -> None:
+    """Write `state` with the model's, optimizer's, loader's and global RNGs' states atomically.
+
+    identity: what the state belongs to (config hash, guide fingerprints, data checksum);
+    stop_reason: why the run stops here, None at an ordinary epoch's end."""
+    payload = {
+        "identity": identity,
+        "stop_reason": stop_reason,  # logged on resume: a retried job's log is cleared
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": state.epoch,
+        "step": state.step,
+        "sums": state.sums,
+        "images": state.images,
+        "train_time_s": state.train_time_s,
+        "history": state.history,
+        "loader": loader.state_dict() if state.step else None,
+        # mid-epoch only: a new epoch derives its keep RNG from (seed, epoch). The RNG as one
+        # draw per step leaves it after `step` steps (the segment drew its masks at once).
+        "keep_gen": state.keep_masks.generator_state_at(state.step) if state.step else None,
+        "rng": rng_state(),
+    }
+    io.atomic_torch_save(payload, path)
+
+
+def read_resume_state(path: Path, identity: dict) -> dict | None:
+    """The resume state at `path` if it belongs to `identity`; None (with a warning) when it
+    does not, or is unreadable: truncated, or holding anything but tensors and plain values."""
+    if not path.exists():
+        return None
+    try:
+        payload = load_tensor_file(path)
+    except UnreadableFile as err:
+        log.warning("ignoring unreadable resume state %s (it %s); starting from scratch",
+                    path, err.reason)
+        return None
+    if not isinstance(payload, dict) or payload.get("identity") != identity:
+        log.warning("resume state %s belongs to other settings, guides or data; starting "
+                    "from scratch", path)
+        return None
+    return payload
+
+
+def restore_resume_state(payload: dict, state: TrainState, model: nn.Module,
+                         optimizer: torch.optim.Optimizer, loader) -> str:
+    """Load `read_resume_state`'s payload into the run; returns why the previous attempt
+    stopped."""
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    state.epoch, state.step = payload["epoch"], payload["step"]
+    state.sums, state.images = payload["sums"], payload["images"]
+    state.train_time_s = payload["train_time_s"]
+    state.history.extend(payload["history"])
+    if state.step:
+        loader.load_state_dict(payload["loader"])
+        state.keep_gen = torch.Generator()
+        state.keep_gen.set_state(payload["keep_gen"])
+    set_rng_state(payload["rng"])
+    return payload.get("stop_reason") or "killed without notice, resumed from the last epoch"

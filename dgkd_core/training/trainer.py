@@ -1,0 +1,483 @@
+"""The resumable, signal-safe trainer and the Distiller that owns the frozen guides.
+
+`train(config, data_path, out_dir, guide_checkpoints)` trains one model. Every epoch it writes
+its resume state atomically (`out_dir/resume.pt`); a restarted run picks it up and ends
+bit-identical to an uninterrupted one (CPU). On SIGTERM/SIGUSR1, or when the time budget runs
+out, it finishes the current step, writes the resume state and exits with `EXIT_RESUMABLE`.
+Final outputs (`model.pt`, `metrics.json`, `history.csv`) are written atomically at the end only;
+TensorBoard scalars (`logging.tensorboard`, tensorboard_log.py), per epoch. Started as several
+ranks (torchrun, srun) it trains data-parallel, rank 0 writing every file (distributed.py).
+
+`train()` is `Trainer(...).run()`: `setup()`, then `run_epoch()` per epoch (`run_step()` per
+batch), `stop_or_save()` after each step and epoch, and `finish()`. Where the run stands lives
+in one `TrainState`, which is what the resume state saves (resume.py). A model state with inf or
+NaN in it is never saved, as a resume state or as `model.pt`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from dgkd_core import io
+from dgkd_core.config import config_hash, resolve_run_config
+from dgkd_core.data import CROP_PAD, load_prepared, make_loaders
+from dgkd_core.errors import TrainingError
+from dgkd_core.guides.checkpoints import (check_writable_dir, file_fingerprint, first_non_finite,
+                                          load_guide, save_checkpoint)
+from dgkd_core.guides.prepared import prepare_guide
+from dgkd_core.guides.tables import GuideTable, aligned_tables, load_guide_table
+from dgkd_core.method.losses import SegmentKeepMasks, step_mask_drawer
+from dgkd_core.method.models import build_model
+from dgkd_core.method.registry import check_guides
+from dgkd_core.runtime import (StopFlag, elapsed_s, environment_info, epoch_generator,
+                               fast_settings, make_autocast, pick_device, seed_everything)
+from dgkd_core.schema import ConfigError
+from dgkd_core.training.distiller import Distiller
+from dgkd_core.training.distributed import Distributed
+from dgkd_core.training.evaluate import evaluate
+from dgkd_core.training.history import (epoch_line, eta_seconds, history_csv, history_row,
+                                        out_of_time, progress_bar)
+from dgkd_core.training.resume import (RESUME_FILE, TrainState, read_resume_state,
+                                       restore_resume_state, write_resume_state)
+from dgkd_core.training.step import make_step
+from dgkd_core.training.tensorboard_log import check_available, open_writer
+
+__all__ = ["EXIT_RESUMABLE", "Trainer", "TrainingInterrupted", "lr_at", "train"]
+
+log = logging.getLogger("dgkd_core.training.trainer")
+
+# Exit status of a run that stopped early but left a resume state (EX_TEMPFAIL): retry it.
+EXIT_RESUMABLE = 75
+
+
+class TrainingInterrupted(SystemExit):
+    """Raised after the resume state is written on a signal or an exhausted time budget."""
+
+    def __init__(self, reason: str):
+        super().__init__(EXIT_RESUMABLE)
+        self.reason = reason
+
+
+def lr_at(cfg: dict, epoch: int) -> float:
+    """Learning rate for a 0-based epoch; a pure function, so resuming needs no scheduler state."""
+    base, sched, epochs = cfg["optimizer"]["lr"], cfg["schedule"], cfg["epochs"]
+    if sched["name"] == "constant":
+        return base
+    if sched["name"] == "cosine":
+        return base * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    passed = sum(epoch >= round(m * epochs) for m in sched["milestones"])
+    return base * sched["gamma"] ** passed
+
+
+class Trainer:
+    """One training run of `train()`; see the module docstring for the order of the methods."""
+
+    def __init__(self, config: dict, data_path: str | os.PathLike, out_dir: str | os.PathLike,
+                 guide_checkpoints: Sequence[str | os.PathLike] = (),
+                 progress: bool | None = None, *, watch_pid: int | None = None,
+                 guide_tables: Sequence[str | os.PathLike | None] = ()):
+        self.cfg = resolve_run_config(config)
+        self.data_path = data_path
+        self.out_dir = Path(out_dir)
+        self.guide_paths = [str(p) for p in guide_checkpoints]
+        self.table_paths = aligned_tables(guide_tables, len(self.guide_paths))
+        loss_cfg, n_guides = self.cfg["loss"], len(self.guide_paths)
+        try:
+            check_guides(self.cfg["method"], n_guides, loss_cfg["keep_prob"],
+                         loss_cfg["drop_num"])
+        except ValueError as err:  # else the run would be recorded under the wrong method
+            raise ConfigError(str(err)) from None
+        check_available(self.cfg["logging"])  # a missing package fails now, not after setup
+        # One rank of several where torchrun or srun started this process (distributed.py).
+        self.dist = Distributed.from_environment()
+        self.dist.check_batch_size(self.cfg["batch_size"])
+        self.resume_path = self.out_dir / RESUME_FILE
+        self.interactive = sys.stderr.isatty() if progress is None else progress
+        self.watch_pid = watch_pid
+        self.state = TrainState()
+        self.stop: StopFlag | None = None  # entered for the length of run()'s epoch loop
+        self.bar = None  # this segment's progress bar, when interactive
+        self.good_resume_state = False  # a resume state this run loaded or wrote is on disk
+        self.tensorboard = None  # the EpochWriter, from setup() on, where logging.tensorboard
+        self.epoch_walls: list[float] = []  # s per epoch run here, evaluation included (ETA)
+        self.prepared = None  # the loaded data file where the caller has it already (fused)
+        self.fused_group: dict | None = None  # metrics.json's record of a fused group
+
+    # ------------------------------------------------------------------------ set up
+
+    def setup(self) -> None:
+        """Device, data, guides, student, loaders, optimizer, resume state and step function.
+
+        The order is fixed: building the guides and then the student draws from the seeded RNG."""
+        cfg = self.cfg
+        self.wall_start = time.time()
+        check_writable_dir(self.out_dir)
+        self.device = self.dist.start(pick_device(cfg))  # this rank's device
+        self.fast = self.dist.restrict_fast(fast_settings(cfg, self.device))
+        seed_everything(cfg["seed"], cfg["deterministic"])
+        # A fused group (dgkd_core.training.fused) hands its members one loaded copy of shared data.
+        self.data = self.prepared if self.prepared is not None else load_prepared(self.data_path)
+        self.meta = self.data.meta
+        self._build_models()
+        self.model = self.dist.wrap_student(self.distiller, cfg["sync_bn"])  # DDP, several ranks
+        self._build_loaders_and_optimizer()
+        # Tables give the inline logits to rounding: a resume state holds to the one it began with.
+        self.identity = {"config_hash": config_hash(cfg),
+                         "guides": [file_fingerprint(p) for p in self.guide_paths],
+                         "data_checksum": self.meta.get("checksum"),
+                         "guide_tables": [t is not None for t in self.table_paths],
+                         **self.dist.identity()}
+        self._resume()
+        self.term_names = self.distiller.term_names
+        self.total_index = self.term_names.index("total")
+        self.step_fn = make_step(self.distiller, self.optimizer, make_autocast(self.fast),
+                                 self.fast["cuda_graph"], self.device, self.term_names)
+        # Resumed: the same folder, dropping what an interrupted attempt logged from here on.
+        if self.dist.is_main:
+            self.tensorboard = open_writer(cfg["logging"], self.out_dir, self.state.epoch + 1)
+
+    def _build_models(self) -> None:
+        """The guides (tables, or prepared modules), then the student, then the Distiller."""
+        fast, device = self.fast, self.device
+        memory_format = torch.channels_last if fast["channels_last"] else torch.contiguous_format
+        guides = [self._load_guide(path, table) for path, table
+                  in zip(self.guide_paths, self.table_paths)]
+        model = build_model(self.cfg["model"], self.data.num_classes, dataset=self.meta["name"],
+                            init=self.cfg["init"])
+        self.model = model.to(device).to(memory_format=memory_format)
+        self.distiller = Distiller(self.model, guides, self.cfg["loss"])
+
+    def _load_guide(self, path: str, table: str | None) -> nn.Module | GuideTable:
+        """Guide `path` as the step uses it: its table (`table`), or the checkpoint's model,
+        prepared (folded, channels_last, bf16 on the CUDA fast path)."""
+        fast, cfg = self.fast, self.cfg
+        # Built (and checked) even where its table stands in for it: building it draws from
+        # the seeded RNG, and the student's initialisation must not depend on the tables.
+        guide = load_guide(path, self.meta, self.device)
+        if table is not None:
+            if not cfg["augment"] or self.data.is_stream:
+                raise ConfigError("guide tables hold the views of the cached data's crop and "
+                                  "flip; this run has augment: false or streamed data, so run "
+                                  "it without guide tables (guide_tables: false)")
+            normalization = cfg["normalize"] or {"mean": self.data.mean, "std": self.data.std}
+            return load_guide_table(table, guide_checkpoint=path, data_meta=self.meta,
+                                    normalization=normalization, pad=CROP_PAD,
+                                    device=self.device)
+        return prepare_guide(guide, fold=fast["fold_guides"], channels_last=fast["channels_last"],
+                             dtype=torch.bfloat16 if fast["bf16"] else torch.float32)
+
+    def _build_loaders_and_optimizer(self) -> None:
+        cfg, device = self.cfg, self.device
+        self.train_loader, self.test_loader = make_loaders(
+            self.data, batch_size=cfg["batch_size"], eval_batch_size=cfg["eval_batch_size"],
+            device=device, seed=cfg["seed"], augment=cfg["augment"],
+            channels_last=self.fast["channels_last"], normalization=cfg["normalize"],
+            with_views=any(t is not None for t in self.table_paths),
+            shard=self.dist.shard, num_workers=cfg["data_workers"],
+        )
+        if len(self.train_loader) == 0:
+            raise TrainingError(f"batch_size {cfg['batch_size']} is larger than the training set "
+                                f"({len(self.data.train_labels)} images); lower batch_size")
+        opt = cfg["optimizer"]
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=lr_at(cfg, 0), momentum=opt["momentum"],
+            weight_decay=opt["weight_decay"], nesterov=opt["nesterov"],
+            **({"fused": True} if device.type == "cuda" else {"foreach": True}),
+        )
+
+    # ------------------------------------------------------------------------ the loop
+
+    def run(self) -> dict:
+        """Set up, train the remaining epochs and write the final outputs; metrics.json's content.
+
+        Raises TrainingInterrupted (after saving) on a signal or a nearly spent time budget."""
+        cfg = self.cfg
+        try:
+            self.setup()
+            with StopFlag(watch_pid=self.watch_pid) as self.stop:
+                log.info("training %s (%s, seed %d) on %s for %d epochs, %d guides, "
+                         "%d steps/epoch", cfg["model"], cfg["method"], cfg["seed"],
+                         self.device, cfg["epochs"], len(self.guide_paths),
+                         len(self.train_loader))
+                while self.state.epoch < cfg["epochs"]:
+                    self.run_epoch()
+            return self.finish()
+        finally:  # finished, stopped to be resumed, or failed: the events so far are kept
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+            self.dist.close()
+
+    def run_epoch(self) -> None:
+        """The rest of epoch `state.epoch`, then its evaluation, log line and resume state."""
+        lr = self.begin_epoch()
+        for batch in self.train_loader:
+            elapsed = self.run_step(batch, lr)
+            self.stop_or_save(elapsed)
+        self.end_epoch(lr)
+
+    def end_epoch(self, lr: float) -> None:
+        """After the epoch's last step: fold the segment in, evaluate, log, save the resume
+        state (and stop there on a signal or a spent time budget)."""
+        self._end_segment(elapsed_s(self.device, self.state.segment_start))
+        self._record_epoch(lr)
+        self.stop_or_save(0.0)
+
+    def begin_epoch(self) -> float:
+        """Set the epoch's lr and start a segment; a fresh epoch (step 0) also resets its sums,
+        counts and keep RNG, a resumed one goes on with those restored. The segment's keep
+        masks are drawn here, at once. Returns the lr."""
+        s, cfg = self.state, self.cfg
+        lr = lr_at(cfg, s.epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if s.step == 0:
+            self.train_loader.set_epoch(s.epoch)
+            s.sums = {k: 0.0 for k in self.term_names}
+            s.images, s.train_time_s = 0, 0.0
+            s.keep_gen = epoch_generator(cfg["seed"], s.epoch, stream="keep")
+        s.keep_masks = SegmentKeepMasks(step_mask_drawer(cfg["loss"], len(self.guide_paths)),
+                                        s.keep_gen, s.step, len(self.train_loader), self.device)
+        self.distiller.train()
+        self.bar = progress_bar(len(self.train_loader), s.epoch, cfg["epochs"], self.interactive,
+                                s.step)
+        s.segment_start = time.perf_counter()
+        s.sums_dev = torch.zeros(len(self.term_names), device=self.device, dtype=torch.float64)
+        s.bad_step = torch.full((), -1, device=self.device, dtype=torch.long)
+        return lr
+
+    def run_step(self, batch: Sequence[torch.Tensor], lr: float) -> float:
+        """One optimizer step on a train-loader batch: (x [B,3,H,W], y [B]), or (x, y, views
+        [B]) where guide tables stand in for the guides. Returns the segment's seconds so far,
+        without a device sync (for the time budget; work still queued on a GPU is not in it)."""
+        s = self.state
+        x, y, views = batch[0], batch[1], (batch[2] if len(batch) > 2 else None)
+        terms = self.step_fn(x, y, s.keep_masks.at(s.step), lr, views)
+        finite = torch.isfinite(terms[self.total_index])
+        # Noted on the device and checked when the segment ends: no GPU sync per step.
+        s.bad_step = torch.where((s.bad_step < 0) & ~finite,
+                                 torch.full_like(s.bad_step, s.step), s.bad_step)
+        s.sums_dev += terms.double() * y.shape[0]
+        s.images += y.shape[0] * self.dist.world_size  # the global batch: equal shards
+        s.step += 1
+        s.last_terms = terms
+        if self.device.type == "cpu" and not bool(finite):  # a CPU sync is free: fail now
+            self._raise_non_finite(s.step - 1)
+        if self.bar is not None:
+            self.bar.update(1)
+        return time.perf_counter() - s.segment_start
+
+    def _end_segment(self, elapsed: float) -> None:
+        """Close the bar, fail on a non-finite step, fold the segment's time and sums in."""
+        s = self.state
+        if self.bar is not None:
+            self.bar.close()
+        if int(s.bad_step) >= 0:
+            self._raise_non_finite(int(s.bad_step))
+        s.train_time_s += elapsed
+        self.dist.sum_(s.sums_dev)  # every rank's shard of the loss sums
+        s.fold_sums(self.term_names)
+
+    def _record_epoch(self, lr: float) -> None:
+        """Evaluate, append the history row (and its TensorBoard scalars), log the epoch line
+        and move to the next epoch."""
+        s, cfg = self.state, self.cfg
+        eval_start = time.perf_counter()
+        test = evaluate(self.model, self.test_loader, bf16=self.fast["bf16"],
+                        sum_over_ranks=self.dist.sum_ if self.dist.active else None)
+        self.epoch_walls.append(s.train_time_s + time.perf_counter() - eval_start)
+        row = history_row(s.epoch + 1, lr, s.sums, s.images, self.term_names, test,
+                          s.train_time_s)
+        s.history.append(row)
+        s.epoch_times.append(s.train_time_s)
+        if self.tensorboard is not None:
+            self.tensorboard.write(row)
+        eta = eta_seconds(cfg["epochs"] - row["epoch"], self.epoch_walls)
+        log.info("%s", epoch_line(row, cfg["epochs"], self.distiller.loss_term_names, eta))
+        s.epoch, s.step = s.epoch + 1, 0
+
+    def _raise_non_finite(self, step: int) -> None:
+        s = self.state
+        values = ", ".join(f"{k}={v:.4g}"
+                           for k, v in zip(self.term_names, s.last_terms.float().cpu().tolist()))
+        raise TrainingError(
+            f"non-finite loss at epoch {s.epoch + 1}, step {step + 1} (last step's terms: "
+            f"{values}); {self._kept()}. Lower the learning rate or check the data and guides."
+        )
+
+    def _check_finite_model(self) -> None:
+        """TrainingError unless every floating tensor of the model's state_dict (weights and
+        BatchNorm statistics) is finite: a loss can stay finite while they overflow, and a
+        non-finite state must never be written as the last good one."""
+        bad = first_non_finite(self.model.state_dict())
+        if bad is None:
+            return
+        s = self.state
+        # The last step run: at an epoch's end `epoch` has moved on and `step` is back at 0.
+        epoch, step = (s.epoch, len(self.train_loader)) if s.step == 0 else (s.epoch + 1, s.step)
+        raise TrainingError(
+            f"non-finite model state at epoch {epoch}, step {step}: {bad!r} holds inf or NaN; "
+            f"{self._kept()}. Lower the learning rate or check the data and guides."
+        )
+
+    def _kept(self) -> str:
+        return (f"the last good resume state ({self.resume_path}) is kept"
+                if self.good_resume_state else "no resume state had been written yet")
+
+    # ------------------------------------------------------------------------ stop and save
+
+    def stop_or_save(self, elapsed: float) -> None:
+        """After a step (state.step > 0) or at an epoch's end (state.step == 0, once counted).
+
+        On SIGTERM/SIGUSR1, or when the next unit of work (the epoch's remaining steps, or the
+        next epoch) would overrun the time budget: end the segment, write the resume state and
+        raise TrainingInterrupted. At an epoch's end the resume state is written in any case.
+        elapsed: seconds of training in this segment so far (0 at an epoch's end)."""
+        s = self.state
+        at_epoch_end = s.step == 0
+        reason = self.dist.agree_stop(self.stop_reason(elapsed))  # ranks: all stop at one step
+        if reason is None and not at_epoch_end:
+            return
+        if not at_epoch_end:  # the segment's time with its queued work done (elapsed has not)
+            self._end_segment(elapsed_s(self.device, s.segment_start))
+        self._save_resume(reason)
+        if reason is None:
+            return
+        if at_epoch_end:
+            log.warning("stopping after epoch %d (%s): resume state written to %s",
+                        s.epoch, reason, self.resume_path)
+        else:
+            log.warning("stopping early (%s): resume state written to %s; run again "
+                        "to continue", reason, self.resume_path)
+        raise TrainingInterrupted(reason)
+
+    def stop_reason(self, elapsed: float) -> str | None:
+        """Why the run must stop at this step boundary (a signal, or a time budget the next
+        unit of work would overrun), or None. elapsed: as in `stop_or_save`."""
+        s, cfg = self.state, self.cfg
+        budget = cfg["time_budget_s"]
+        over_budget = budget is not None and s.epoch < cfg["epochs"] and out_of_time(
+            self.wall_start, budget, s.epoch_times, elapsed, s.step, len(self.train_loader))
+        return self.stop.reason or (
+            f"time budget of {budget:.0f} s nearly spent" if over_budget else None)
+
+    def _save_resume(self, stop_reason: str | None) -> None:
+        self._check_finite_model()
+        if self.dist.is_main:  # the ranks hold the same state: one writes it
+            write_resume_state(self.resume_path, self.state, identity=self.identity,
+                               stop_reason=stop_reason, model=self.model,
+                               optimizer=self.optimizer, loader=self.train_loader)
+        self.dist.barrier()  # no rank goes on (or exits) before the state is on disk
+        self.good_resume_state = True
+
+    def _resume(self) -> None:
+        s = self.state
+        payload = read_resume_state(self.resume_path, self.identity)
+        if payload is not None:
+            s.previous_stop = restore_resume_state(payload, s, self.model, self.optimizer,
+                                                   self.train_loader)
+            self.good_resume_state = True
+            log.info("resumed from %s at epoch %d step %d (the previous attempt stopped: %s)",
+                     self.resume_path, s.epoch + 1, s.step, s.previous_stop)
+        s.epoch_times = [h["time_s"] for h in s.history]
+
+    # ------------------------------------------------------------------------ finish
+
+    def finish(self, remove_resume_state: bool = True) -> dict:
+        """Write model.pt, history.csv and metrics.json (each atomically), remove the resume
+        state (a fused group removes its members' once all have finished) and return
+        metrics.json's content."""
+        cfg, out_dir = self.cfg, self.out_dir
+        self._check_finite_model()
+        metrics = self._metrics()
+        if self.dist.is_main:  # the ranks hold the same model: one writes the outputs
+            out_dir.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(out_dir / "model.pt", self.model, cfg, self.meta,
+                            {"method": cfg["method"], "guides": self.guide_paths,
+                             "top1_last": metrics["top1_last"]})
+            io.atomic_write_text(history_csv(self.state.history), out_dir / "history.csv")
+            io.atomic_write_json(metrics, out_dir / "metrics.json")
+            if remove_resume_state:
+                self.resume_path.unlink(missing_ok=True)
+        self.dist.barrier()
+        log.info("done: %s top-1 %.2f (last epoch), best %.2f at epoch %d",
+                 cfg["model"], metrics["top1_last"], metrics["top1_best"], metrics["best_epoch"])
+        return metrics
+
+    def _metrics(self) -> dict:
+        cfg, meta, device, history = self.cfg, self.meta, self.device, self.state.history
+        best = max(history, key=lambda h: h["test_top1"])
+        last = history[-1]
+        total_images = sum(h["img_s"] * h["time_s"] for h in history)
+        total_train_s = sum(h["time_s"] for h in history)
+        return {
+            "model": cfg["model"],
+            "method": cfg["method"],
+            "seed": cfg["seed"],
+            "dataset": meta["name"],
+            "num_classes": int(meta["num_classes"]),
+            "guides": self.guide_paths,
+            # Per guide: looked up from its table (dgkd_core.guides.tables), or run inline.
+            "guide_tables": [t is not None for t in self.table_paths],
+            "epochs": cfg["epochs"],
+            "top1_last": last["test_top1"],
+            "top5_last": last["test_top5"],
+            # The test set is not a validation set: the best epoch is reported, labelled, never
+            # used to pick the model. The saved model is the last epoch's.
+            "top1_best": best["test_top1"],
+            "top5_best": best["test_top5"],
+            "best_epoch": best["epoch"],
+            "reported": "last epoch (top1_last); best-epoch values are for reference only",
+            "wall_time_s": time.time() - self.wall_start,
+            "train_time_s": total_train_s,
+            "img_per_s": total_images / max(total_train_s, 1e-9),
+            "resumed": bool(self.state.previous_stop),
+            "config": cfg,
+            "config_hash": config_hash(cfg),
+            "determinism": {"deterministic": cfg["deterministic"], "fast": self.fast,
+                            # why the CUDA graph was given up for the eager step, if it was
+                            "cuda_graph_fallback": getattr(self.step_fn, "disabled_reason", None),
+                            # CPU: always. CUDA: with `deterministic`, checked on an H200 (the
+                            # resume and same-seed tests of tests/test_train.py, 2026-11-28).
+                            "bit_identical_resume": device.type == "cpu" or cfg["deterministic"]},
+            "versions": environment_info(device),
+            "device": str(device),
+            "data_checksum": meta.get("checksum"),
+            # trained in one process with other models (dgkd_core.training.fused): with whom, and how
+            **({"fused_group": self.fused_group} if self.fused_group is not None else {}),
+            **self.dist.identity(),
+        }
+
+
+def train(
+    config: dict,
+    data_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    guide_checkpoints: Sequence[str | os.PathLike] = (),
+    progress: bool | None = None,
+    *,
+    watch_pid: int | None = None,
+    guide_tables: Sequence[str | os.PathLike | None] = (),
+) -> dict:
+    """Train one model, resuming from `out_dir/resume.pt` if a compatible one exists.
+
+    config: a run config (docs/design.md), resolved here. data_path: a prepared data file.
+    guide_checkpoints: teacher first, then TAs from largest to smallest; their number must fit
+    the config's method (`methods.check_guides`). progress: a tqdm bar per epoch (None: when
+    stderr is a terminal). watch_pid: the workflow process that started this run
+    (`runtime.workflow_ancestor_pid()`); once it is gone the run stops as on SIGTERM.
+    Returns metrics.json's content. Raises TrainingError / ConfigError on bad input before
+    training (an unwritable out_dir included) and before writing any output."""
+    return Trainer(config, data_path, out_dir, guide_checkpoints, progress,
+                   watch_pid=watch_pid, guide_tables=guide_tables).run()
+
+
+# --------------------------------------------------------------------------- helpers
