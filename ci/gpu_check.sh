@@ -67,7 +67,7 @@ chain_start=$(date +%s)
     echo "parity exit $?" >"$WORK/parity.rc"
 ) &
 timeout "$(cap 300)" $PY -m pytest -q -rs -p no:cacheprovider -m "not slow and not slurm" \
-    tests/test_cuda.py tests/test_train.py tests/test_losses.py >"$OUT/tests.txt" 2>&1
+    tests/gpu/test_cuda.py tests/unit/training/test_trainer.py tests/unit/method/test_losses.py >"$OUT/tests.txt" 2>&1
 echo "tests exit $?" | tee -a "$S"
 tail -15 "$OUT/tests.txt" | tee -a "$S"
 wait

@@ -2,7 +2,7 @@
 # A lent GPU's checks for fused training (issue 11), in one call that stops starting work at
 # DEADLINE_S:
 #   1. `bench --fused`, alone on the GPU: the two fused workloads against K solo runs;
-#   2. tests/test_fused.py (its CUDA test: a CUDA-streams group against solo runs);
+#   2. tests/unit/training/test_fused.py (its CUDA test: a CUDA-streams group against solo runs);
 #   3. the ResNet chain on the CIFAR-10 copy through the workflow (5 methods x SEEDS, Table 1's
 #      27 trainings with 3 seeds) once per variant, at EPOCHS epochs: the wall time, the GPU
 #      seconds (the training and table jobs' own wall seconds, summed), and each run's mean top-1
@@ -29,8 +29,8 @@ timeout "$(cap 150)" $PY -m dgkd_core bench --fused --out "$OUT/step.json" >"$WO
 echo "bench exit $?" | tee -a "$S"
 cat "$OUT/fused.json" 2>/dev/null | tee -a "$S"
 
-stage "tests/test_fused.py"
-timeout "$(cap 150)" $PY -m pytest -q -rs -p no:cacheprovider -m "not slow" tests/test_fused.py \
+stage "tests/unit/training/test_fused.py"
+timeout "$(cap 150)" $PY -m pytest -q -rs -p no:cacheprovider -m "not slow" tests/unit/training/test_fused.py \
     >"$OUT/tests.txt" 2>&1
 echo "tests exit $?" | tee -a "$S"
 tail -8 "$OUT/tests.txt" | tee -a "$S"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # ci/gpu_run.sh rehearsed on this CPU machine in the GPU machine's conditions (`make
-# rehearse-gpu`; tests/test_gpu_kit.py runs it):
+# rehearse-gpu`; tests/workflow/test_gpu_kit.py runs it):
 #   - a virtual environment of its own with torch and torchvision and the other packages the GPU
 #     image has that the project uses (pandas, matplotlib, PyYAML, Jinja2, tqdm, Pillow, pytest,
 #     TensorBoard), but no snakemake and no jsonschema: those come from the carried wheels;

@@ -1,8 +1,12 @@
-"""Helpers shared by the trainer's test files (pytest puts tests/ on sys.path)."""
+"""Helpers shared by the test files (pyproject.toml puts tests/ on sys.path)."""
 
 from __future__ import annotations
 
 import csv
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -38,3 +42,39 @@ def history_without_timing(out: Path) -> list[dict]:
 def assert_no_outputs(out: Path) -> None:
     for name in FINAL_OUTPUTS:
         assert not (out / name).exists(), f"{out / name} was written"
+
+
+# Data-parallel runs (tests/unit/training/test_distributed.py, the guide tables' check).
+# Contiguous tensors: torch's CPU batch_norm on channels_last float32 input is itself off by up
+# to ~1e-4 (its statistics), more than the equivalence allows. And a few steps only: float32
+# gradients of these BatchNorm networks are off by up to ~1e-3 relative to float64 in places,
+# one process and two alike, so over many steps two correct runs drift apart (plane2, lr 0.05:
+# 2e-7 after 3 steps, 2e-5 after 6, on this data).
+DDP_RUN = ["--set", "model=plane2", "--set", "seed=3", "--set", "batch_size=64",
+       "--set", "eval_batch_size=100", "--set", "optimizer.lr=0.05",
+       "--set", "schedule.name=constant", "--set", "fast.channels_last=false",
+       "--set", "device=cpu"]  # gloo on the CPU, also where a GPU is visible
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["-m", "dgkd_core", "train", *DDP_RUN, "--set", f"data={data}", "--set",
+            f"out_dir={out}", *extra]
+
+
+def one_process(data: Path, out: Path, *extra: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    subprocess.run([sys.executable, *train_args(data, out, *extra)], check=True, env=env,
+                   capture_output=True, timeout=300)
+
+
+def torchrun(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+           *train_args(data, out, *extra)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)

@@ -39,7 +39,7 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 def decode_file(path: str, decoder: str = "torchvision") -> torch.Tensor:
     """The image file `path` as uint8 [3,H,W] RGB. torchvision: `torchvision.io.decode_jpeg`
     for a JPEG (`decode_image` for PNG and the rest), grey and CMYK converted to RGB; pil: PIL's
-    decoder, converted to RGB. The two agree within 1 unit on JPEGs (tests/test_recipes.py)."""
+    decoder, converted to RGB. The two agree within 1 unit on JPEGs (tests/unit/data/test_imagenet_recipe.py)."""
     try:
         if decoder == "pil":
             import numpy as np

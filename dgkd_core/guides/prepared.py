@@ -6,7 +6,7 @@ statistics is an affine map per channel, so it can be folded into the convolutio
 bias once, when the guide is loaded (`torch.nn.utils.fusion.fuse_conv_bn_eval`). That removes a
 BN kernel per convolution from every step, and storing the weights in bf16 removes the weight
 casts that autocast would otherwise repeat per step (its cast cache is off while a CUDA graph is
-captured). The logits equal the unfolded guide's to fp32 rounding (tests/test_guide_tables.py).
+captured). The logits equal the unfolded guide's to fp32 rounding (tests/unit/guides/test_guide_tables.py).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Every CIFAR model takes a normalised float batch ``[B, 3, 32, 32]`` and returns 
 ``[B, num_classes]``; ``resnet18``/``resnet24``/``resnet34`` (torchvision's ResNet) take
 ``[B, 3, H, W]`` with H, W >= 32 (224 for ImageNet). All models accept ``torch.channels_last`` inputs.
 
-Layouts and parameter counts follow ``REFERENCE.md`` ("Architectures"); ``tests/test_models.py``
+Layouts and parameter counts follow ``REFERENCE.md`` ("Architectures"); ``tests/unit/method/test_models.py``
 pins the counts.
 """
 

@@ -446,7 +446,7 @@ class Trainer:
                             # why the CUDA graph was given up for the eager step, if it was
                             "cuda_graph_fallback": getattr(self.step_fn, "disabled_reason", None),
                             # CPU: always. CUDA: with `deterministic`, checked on an H200 (the
-                            # resume and same-seed tests of tests/test_train.py, 2026-11-28).
+                            # resume and same-seed tests of tests/unit/training/test_trainer.py, 2026-11-28).
                             "bit_identical_resume": device.type == "cpu" or cfg["deterministic"]},
             "versions": environment_info(device),
             "device": str(device),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DGKD_TITLE = "Densely Guided Knowledge Distillation using Multiple Teacher Assistants"
 DGKD_AUTHORS = ["Son", "Na", "Choi", "Hwang"]
 

@@ -18,7 +18,7 @@ from dgkd_core.schema import ConfigError
 import dgkd_core.training.distiller as distiller_mod
 from dgkd_core.training.trainer import train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 RELEASED = yaml.safe_load((REPO / "config" / "released_code.yaml").read_text())
 TINY = yaml.safe_load((REPO / "config" / "test_tiny.yaml").read_text())
 CIFAR100_MEAN, CIFAR100_STD = [0.507, 0.487, 0.441], [0.267, 0.256, 0.276]

@@ -19,7 +19,7 @@ from dgkd_core import cli
 from dgkd_core.experiment.plan import Plan
 from dgkd_core.reporting import reproduction
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 REPRO_CONFIG = REPO / "config" / "cifar10_repro.yaml"
 SEEDS = (20, 31, 55)
 # Top-1 % per seed (20, 31, 55), chosen so that every difference is easy to work by hand.

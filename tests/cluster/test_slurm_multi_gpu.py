@@ -1,7 +1,7 @@
 """A training job of 2 GPUs on the one-node SLURM test cluster, started with 2 fake GPUs
 (`DGKD_SLURM_GPUS=2 ci/slurm_cluster.sh up`): it runs as 2 tasks, one rank each (srun), and its
 metrics equal those of the same job run locally through torchrun. Marked slurm, like
-tests/test_slurm.py, whose helpers it uses; the cluster goes back to its 1-GPU state (or down,
+tests/cluster/test_slurm.py, whose helpers it uses; the cluster goes back to its 1-GPU state (or down,
 where it was not running) at the end."""
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from dgkd_core.campaign.state import (CAMPAIGNS, CampaignError, campaign_configs
 from dgkd_core.config import config_hash
 from helpers import assert_same_weights
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 TINY = REPO / "config" / "repro_tiny.yaml"
 
 

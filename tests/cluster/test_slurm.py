@@ -7,7 +7,7 @@ skipped with that reason; with DGKD_REQUIRE_SLURM=1 (CI) they fail instead.
 
 Every run works in a copy of the repository and types the user's command as written,
 `snakemake --profile slurm results/table1.csv`, from the copy's root, plus a test overlay:
-  - `--configfile config/demo.yaml tests/slurm_overlay.yaml`: the demo with one seed, one epoch
+  - `--configfile config/demo.yaml tests/cluster/slurm_overlay.yaml`: the demo with one seed, one epoch
     and 256 images (7 training jobs), 1 thread, 1000 MB, 10-minute time limits;
   - `--default-resources slurm_partition=debug runtime=10 mem_mb=1000`: the partition placeholder
     filled in (this replaces the profile's default-resources as a whole, so it restates all);
@@ -34,11 +34,11 @@ import pandas as pd
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "ci" / "slurm_cluster.sh"
 VENV_BIN = Path(sys.executable).parent
 DEMO = "config/demo.yaml"
-OVERLAY = "tests/slurm_overlay.yaml"
+OVERLAY = "tests/cluster/slurm_overlay.yaml"
 PARTITION = os.environ.get("DGKD_SLURM_PARTITION", "debug")
 REQUIRE = os.environ.get("DGKD_REQUIRE_SLURM") == "1"
 # The user's command, exactly as the README gives it.

@@ -36,7 +36,7 @@ from dgkd_core.experiment.plan import Plan
 from dgkd_core.reporting.tables import ReportError, load_runs
 from dgkd_core.schema import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FINAL_OUTPUTS = ("model.pt", "metrics.json", "history.csv")
 GUIDE_SEED = 7  # the session guide differs from any (seed 0) run a case might wrongly train
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (INFO|WARNING) dgkd_core[.\w]*: ")

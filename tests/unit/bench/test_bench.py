@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 KEYS = {"workload", "device", "batch_size", "baseline_img_s", "project_img_s", "ratio"}
 
 

@@ -29,7 +29,7 @@ import dgkd_core.training.trainer as train_mod
 from dgkd_core.training.trainer import train
 from helpers import run_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 WORKFLOW_CONFIGS = ("config.yaml", "demo.yaml", "cifar10_local.yaml", "released_code.yaml",
                     "cifar10_repro.yaml", "test_tiny.yaml")
 HAVE_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,41 +19,8 @@ from dgkd_core.data.shards import shard_slice
 from dgkd_core.schema import ConfigError
 from dgkd_core.training.distributed import Distributed
 from dgkd_core.training.trainer import EXIT_RESUMABLE
-from helpers import assert_same_weights, history_without_timing
-
-# Contiguous tensors: torch's CPU batch_norm on channels_last float32 input is itself off by up
-# to ~1e-4 (its statistics), more than the equivalence allows. And a few steps only: float32
-# gradients of these BatchNorm networks are off by up to ~1e-3 relative to float64 in places,
-# one process and two alike, so over many steps two correct runs drift apart (plane2, lr 0.05:
-# 2e-7 after 3 steps, 2e-5 after 6, on this data).
-RUN = ["--set", "model=plane2", "--set", "seed=3", "--set", "batch_size=64",
-       "--set", "eval_batch_size=100", "--set", "optimizer.lr=0.05",
-       "--set", "schedule.name=constant", "--set", "fast.channels_last=false",
-       "--set", "device=cpu"]  # gloo on the CPU, also where a GPU is visible
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def train_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["-m", "dgkd_core", "train", *RUN, "--set", f"data={data}", "--set",
-            f"out_dir={out}", *extra]
-
-
-def one_process(data: Path, out: Path, *extra: str) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
-    subprocess.run([sys.executable, *train_args(data, out, *extra)], check=True, env=env,
-                   capture_output=True, timeout=300)
-
-
-def torchrun(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           *train_args(data, out, *extra)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+from helpers import (assert_same_weights, free_port, history_without_timing, one_process,
+                     torchrun, train_args)
 
 
 def start_ranks(data: Path, out: Path, log_dir: Path, *extra: str) -> list[subprocess.Popen]:

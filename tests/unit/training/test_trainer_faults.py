@@ -23,7 +23,7 @@ from dgkd_core.training.trainer import EXIT_RESUMABLE, train
 from helpers import (assert_no_outputs, assert_same_weights,
                      history_without_timing, run_config)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 # ------------------------------------------------------------------ hostile or broken inputs

@@ -24,7 +24,7 @@ from dgkd_core.training.trainer import EXIT_RESUMABLE, train
 from helpers import (EAGER_ON_CUDA, assert_no_outputs, assert_same_weights,
                      history_without_timing, run_config)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_outputs_and_metrics(tiny_data, tmp_path):

@@ -30,7 +30,7 @@ from dgkd_core.reporting.tables import read_metrics
 from dgkd_core.schema import ConfigError
 from dgkd_core.training.evaluate import evaluate_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 TINY = yaml.safe_load((REPO / "config" / "test_tiny.yaml").read_text())
 DATASET = "synthetic"  # the prepared data's name: the plain CNNs' layout depends on it

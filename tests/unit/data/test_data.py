@@ -1,5 +1,5 @@
 """dgkd_core.data: preparing (CIFAR via torchvision, imagefolder, stream, archives, synthetic) and
-loading prepared files; the loaders and augmentation are in tests/test_loaders.py.
+loading prepared files; the loaders and augmentation are in tests/unit/data/test_loaders.py.
 
 All tests run on the CPU on tiny data the tests write themselves (a few seconds in total).
 """
@@ -20,7 +20,7 @@ from dgkd_core.data import (DATASET_SOURCES, DataError, PreparedData, StreamLoad
                             extract_archive, load_prepared, make_loaders, make_synthetic,
                             prepare_dataset)
 
-SHARED_TAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-images.tar"
+SHARED_TAR = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "cifar10-images.tar"
 
 
 # --------------------------------------------------------------------------- CIFAR via torchvision

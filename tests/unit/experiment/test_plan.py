@@ -17,7 +17,7 @@ from dgkd_core.experiment import paths
 from dgkd_core.experiment.plan import Plan, evenly_spaced
 from dgkd_core.schema import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 TINY = yaml.safe_load((REPO / "config" / "test_tiny.yaml").read_text())
 PLANE = ("plane10", "plane9", "plane8", "plane7", "plane6", "plane5", "plane4", "plane3",
          "plane2")

@@ -21,7 +21,7 @@ import dgkd_core.training.trainer as train_mod
 from dgkd_core.training.trainer import EXIT_RESUMABLE, TrainingInterrupted, train
 from helpers import FINAL_OUTPUTS, assert_no_outputs, history_without_timing, run_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The CUDA-graph step's streams, checked on any machine: torch.cuda's stream and graph API is
 replaced by fakes that record which stream each warm-up and capture ran on, while the step's
-maths runs eagerly on the CPU. tests/test_cuda.py runs the real thing on a GPU."""
+maths runs eagerly on the CPU. tests/gpu/test_cuda.py runs the real thing on a GPU."""
 
 from __future__ import annotations
 

@@ -238,7 +238,7 @@ def test_table_of_another_guide_dataset_or_normalisation_is_refused(
 
 def test_training_with_a_table_matches_the_inline_guide(table_file, tiny_data, teacher, tmp_path):
     path, _ = table_file
-    # fp32 on the CPU (tests/test_cuda.py has the bf16 GPU version)
+    # fp32 on the CPU (tests/gpu/test_cuda.py has the bf16 GPU version)
     cfg = run_config(method="kd", epochs=2, batch_size=16, device="cpu",
                      fast={"channels_last": False})
     inline = train(cfg, tiny_data, tmp_path / "inline", [teacher], progress=False)
@@ -316,7 +316,7 @@ def test_fused_members_with_tables_train_as_they_do_solo(table_file, tiny_data, 
 
 def test_two_ranks_with_a_table_train_as_one_process(table_file, tiny_data, teacher, tmp_path):
     """Data-parallel ranks look up their own slices of each batch's rows (gloo, sync_bn)."""
-    from test_distributed import one_process, torchrun
+    from helpers import one_process, torchrun
 
     path, _ = table_file
     extra = ["--set", "method=kd", "--set", "epochs=1", "--set", "batch_size=32",

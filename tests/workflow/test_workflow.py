@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 TINY = yaml.safe_load((REPO / "config" / "test_tiny.yaml").read_text())
 
@@ -93,7 +93,7 @@ def assert_fails_before_any_job(workdir: Path, config: dict, *needles: str) -> s
 
 
 def test_config_errors_stop_snakemake_before_any_job(tmp_path):
-    """Every config error is a plan test (tests/test_plan.py); here: Snakemake stops on one."""
+    """Every config error is a plan test (tests/unit/experiment/test_plan.py); here: Snakemake stops on one."""
     out = assert_fails_before_any_job(
         tmp_path, tiny(methods=["nokd", "dgdk"]), "Invalid config",
         "'dgdk', which is not one of nokd, kd, takd, dgkd, sdgkd")
