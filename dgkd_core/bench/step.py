@@ -237,7 +237,7 @@ def _device_name(device) -> str:
 
 
 def _demo_workflow_wall_s() -> float:
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile"),

@@ -12,9 +12,8 @@ import datetime
 import statistics
 from pathlib import Path
 
-from dgkd_core.experiment import paths
-
 from dgkd_core.campaign.state import load_plan, read_manifest, repo_relative, run_key
+from dgkd_core.experiment import paths
 from dgkd_core.experiment.plan import Plan
 from dgkd_core.io import atomic_write_text
 from dgkd_core.reporting import tables

@@ -41,7 +41,7 @@ __all__ = ["CAMPAIGNS", "MANIFEST", "CampaignError", "RestoreResult", "campaign_
            "critical_path_targets", "data_targets", "git_commit", "load_plan", "read_manifest",
            "restore", "run_key"]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Each campaign's configs (repository-relative, merged in order as Snakemake's --configfile):
 # the one place that says what a campaign trains.
 CAMPAIGNS = {

@@ -38,17 +38,40 @@ from __future__ import annotations
 
 # One module per concern; the package exports the public names of each.
 from dgkd_core.data.archive import extract_archive
-from dgkd_core.data.augment import (CROP_PAD, Normalizer, augment_batch, crop_flip,
-                                    draw_augment_params, view_index, view_params, view_rows,
-                                    views_per_image)
+from dgkd_core.data.augment import (
+    CROP_PAD,
+    Normalizer,
+    augment_batch,
+    crop_flip,
+    draw_augment_params,
+    view_index,
+    view_params,
+    view_rows,
+    views_per_image,
+)
 from dgkd_core.data.loaders import StreamLoader, TensorLoader, make_loaders
-from dgkd_core.data.prepared import (FORMAT_VERSION, DataError, PreparedData, channel_stats,
-                                     load_prepared, tensor_checksum)
+from dgkd_core.data.prepared import (
+    FORMAT_VERSION,
+    DataError,
+    PreparedData,
+    channel_stats,
+    load_prepared,
+    tensor_checksum,
+)
 from dgkd_core.data.seeds import epoch_seed
-from dgkd_core.data.sources import (DATASET_SOURCES, DEFAULT_MAX_CACHED_BYTES,
-                                    DEFAULT_MAX_CACHED_IMAGES, always_cached, prepare_dataset)
-from dgkd_core.data.synthetic import (SYNTHETIC_CLASSES, SYNTHETIC_SHAPES, SYNTHETIC_SIZE,
-                                      make_synthetic)
+from dgkd_core.data.sources import (
+    DATASET_SOURCES,
+    DEFAULT_MAX_CACHED_BYTES,
+    DEFAULT_MAX_CACHED_IMAGES,
+    always_cached,
+    prepare_dataset,
+)
+from dgkd_core.data.synthetic import (
+    SYNTHETIC_CLASSES,
+    SYNTHETIC_SHAPES,
+    SYNTHETIC_SIZE,
+    make_synthetic,
+)
 
 __all__ = [
     "CROP_PAD",

@@ -4,7 +4,6 @@ device), :class:`StreamLoader` (a stream descriptor's files, read each epoch) an
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator, Sequence
 from functools import partial
@@ -13,102 +12,17 @@ from typing import Any
 import torch
 
 from dgkd_core.data.augment import Normalizer, crop_flip, draw_augment_params, view_rows
+from dgkd_core.data.epochs import EpochLoader, EpochState
 from dgkd_core.data.imagefolder import open_rgb
 from dgkd_core.data.prepared import DataError, PreparedData, load_prepared
 from dgkd_core.data.recipes import ImagenetFolder
-from dgkd_core.data.seeds import epoch_seed
 from dgkd_core.data.shards import shard_slice
 from dgkd_core.device import resolve_device
 
 __all__ = ["StreamLoader", "TensorLoader", "make_loaders"]
 
 
-class _EpochState:
-    """Shared bookkeeping: which epoch, which batch comes next, and the epoch generator state."""
-
-    def __init__(self, num_samples: int, batch_size: int, generator_seed: int, drop_last: bool):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.num_samples = num_samples
-        self.batch_size = batch_size
-        self.generator_seed = int(generator_seed)
-        self.drop_last = drop_last
-        self.epoch = 0
-        self.next_batch = 0
-        self.gen_state: torch.Tensor | None = None  # None: derive from (seed, epoch)
-
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch, self.next_batch, self.gen_state = int(epoch), 0, None
-
-    def generator(self, stream: str) -> torch.Generator:
-        g = torch.Generator()
-        if self.gen_state is not None:
-            g.set_state(self.gen_state)
-        else:
-            g.manual_seed(epoch_seed(self.generator_seed, self.epoch, stream))
-        return g
-
-    def state_dict(self, stream: str) -> dict:
-        return {"epoch": self.epoch, "next_batch": self.next_batch,
-                "generator_state": self.generator(stream).get_state(),
-                "generator_seed": self.generator_seed, "num_samples": self.num_samples,
-                "batch_size": self.batch_size}
-
-    def load_state_dict(self, state: dict, owner: str) -> None:
-        for key in ("num_samples", "batch_size", "generator_seed"):
-            if key in state and int(state[key]) != getattr(self, key):
-                raise ValueError(f"{owner} state has {key}={state[key]}, but this loader has "
-                                 f"{getattr(self, key)}")
-        self.epoch = int(state["epoch"])
-        self.next_batch = int(state["next_batch"])
-        gs = state.get("generator_state")
-        self.gen_state = gs.clone() if isinstance(gs, torch.Tensor) else None
-
-    def finish_epoch(self) -> None:
-        """Called when an epoch has been fully yielded: the next iteration starts the next epoch."""
-        self.set_epoch(self.epoch + 1)
-
-
-class _EpochLoader:
-    """What both loaders share: epoch bookkeeping in ``self._state`` (an :class:`_EpochState`)."""
-
-    _STREAM = ""
-    _state: _EpochState
-
-    @property
-    def batch_size(self) -> int:
-        return self._state.batch_size
-
-    @property
-    def epoch(self) -> int:
-        return self._state.epoch
-
-    @property
-    def drop_last(self) -> bool:
-        return self._state.drop_last
-
-    def __len__(self) -> int:
-        return len(self._state)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` at its first batch at the next iteration."""
-        self._state.set_epoch(epoch)
-
-    def state_dict(self) -> dict:
-        """Where iteration stands: {"epoch", "next_batch", "generator_state", ...} (CPU values)."""
-        return self._state.state_dict(self._STREAM)
-
-    def load_state_dict(self, state: dict) -> None:
-        """Resume at batch ``state["next_batch"]`` of ``state["epoch"]`` at the next iteration."""
-        self._state.load_state_dict(state, type(self).__name__)
-
-
-class TensorLoader(_EpochLoader):
+class TensorLoader(EpochLoader):
     """Batches from a uint8 image tensor that lives on the training device (airbench style).
 
     images_uint8: [N,3,H,W] uint8; labels: int64 [N]. Both are moved to ``device`` once.
@@ -161,7 +75,7 @@ class TensorLoader(_EpochLoader):
         self.labels = labels.to(device=self.device, dtype=torch.int64)
         self.normalize = Normalizer(mean, std, self.device, dtype, channels_last)
         drop = self.train if drop_last is None else bool(drop_last)
-        self._state = _EpochState(images_uint8.shape[0], int(batch_size), generator_seed, drop)
+        self._state = EpochState(images_uint8.shape[0], int(batch_size), generator_seed, drop)
         self._plan: tuple[tuple[int, int], Any] | None = None  # ((epoch, id), tensors)
         self.rank, self.world_size = shard
 
@@ -283,7 +197,7 @@ class _ResumableBatches:
         return iter(self.batches)
 
 
-class StreamLoader(_EpochLoader):
+class StreamLoader(EpochLoader):
     """Loader for a stream descriptor: reads ``root/<split>/<class>/*`` with torchvision each epoch.
 
     Same interface as :class:`TensorLoader`: ``set_epoch``, iteration yielding (x float
@@ -338,7 +252,7 @@ class StreamLoader(_EpochLoader):
                                     self.device, dtype, channels_last)
         self.num_workers = (min(4, os.cpu_count() or 1) if num_workers is None else num_workers)
         drop = self.train if drop_last is None else bool(drop_last)
-        self._state = _EpochState(len(self.dataset), int(batch_size), seed, drop)
+        self._state = EpochState(len(self.dataset), int(batch_size), seed, drop)
         self.shard = shard
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -13,8 +13,13 @@ import torch
 
 from dgkd_core import io
 from dgkd_core.data.imagefolder import decode_all, image_size, listing_checksum
-from dgkd_core.data.prepared import (FORMAT_VERSION, DataError, cached_payload, channel_stats,
-                                     ordered_meta)
+from dgkd_core.data.prepared import (
+    FORMAT_VERSION,
+    DataError,
+    cached_payload,
+    channel_stats,
+    ordered_meta,
+)
 from dgkd_core.data.recipes import IMAGENET_MEAN, IMAGENET_STD, RECIPES
 from dgkd_core.data.synthetic import SYNTHETIC_CLASSES, make_synthetic
 
@@ -77,36 +82,54 @@ def prepare_dataset(
 
     Same inputs give the same tensors and therefore the same ``meta["checksum"]``.
     """
-    if source not in DATASET_SOURCES:
-        raise DataError(f"unknown dataset source {source!r}; choose one of "
-                        f"{', '.join(DATASET_SOURCES)}")
     out_path = Path(out_path)
-    size = _parse_resize(resize)
-    if size is not None and source != "imagefolder":
-        raise DataError(f"resize applies to the imagefolder source only, not {source!r}")
-    _check_recipe(recipe, source, size, root_is_temporary)
+    size = _checked_size(source, resize, recipe, root_is_temporary)
     if source in _CIFAR_FOLDERS:
         root = Path(root) if root is not None else out_path.parent / "downloads"
         payload = _prepare_cifar(source, root, download)
     elif source == "imagefolder":
-        if root is None:
-            raise DataError("the imagefolder source needs root: a folder with train/<class>/... "
-                            "and test/<class>/...")
-        payload = (_imagenet_descriptor(Path(root)) if recipe == "imagenet" else
-                   _prepare_imagefolder(Path(root), size, max_cached_images, max_cached_bytes,
-                                        workers, name, root_is_temporary))
+        payload = _prepare_folder(root, recipe, size, max_cached_images, max_cached_bytes,
+                                  workers, name, root_is_temporary)
     else:
         payload = _prepare_synthetic(seed, synthetic_train, synthetic_test)
+    payload["meta"] = meta = _recorded_meta(payload["meta"], name, source)
+    io.atomic_torch_save(payload, out_path)
+    return meta
 
-    meta = payload["meta"]
+
+def _checked_size(source: str, resize: int | Sequence[int] | None, recipe: str,
+                  root_is_temporary: bool) -> tuple[int, int] | None:
+    """The image size that `resize` asks for; DataError where the arguments do not fit."""
+    if source not in DATASET_SOURCES:
+        raise DataError(f"unknown dataset source {source!r}; choose one of "
+                        f"{', '.join(DATASET_SOURCES)}")
+    size = _parse_resize(resize)
+    if size is not None and source != "imagefolder":
+        raise DataError(f"resize applies to the imagefolder source only, not {source!r}")
+    _check_recipe(recipe, source, size, root_is_temporary)
+    return size
+
+
+def _prepare_folder(root, recipe, size, max_cached_images, max_cached_bytes, workers, name,
+                    root_is_temporary) -> dict:
+    """The imagefolder source: a stream descriptor (the ImageNet recipe) or a prepared payload."""
+    if root is None:
+        raise DataError("the imagefolder source needs root: a folder with train/<class>/... "
+                        "and test/<class>/...")
+    if recipe == "imagenet":
+        return _imagenet_descriptor(Path(root))
+    return _prepare_imagefolder(Path(root), size, max_cached_images, max_cached_bytes, workers,
+                                name, root_is_temporary)
+
+
+def _recorded_meta(meta: dict, name: str | None, source: str) -> dict:
+    """The meta as the prepared file records it: its format, name (the caller's, else the
+    source's default) and source, in the documented key order."""
     meta["format"] = FORMAT_VERSION
     meta["name"] = name or meta.pop("default_name", source)
     meta.pop("default_name", None)
     meta["source"] = source
-    meta = ordered_meta(meta)
-    payload["meta"] = meta
-    io.atomic_torch_save(payload, out_path)
-    return meta
+    return ordered_meta(meta)
 
 
 def always_cached(source: str, *, recipe: str = "cifar", root_is_temporary: bool = False) -> bool:

@@ -32,7 +32,6 @@ import torch
 import torch.nn as nn
 
 from dgkd_core import io
-
 from dgkd_core.config import config_hash
 from dgkd_core.data import load_prepared
 from dgkd_core.device import resolve_device

@@ -18,11 +18,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from dgkd_core.method import registry
-
 from dgkd_core.experiment import paths
-
 from dgkd_core.io import atomic_write_text
+from dgkd_core.method import registry
 from dgkd_core.method.models import model_family
 from dgkd_core.reporting import tables
 

@@ -41,7 +41,7 @@ DIFFERENCES = (("dgkd", "takd"), ("dgkd", "kd"), ("kd", "nokd"), ("sdgkd", "dgkd
 ORDERING = (("nokd", "kd", True), ("kd", "takd", True), ("takd", "dgkd", True),
             ("dgkd", "sdgkd", False))
 PAPER_EPOCHS = 160  # the paper's schedule length (docs/recipe.md)
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 _label = tables.method_label
 
 

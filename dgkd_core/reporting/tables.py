@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from dgkd_core.method import registry
-
 from dgkd_core.errors import DgkdError
 from dgkd_core.experiment import paths
+from dgkd_core.method import registry
 from dgkd_core.method.models import model_family
 from dgkd_core.reporting.reference import RECIPES, paper_value
 

@@ -1,4 +1,4 @@
-"""The resumable, signal-safe trainer and the Distiller that owns the frozen guides.
+"""The resumable, signal-safe trainer.
 
 `train(config, data_path, out_dir, guide_checkpoints)` trains one model. Every epoch it writes
 its resume state atomically (`out_dir/resume.pt`); a restarted run picks it up and ends
@@ -8,16 +8,16 @@ Final outputs (`model.pt`, `metrics.json`, `history.csv`) are written atomically
 TensorBoard scalars (`logging.tensorboard`, tensorboard_log.py), per epoch. Started as several
 ranks (torchrun, srun) it trains data-parallel, rank 0 writing every file (distributed.py).
 
-`train()` is `Trainer(...).run()`: `setup()`, then `run_epoch()` per epoch (`run_step()` per
-batch), `stop_or_save()` after each step and epoch, and `finish()`. Where the run stands lives
-in one `TrainState`, which is what the resume state saves (resume.py). A model state with inf or
-NaN in it is never saved, as a resume state or as `model.pt`.
+`train()` is `Trainer(...).run()`: `setup()` (setup.py), then `run_epoch()` per epoch
+(`run_step()` per batch), `stop_or_save()` after each step and epoch, and `finish()`
+(outputs.py). Where the run stands lives in one `TrainState`, which is what the resume state
+saves (resume.py). A model state with inf or NaN in it is never saved, as a resume state or as
+`model.pt`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 import time
@@ -25,33 +25,25 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn as nn
 
-from dgkd_core import io
-from dgkd_core.config import config_hash, resolve_run_config
-from dgkd_core.data import CROP_PAD, load_prepared, make_loaders
+from dgkd_core.config import resolve_run_config
 from dgkd_core.errors import TrainingError
-from dgkd_core.guides.checkpoints import (check_writable_dir, file_fingerprint, first_non_finite,
-                                          load_guide, save_checkpoint)
-from dgkd_core.guides.prepared import prepare_guide
-from dgkd_core.guides.tables import GuideTable, aligned_tables, load_guide_table
+from dgkd_core.guides.checkpoints import first_non_finite
+from dgkd_core.guides.tables import aligned_tables
 from dgkd_core.method.losses import SegmentKeepMasks, step_mask_drawer
-from dgkd_core.method.models import build_model
 from dgkd_core.method.registry import check_guides
-from dgkd_core.runtime import (StopFlag, elapsed_s, environment_info, epoch_generator,
-                               fast_settings, make_autocast, pick_device, seed_everything)
+from dgkd_core.runtime import StopFlag, elapsed_s, epoch_generator
 from dgkd_core.schema import ConfigError
-from dgkd_core.training.distiller import Distiller
 from dgkd_core.training.distributed import Distributed
 from dgkd_core.training.evaluate import evaluate
-from dgkd_core.training.history import (epoch_line, eta_seconds, history_csv, history_row,
-                                        out_of_time, progress_bar)
-from dgkd_core.training.resume import (RESUME_FILE, TrainState, read_resume_state,
-                                       restore_resume_state, write_resume_state)
-from dgkd_core.training.step import make_step
-from dgkd_core.training.tensorboard_log import check_available, open_writer
+from dgkd_core.training.history import (epoch_line, eta_seconds, history_row, out_of_time,
+                                        progress_bar)
+from dgkd_core.training.outputs import TrainerOutputs
+from dgkd_core.training.resume import RESUME_FILE, TrainState, write_resume_state
+from dgkd_core.training.setup import TrainerSetup, lr_at
+from dgkd_core.training.tensorboard_log import check_available
 
-__all__ = ["EXIT_RESUMABLE", "Trainer", "TrainingInterrupted", "lr_at", "train"]
+__all__ = ["EXIT_RESUMABLE", "Trainer", "TrainingInterrupted", "train"]
 
 log = logging.getLogger("dgkd_core.training.trainer")
 
@@ -67,18 +59,7 @@ class TrainingInterrupted(SystemExit):
         self.reason = reason
 
 
-def lr_at(cfg: dict, epoch: int) -> float:
-    """Learning rate for a 0-based epoch; a pure function, so resuming needs no scheduler state."""
-    base, sched, epochs = cfg["optimizer"]["lr"], cfg["schedule"], cfg["epochs"]
-    if sched["name"] == "constant":
-        return base
-    if sched["name"] == "cosine":
-        return base * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
-    passed = sum(epoch >= round(m * epochs) for m in sched["milestones"])
-    return base * sched["gamma"] ** passed
-
-
-class Trainer:
+class Trainer(TrainerSetup, TrainerOutputs):
     """One training run of `train()`; see the module docstring for the order of the methods."""
 
     def __init__(self, config: dict, data_path: str | os.PathLike, out_dir: str | os.PathLike,
@@ -111,88 +92,6 @@ class Trainer:
         self.epoch_walls: list[float] = []  # s per epoch run here, evaluation included (ETA)
         self.prepared = None  # the loaded data file where the caller has it already (fused)
         self.fused_group: dict | None = None  # metrics.json's record of a fused group
-
-    # ------------------------------------------------------------------------ set up
-
-    def setup(self) -> None:
-        """Device, data, guides, student, loaders, optimizer, resume state and step function.
-
-        The order is fixed: building the guides and then the student draws from the seeded RNG."""
-        cfg = self.cfg
-        self.wall_start = time.time()
-        check_writable_dir(self.out_dir)
-        self.device = self.dist.start(pick_device(cfg))  # this rank's device
-        self.fast = self.dist.restrict_fast(fast_settings(cfg, self.device))
-        seed_everything(cfg["seed"], cfg["deterministic"])
-        # A fused group (dgkd_core.training.fused) hands its members one loaded copy of shared data.
-        self.data = self.prepared if self.prepared is not None else load_prepared(self.data_path)
-        self.meta = self.data.meta
-        self._build_models()
-        self.model = self.dist.wrap_student(self.distiller, cfg["sync_bn"])  # DDP, several ranks
-        self._build_loaders_and_optimizer()
-        # Tables give the inline logits to rounding: a resume state holds to the one it began with.
-        self.identity = {"config_hash": config_hash(cfg),
-                         "guides": [file_fingerprint(p) for p in self.guide_paths],
-                         "data_checksum": self.meta.get("checksum"),
-                         "guide_tables": [t is not None for t in self.table_paths],
-                         **self.dist.identity()}
-        self._resume()
-        self.term_names = self.distiller.term_names
-        self.total_index = self.term_names.index("total")
-        self.step_fn = make_step(self.distiller, self.optimizer, make_autocast(self.fast),
-                                 self.fast["cuda_graph"], self.device, self.term_names)
-        # Resumed: the same folder, dropping what an interrupted attempt logged from here on.
-        if self.dist.is_main:
-            self.tensorboard = open_writer(cfg["logging"], self.out_dir, self.state.epoch + 1)
-
-    def _build_models(self) -> None:
-        """The guides (tables, or prepared modules), then the student, then the Distiller."""
-        fast, device = self.fast, self.device
-        memory_format = torch.channels_last if fast["channels_last"] else torch.contiguous_format
-        guides = [self._load_guide(path, table) for path, table
-                  in zip(self.guide_paths, self.table_paths)]
-        model = build_model(self.cfg["model"], self.data.num_classes, dataset=self.meta["name"],
-                            init=self.cfg["init"])
-        self.model = model.to(device).to(memory_format=memory_format)
-        self.distiller = Distiller(self.model, guides, self.cfg["loss"])
-
-    def _load_guide(self, path: str, table: str | None) -> nn.Module | GuideTable:
-        """Guide `path` as the step uses it: its table (`table`), or the checkpoint's model,
-        prepared (folded, channels_last, bf16 on the CUDA fast path)."""
-        fast, cfg = self.fast, self.cfg
-        # Built (and checked) even where its table stands in for it: building it draws from
-        # the seeded RNG, and the student's initialisation must not depend on the tables.
-        guide = load_guide(path, self.meta, self.device)
-        if table is not None:
-            if not cfg["augment"] or self.data.is_stream:
-                raise ConfigError("guide tables hold the views of the cached data's crop and "
-                                  "flip; this run has augment: false or streamed data, so run "
-                                  "it without guide tables (guide_tables: false)")
-            normalization = cfg["normalize"] or {"mean": self.data.mean, "std": self.data.std}
-            return load_guide_table(table, guide_checkpoint=path, data_meta=self.meta,
-                                    normalization=normalization, pad=CROP_PAD,
-                                    device=self.device)
-        return prepare_guide(guide, fold=fast["fold_guides"], channels_last=fast["channels_last"],
-                             dtype=torch.bfloat16 if fast["bf16"] else torch.float32)
-
-    def _build_loaders_and_optimizer(self) -> None:
-        cfg, device = self.cfg, self.device
-        self.train_loader, self.test_loader = make_loaders(
-            self.data, batch_size=cfg["batch_size"], eval_batch_size=cfg["eval_batch_size"],
-            device=device, seed=cfg["seed"], augment=cfg["augment"],
-            channels_last=self.fast["channels_last"], normalization=cfg["normalize"],
-            with_views=any(t is not None for t in self.table_paths),
-            shard=self.dist.shard, num_workers=cfg["data_workers"],
-        )
-        if len(self.train_loader) == 0:
-            raise TrainingError(f"batch_size {cfg['batch_size']} is larger than the training set "
-                                f"({len(self.data.train_labels)} images); lower batch_size")
-        opt = cfg["optimizer"]
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=lr_at(cfg, 0), momentum=opt["momentum"],
-            weight_decay=opt["weight_decay"], nesterov=opt["nesterov"],
-            **({"fused": True} if device.type == "cuda" else {"foreach": True}),
-        )
 
     # ------------------------------------------------------------------------ the loop
 
@@ -378,83 +277,6 @@ class Trainer:
         self.dist.barrier()  # no rank goes on (or exits) before the state is on disk
         self.good_resume_state = True
 
-    def _resume(self) -> None:
-        s = self.state
-        payload = read_resume_state(self.resume_path, self.identity)
-        if payload is not None:
-            s.previous_stop = restore_resume_state(payload, s, self.model, self.optimizer,
-                                                   self.train_loader)
-            self.good_resume_state = True
-            log.info("resumed from %s at epoch %d step %d (the previous attempt stopped: %s)",
-                     self.resume_path, s.epoch + 1, s.step, s.previous_stop)
-        s.epoch_times = [h["time_s"] for h in s.history]
-
-    # ------------------------------------------------------------------------ finish
-
-    def finish(self, remove_resume_state: bool = True) -> dict:
-        """Write model.pt, history.csv and metrics.json (each atomically), remove the resume
-        state (a fused group removes its members' once all have finished) and return
-        metrics.json's content."""
-        cfg, out_dir = self.cfg, self.out_dir
-        self._check_finite_model()
-        metrics = self._metrics()
-        if self.dist.is_main:  # the ranks hold the same model: one writes the outputs
-            out_dir.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(out_dir / "model.pt", self.model, cfg, self.meta,
-                            {"method": cfg["method"], "guides": self.guide_paths,
-                             "top1_last": metrics["top1_last"]})
-            io.atomic_write_text(history_csv(self.state.history), out_dir / "history.csv")
-            io.atomic_write_json(metrics, out_dir / "metrics.json")
-            if remove_resume_state:
-                self.resume_path.unlink(missing_ok=True)
-        self.dist.barrier()
-        log.info("done: %s top-1 %.2f (last epoch), best %.2f at epoch %d",
-                 cfg["model"], metrics["top1_last"], metrics["top1_best"], metrics["best_epoch"])
-        return metrics
-
-    def _metrics(self) -> dict:
-        cfg, meta, device, history = self.cfg, self.meta, self.device, self.state.history
-        best = max(history, key=lambda h: h["test_top1"])
-        last = history[-1]
-        total_images = sum(h["img_s"] * h["time_s"] for h in history)
-        total_train_s = sum(h["time_s"] for h in history)
-        return {
-            "model": cfg["model"],
-            "method": cfg["method"],
-            "seed": cfg["seed"],
-            "dataset": meta["name"],
-            "num_classes": int(meta["num_classes"]),
-            "guides": self.guide_paths,
-            # Per guide: looked up from its table (dgkd_core.guides.tables), or run inline.
-            "guide_tables": [t is not None for t in self.table_paths],
-            "epochs": cfg["epochs"],
-            "top1_last": last["test_top1"],
-            "top5_last": last["test_top5"],
-            # The test set is not a validation set: the best epoch is reported, labelled, never
-            # used to pick the model. The saved model is the last epoch's.
-            "top1_best": best["test_top1"],
-            "top5_best": best["test_top5"],
-            "best_epoch": best["epoch"],
-            "reported": "last epoch (top1_last); best-epoch values are for reference only",
-            "wall_time_s": time.time() - self.wall_start,
-            "train_time_s": total_train_s,
-            "img_per_s": total_images / max(total_train_s, 1e-9),
-            "resumed": bool(self.state.previous_stop),
-            "config": cfg,
-            "config_hash": config_hash(cfg),
-            "determinism": {"deterministic": cfg["deterministic"], "fast": self.fast,
-                            # why the CUDA graph was given up for the eager step, if it was
-                            "cuda_graph_fallback": getattr(self.step_fn, "disabled_reason", None),
-                            # CPU: always. CUDA: with `deterministic`, checked on an H200 (the
-                            # resume and same-seed tests of tests/unit/training/test_trainer.py, 2026-11-28).
-                            "bit_identical_resume": device.type == "cpu" or cfg["deterministic"]},
-            "versions": environment_info(device),
-            "device": str(device),
-            "data_checksum": meta.get("checksum"),
-            # trained in one process with other models (dgkd_core.training.fused): with whom, and how
-            **({"fused_group": self.fused_group} if self.fused_group is not None else {}),
-            **self.dist.identity(),
-        }
 
 
 def train(
@@ -478,6 +300,3 @@ def train(
     training (an unwritable out_dir included) and before writing any output."""
     return Trainer(config, data_path, out_dir, guide_checkpoints, progress,
                    watch_pid=watch_pid, guide_tables=guide_tables).run()
-
-
-# --------------------------------------------------------------------------- helpers

@@ -16,9 +16,17 @@ import pytest
 import torch
 
 from dgkd_core import io
-from dgkd_core.data import (DATASET_SOURCES, DataError, PreparedData, StreamLoader,
-                            extract_archive, load_prepared, make_loaders, make_synthetic,
-                            prepare_dataset)
+from dgkd_core.data import (
+    DATASET_SOURCES,
+    DataError,
+    PreparedData,
+    StreamLoader,
+    extract_archive,
+    load_prepared,
+    make_loaders,
+    make_synthetic,
+    prepare_dataset,
+)
 
 SHARED_TAR = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "cifar10-images.tar"
 

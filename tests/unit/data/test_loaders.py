@@ -9,7 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dgkd_core.data import TensorLoader, augment_batch, crop_flip, make_loaders, prepare_dataset
+from dgkd_core.data import (
+    TensorLoader,
+    augment_batch,
+    crop_flip,
+    make_loaders,
+    prepare_dataset,
+)
 
 
 # --------------------------------------------------------------------------- augmentation

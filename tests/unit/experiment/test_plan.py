@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dgkd_core.method import registry
-
 from dgkd_core.experiment import paths
 from dgkd_core.experiment.plan import Plan, evenly_spaced
+from dgkd_core.method import registry
 from dgkd_core.schema import ConfigError
 
 REPO = Path(__file__).resolve().parents[3]

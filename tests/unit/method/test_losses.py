@@ -6,9 +6,16 @@ import math
 import pytest
 import torch
 
-from dgkd_core.method.losses import (SegmentKeepMasks, check_loss_settings, dgkd_loss,
-                                     draw_keep_mask, draw_released_drop_mask, guide_term_names,
-                                     kd_loss, step_mask_drawer)
+from dgkd_core.method.losses import (
+    SegmentKeepMasks,
+    check_loss_settings,
+    dgkd_loss,
+    draw_keep_mask,
+    draw_released_drop_mask,
+    guide_term_names,
+    kd_loss,
+    step_mask_drawer,
+)
 
 # ---------------------------------------------------------------- plain-Python reference formulas
 

@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 
 from dgkd_core.experiment import paths
-
 from dgkd_core.reporting import plots, tables
 from dgkd_core.reporting.reference import paper_value
 

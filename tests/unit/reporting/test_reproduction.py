@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from dgkd_core import cli
-
 from dgkd_core.experiment.plan import Plan
 from dgkd_core.reporting import reproduction
 
