@@ -238,8 +238,11 @@ def test_table_of_another_guide_dataset_or_normalisation_is_refused(
 
 def test_training_with_a_table_matches_the_inline_guide(table_file, tiny_data, teacher, tmp_path):
     path, _ = table_file
-    # fp32 on the CPU (tests/gpu/test_cuda.py has the bf16 GPU version)
-    cfg = run_config(method="kd", epochs=2, batch_size=16, device="cpu",
+    # fp32 on the CPU (tests/gpu/test_cuda.py has the bf16 GPU version). Two steps: the table's
+    # logits equal the inline guide's to float rounding (~1e-7 relative), and this little
+    # network at lr 0.05 amplifies any such difference, the table's or random noise's alike,
+    # to ~1e-3 within 8 steps; a wrong table is off by far more after the first step.
+    cfg = run_config(method="kd", epochs=1, batch_size=32, device="cpu",
                      fast={"channels_last": False})
     inline = train(cfg, tiny_data, tmp_path / "inline", [teacher], progress=False)
     tabled = train(cfg, tiny_data, tmp_path / "tabled", [teacher], progress=False,
@@ -252,6 +255,14 @@ def test_training_with_a_table_matches_the_inline_guide(table_file, tiny_data, t
     history = [json.loads((tmp_path / d / "metrics.json").read_text())["top1_last"]
                for d in ("inline", "tabled")]
     assert abs(history[0] - history[1]) <= 1.0
+    # The same check fails for a table whose rows are another image's logits.
+    payload = torch.load(path, weights_only=True)
+    payload["table"] = payload["table"].roll(1, dims=0)
+    torch.save(payload, tmp_path / "shifted.pt")
+    train(cfg, tiny_data, tmp_path / "shifted", [teacher], progress=False,
+          guide_tables=[tmp_path / "shifted.pt"])
+    c = torch.load(tmp_path / "shifted" / "model.pt", weights_only=True)["state_dict"]
+    assert max(float((c[k].double() - a[k].double()).abs().max()) for k in a) > 1e-2
 
 
 class _StopAfter(Trainer):
