@@ -359,13 +359,10 @@ def _add_guide_table_parser(sub, common) -> None:
 
 def error_line(err: BaseException) -> str:
     """One line for the user: the message's first line; the type where it adds something."""
-    from dgkd_core.campaign.state import CampaignError
-    from dgkd_core.data import DataError
-    from dgkd_core.errors import TrainingError
-    from dgkd_core.schema import ConfigError
+    from dgkd_core.errors import DgkdError
 
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    if isinstance(err, (CampaignError, ConfigError, TrainingError, DataError, OSError)) and text:
+    if isinstance(err, (DgkdError, OSError)) and text:
         return text
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 

@@ -42,7 +42,7 @@ from dgkd_core.device import resolve_device
 from dgkd_core.method.models import build_model
 
 _CHAIN = {"student": "resnet8", "guides": ["resnet26", "resnet20", "resnet14"]}
-# guides: "inline" (as built), "prepared" (prepared_guides: folded, pre-cast) or "tables".
+# guides: "inline" (as built), "prepared" (dgkd_core.guides.prepared: folded, pre-cast) or "tables".
 WORKLOADS = {
     "dgkd_student_resnet26-20-14-8": {**_CHAIN, "guide_path": "inline"},
     "dgkd_student_prepared_guides": {**_CHAIN, "guide_path": "prepared"},
@@ -344,7 +344,7 @@ def parity(data_path: str, *, model: str, epochs: int, device: str, out_root: Pa
 
 def main(args) -> int:
     device = resolve_device(args.device)
-    if getattr(args, "stream", False):  # the ImageNet stream path's decoding (bench_stream.py)
+    if getattr(args, "stream", False):  # the ImageNet stream path's decoding (stream.py)
         from dgkd_core.bench.stream import format_stream_table, stream_bench
 
         result = stream_bench(args.stream_folder)

@@ -41,7 +41,7 @@ class TensorLoader(EpochLoader):
     (global, ``batch_size``) batch of that same order (``data.shards.shard_slice``).
 
     with_views=True (train with augment only): each batch is (x, y, rows), rows int64 [B] on
-    ``device``: each sample's row ``index·V + view`` of a guide table (``guide_tables.view_rows``;
+    ``device``: each sample's row ``index·V + view`` of a guide table (``augment.view_rows``;
     V = 162 views for pad 4), from the very offsets and flips its crop used.
 
     Call ``set_epoch(e)`` before iterating epoch e (without it, iteration continues where the last

@@ -5,7 +5,7 @@
 The file is read with torch.load(weights_only=True) only (dgkd_core.io.load_tensor_file): tensors
 and plain values, never arbitrary objects. Its layout is recognised by `read_state_dict`:
 
-- this project's model.pt (checkpoints.save_checkpoint): its `state_dict`; its recorded `model`
+- this project's model.pt (dgkd_core.guides.checkpoints.save_checkpoint): its `state_dict`; its recorded `model`
   and `num_classes` are checked too;
 - a plain state_dict (name -> tensor), which is also what a torchvision weights file is;
 - a dict holding the state_dict under `state_dict`, `model` or `net` (RepDistiller, mdistiller,
@@ -15,7 +15,7 @@ and plain values, never arbitrary objects. Its layout is recognised by `read_sta
 each with the `module.` (DataParallel) and `_orig_mod.` (torch.compile) key prefixes removed.
 The import checks the class count and then the architecture against the registry model, evaluates
 the model on the test split as training evaluates, and writes what a trained run writes:
-`model.pt` (so checkpoints.load_guide takes it as a guide), `metrics.json` (`"imported": true`,
+`model.pt` (so dgkd_core.guides.checkpoints.load_guide takes it as a guide), `metrics.json` (`"imported": true`,
 the source's path and sha256, `epochs: 0`, the test accuracy as top1_last and top1_best) and a
 one-row `history.csv`. Which runs are imported is the plan's business (Plan.import_source).
 """

@@ -54,7 +54,7 @@ def build_guide_table(guide: nn.Module, images_uint8: torch.Tensor, normalize, *
                       batch_size: int = 1024, bf16: bool = False) -> torch.Tensor:
     """Logits [N, V, C] of `guide` for every view of every image (V = views_per_image(pad)).
 
-    guide: a frozen guide in eval mode on the images' device (`prepared_guides.prepare_guide`);
+    guide: a frozen guide in eval mode on the images' device (`dgkd_core.guides.prepared.prepare_guide`);
     images_uint8: [N,3,H,W] uint8 training images; normalize: uint8 batch -> the guide's input
     (`data.augment.Normalizer`, the run's normalisation and memory format); batch_size: views per
     forward pass (rounded down to whole images, at least one image); bf16: run under bf16

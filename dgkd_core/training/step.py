@@ -3,7 +3,7 @@ CUDA graph.
 
 x [B,3,H,W] normalised images and y [B] int64 labels, on the device; keep [n guides] 0/1 or
 None; lr: the learning rate already set in the optimizer (the graph step re-captures when it
-changes); views: int64 [B] rows of the guide tables (`guide_tables.view_rows`) on the device, or
+changes); views: int64 [B] rows of the guide tables (`dgkd_core.data.augment.view_rows`) on the device, or
 None where the guides run inline. The result is a float32 tensor [len(term_names)] of the loss
 terms.
 

@@ -293,7 +293,7 @@ def train(
 
     config: a run config (docs/design.md), resolved here. data_path: a prepared data file.
     guide_checkpoints: teacher first, then TAs from largest to smallest; their number must fit
-    the config's method (`methods.check_guides`). progress: a tqdm bar per epoch (None: when
+    the config's method (`dgkd_core.method.registry.check_guides`). progress: a tqdm bar per epoch (None: when
     stderr is a terminal). watch_pid: the workflow process that started this run
     (`runtime.workflow_ancestor_pid()`); once it is gone the run stops as on SIGTERM.
     Returns metrics.json's content. Raises TrainingError / ConfigError on bad input before
