@@ -241,6 +241,8 @@ def _common_options(in_subcommand: bool) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dgkd_core.data import DATASET_SOURCES
+
     parser = argparse.ArgumentParser(prog="python -m dgkd_core", description=__doc__,
                                      parents=[_common_options(False)])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -267,8 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare-data", help="turn a dataset into one uint8 tensor file",
                        parents=common)
-    p.add_argument("--source", required=True,
-                   choices=["cifar10", "cifar100", "imagefolder", "synthetic"],
+    p.add_argument("--source", required=True, choices=DATASET_SOURCES,
                    help="the kind of dataset")
     p.add_argument("--out", required=True, help="output file, e.g. results/data/cifar10.pt")
     p.add_argument("--root", help="dataset folder (torchvision CIFAR root or imagefolder root)")
