@@ -1,4 +1,4 @@
-"""Reproduction campaigns (dgkd_core/campaign*.py, ci/campaign_continue.sh): restore, pack and
+"""Reproduction campaigns (dgkd_core/campaign/, ci/campaign_continue.sh): restore, pack and
 unpack on hand-made run files (fast), and the tiny config built up across three cut windows,
 ending bit-identical to a straight run (slow)."""
 
