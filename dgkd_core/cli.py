@@ -28,20 +28,10 @@ def setup_logging(log_file: str | None = None) -> None:
 
 def read_run_file(path: str) -> dict:
     """A `train --config` YAML file: a mapping; ConfigError naming the file otherwise."""
-    import yaml
-
+    from dgkd_core import io
     from dgkd_core.config import ConfigError
 
-    try:
-        with open(path, encoding="utf-8") as fh:
-            content = yaml.safe_load(fh)
-    except OSError as err:
-        raise ConfigError(f"cannot read --config {path}: {err.strerror or err}") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"--config {path} is not valid YAML{where}: "
-                          f"{getattr(err, 'problem', None) or err}") from None
+    content = io.load_yaml_file(path, "--config")
     if content is None:
         return {}
     if not isinstance(content, dict):

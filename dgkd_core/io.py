@@ -16,8 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+import yaml
+
 __all__ = ["UnreadableFile", "WriteError", "atomic_write_bytes", "atomic_torch_save",
-           "atomic_write_json", "atomic_write_text", "load_tensor_file"]
+           "atomic_write_json", "atomic_write_text", "load_tensor_file", "load_yaml_file",
+           "load_yaml_text"]
 
 
 class WriteError(OSError):
@@ -135,3 +138,68 @@ def atomic_write_json(obj: Any, path: str | os.PathLike, *, indent: int = 2) -> 
 def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# A config needs no YAML aliases; a few are harmless, hundreds are how an alias bomb (each alias
+# re-using a list of aliases) makes a small file expand to gigabytes. Deep nesting is refused
+# before PyYAML's recursive composer runs out of stack.
+MAX_YAML_ALIASES = 32
+MAX_YAML_DEPTH = 64
+
+
+def load_yaml_text(text: str, source: str) -> Any:
+    """`yaml.safe_load(text)`, refusing more than MAX_YAML_ALIASES aliases or nesting deeper than
+    MAX_YAML_DEPTH. Every error is a ConfigError: one line naming `source` (a file, `--set k=v`)."""
+    from dgkd_core.schema import ConfigError
+
+    loader = _GuardedLoader(text)
+    try:
+        return loader.get_single_data()
+    except _YamlRefused as err:
+        raise ConfigError(f"{source} {err}; write the values out in full") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{source} is not valid YAML{where}: {problem}") from None
+    finally:
+        loader.dispose()
+
+
+def load_yaml_file(path: str | os.PathLike, what: str = "config") -> Any:
+    """The YAML file at `path` through load_yaml_text; ConfigError naming it if unreadable."""
+    from dgkd_core.schema import ConfigError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"cannot read {what} {path}: not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read {what} {path}: {err.strerror or err}") from None
+    return load_yaml_text(text, f"{what} {path}")
+
+
+class _YamlRefused(Exception):
+    pass
+
+
+class _GuardedLoader(yaml.SafeLoader):
+    """SafeLoader counting aliases and nesting as it composes the document."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.aliases_seen, self.depth = 0, 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self.aliases_seen += 1
+            if self.aliases_seen > MAX_YAML_ALIASES:
+                raise _YamlRefused(f"uses more than {MAX_YAML_ALIASES} YAML aliases (*name), "
+                                   "which can expand without bound")
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                raise _YamlRefused(f"nests more than {MAX_YAML_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1

@@ -21,14 +21,12 @@ import os
 from functools import cache
 from pathlib import Path
 
-import yaml
-
-from dgkd_core import methods, paths
+from dgkd_core import io, methods, paths
 from dgkd_core.checkpoints import file_fingerprint
 from dgkd_core.config import deep_update, resolve_run_config, semantic_settings, settings_schema
 from dgkd_core.models import available_models, build_model, count_parameters, model_family
 from dgkd_core.paths import Run
-from dgkd_core.schema import ConfigError, check
+from dgkd_core.schema import ConfigError, check, check_size
 from dgkd_core.table_plan import plan_guide_tables
 
 __all__ = ["ABLATIONS", "ConfigError", "Plan", "ROLES", "default_schema_path", "evenly_spaced",
@@ -47,7 +45,7 @@ def default_schema_path() -> Path:
 def load_workflow_schema(path: str | Path | None = None) -> dict:
     """The workflow config's schema, its `settings` entry replaced by the run config's own."""
     path = Path(path) if path is not None else default_schema_path()
-    schema = yaml.safe_load(path.read_text())
+    schema = io.load_yaml_file(path, "schema")
     schema["$defs"]["settings"] = settings_schema()
     return schema
 
@@ -107,6 +105,7 @@ class Plan:
         if not isinstance(config, dict):
             raise ConfigError(f"the workflow config must be a mapping of keys to values, got "
                               f"{type(config).__name__}")
+        check_size(config, "config")  # before the copy: an alias bomb must not be expanded
         self.config = copy.deepcopy(config)
         check(self.config, load_workflow_schema(schema_path), what="config", fill_defaults=True)
         self.hyperparameters = self.config["hyperparameters"]
