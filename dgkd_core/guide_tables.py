@@ -21,6 +21,7 @@ a table that does not fit its guide, data or normalisation refuses it in one lin
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -134,6 +135,12 @@ def aligned_tables(tables: Sequence[str | os.PathLike | None], n_guides: int
 
 def _build_batch_size(cfg: dict, device: torch.device) -> int:
     return max(8192, cfg["eval_batch_size"]) if device.type == "cuda" else cfg["eval_batch_size"]
+
+
+def table_checksum(table: torch.Tensor) -> str:
+    """sha256 of a table's bytes (any dtype; bf16 is hashed as raw 16-bit words)."""
+    raw = table.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return hashlib.sha256(memoryview(raw)).hexdigest()
 
 
 class GuideTable:

@@ -46,7 +46,8 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -
 
 class UnreadableFile(ValueError):
     """A torch file could not be loaded safely; `reason` says why in one line, to follow the
-    file's name: "holds more than tensors and plain values (...)" (refused: nothing in it ran)
+    file's name: "holds more than tensors and plain values: code or objects, which are refused
+    unread (...)" (nothing in it ran)
     or "is truncated or corrupt (...)"."""
 
     def __init__(self, path, reason: str, refused: bool):
@@ -63,14 +64,33 @@ def load_tensor_file(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or refused data
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        refused = [line for line in lines if line.startswith("WeightsUnpickler error:")]
-        if refused:
-            what = refused[0].removeprefix("WeightsUnpickler error:").split(". Please")[0]
-            reason = f"holds more than tensors and plain values ({what.strip()[:200]})"
+        text = str(err)
+        if text.startswith("Weights only load failed"):  # torch's weights-only unpickler refused
+            reason = ("holds more than tensors and plain values: code or objects, which are "
+                      f"refused unread ({_refused_what(text)})")
             raise UnreadableFile(path, reason, refused=True) from None
+        lines = [line.strip() for line in text.splitlines()
+                 if line.strip() and "weights_only" not in line]  # never echo an unsafe hint
         detail = f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
         raise UnreadableFile(path, f"is truncated or corrupt ({detail})", refused=False) from None
+
+
+def _refused_what(message: str) -> str:
+    """What torch's refusal says was in the file (an unsupported global or pickle opcode), without
+    its advice, which suggests loading the file unsafely."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            what = line.split("WeightsUnpickler error:", 1)[1].strip()
+            what = what or (lines[i + 1] if i + 1 < len(lines) else "")
+        elif line.startswith("Trying to load unsupported GLOBAL"):
+            what = line.split(" whose module")[0].removeprefix("Trying to load ")
+        else:
+            continue
+        what = what.split(". Please")[0].strip()
+        if what and "weights_only" not in what:
+            return what[:200]
+    return "an object torch's safe loader does not allow"
 
 
 def _write_error(code: int | None, message: str) -> WriteError:
@@ -89,7 +109,13 @@ def _replace_with(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
         if hasattr(os, "fchmod"):  # mkstemp makes 0600 files; give the usual umask-based mode
             os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            recorder = _WriteRecorder(f)
+            try:
+                write(recorder)
+            except Exception:
+                if recorder.error is not None:  # e.g. ENOSPC, which torch.save hides
+                    raise recorder.error from None
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -101,6 +127,24 @@ def _replace_with(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+class _WriteRecorder:
+    """A file object that keeps the first OSError its write raised: torch.save turns a full disk
+    into "RuntimeError: unexpected pos ...", naming neither the cause nor the file."""
+
+    def __init__(self, file: IO[bytes]):
+        self._file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
 
 
 def _fsync_dir(folder: Path) -> None:
