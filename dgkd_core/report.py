@@ -245,7 +245,8 @@ def read_history(path) -> pd.DataFrame:
         with open(path, encoding="utf-8") as fh:
             history = pd.read_csv(fh, usecols=["epoch", "test_top1"])
     except UnicodeDecodeError as err:
-        raise ReportError(f"cannot read {path}: not UTF-8 text (byte {err.start}); {redo}") from None
+        raise ReportError(f"cannot read {path}: not UTF-8 text (byte {err.start}); "
+                          f"{redo}") from None
     except pd.errors.EmptyDataError:
         raise ReportError(f"cannot read {path}: it is empty; {redo}") from None
     except (OSError, ValueError) as err:  # ParserError and a missing column are ValueErrors
