@@ -363,7 +363,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run one subcommand. An error is one line on stderr and exit status 2 (the traceback with
     --debug); a training stopped early to be resumed exits with its own status (75)."""
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_file)
+    try:
+        setup_logging(args.log_file)
+    except OSError as err:  # before any work: nothing to lose
+        print(f"error: cannot write --log-file {args.log_file}: {err.strerror or err}; create "
+              "its folder or give another file", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except Exception as err:  # every failure becomes one line; --debug shows where it came from

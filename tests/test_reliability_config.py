@@ -109,3 +109,11 @@ def test_seed_beyond_int64_is_refused():
     with pytest.raises(ConfigError) as err:
         Plan(config)
     assert "seeds" in one_line(err.value)
+
+
+def test_log_file_in_a_missing_folder_is_one_line(tmp_path, capsys):
+    log_file = tmp_path / "missing" / "train.log"
+    status = cli.main(["train", "--log-file", str(log_file), "--set", "model=plane2"])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and "\n" not in err, err
+    assert str(log_file) in err and "No such file or directory" in err
