@@ -117,3 +117,24 @@ def test_log_file_in_a_missing_folder_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert status == 2 and "\n" not in err, err
     assert str(log_file) in err and "No such file or directory" in err
+
+
+def test_workflow_refuses_an_alias_bomb_configfile_before_any_job(tmp_path):
+    """Snakemake loads --configfile itself; rules/common.smk's Plan refuses what it expands to."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    config = re.sub(r"(?m)^seeds:.*$", "", (repo / "config" / "test_tiny.yaml").read_text())
+    path = tmp_path / "bomb.yaml"
+    path.write_text(alias_bomb("seeds") + config)
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "-s", str(repo / "Snakefile"), "--configfile",
+         str(path), "--cores", "1", "--directory", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode != 0
+    assert "Invalid config: config key 'seeds' expands to more than" in result.stdout + result.stderr
