@@ -166,3 +166,25 @@ def test_plain_pickle_of_an_object_is_refused_not_called_corrupt(tmp_path):
     with pytest.raises(io.UnreadableFile) as err:
         io.load_tensor_file(path)
     assert err.value.refused and "weights_only" not in str(err.value)
+
+
+# ---------------------------------------------------------------- deep nesting in an archive
+
+def test_tar_member_2000_folders_deep_is_one_line(tmp_path):
+    import io as _io
+    import tarfile
+
+    from dgkd_core.data import DataError
+    from dgkd_core.data.archive import extract_archive
+
+    archive = tmp_path / "deep.tar"
+    with tarfile.open(archive, "w") as tar:
+        info = tarfile.TarInfo("/".join(["d"] * 2000) + "/img.png")
+        info.size = 3
+        tar.addfile(info, _io.BytesIO(b"png"))
+    with pytest.raises(DataError) as err:
+        extract_archive(archive, tmp_path / "out")
+    text = str(err.value)
+    assert "\n" not in text and len(text) < 400 and str(archive) in text and "deep" in text, text
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["deep.tar"]
