@@ -93,6 +93,14 @@ def check_size(instance: Any, what: str) -> None:
         stack.extend((child, depth + 1, key) for child in children)
 
 
+def _number_text(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return value in ("true", "false", "True", "False")
+    return True
+
+
 def _allowed(values) -> str:
     return ", ".join("null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
                      for v in values)
@@ -123,6 +131,10 @@ def describe(error, what: str) -> str:
             mantissa, exp = re.split("[eE]", value)
             hint = (f" (YAML reads {value} as text: write {mantissa if '.' in mantissa else mantissa + '.0'}"
                     f"e{exp} for a number)")
+        elif isinstance(value, str) and error.absolute_path and isinstance(
+                error.absolute_path[-1], int) and _number_text(value):
+            hint = (" (a list item given as text: Snakemake's --config reads list items as "
+                    "text; give the list in a --configfile)")
         wanted = " or ".join(rule) if isinstance(rule, list) else rule
         return f"{key} is {value!r}, but it must be of type {wanted}{hint}"
     bounds = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">",

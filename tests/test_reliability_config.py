@@ -137,4 +137,15 @@ def test_workflow_refuses_an_alias_bomb_configfile_before_any_job(tmp_path):
          str(path), "--cores", "1", "--directory", str(tmp_path)],
         capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode != 0
-    assert "Invalid config: config key 'seeds' expands to more than" in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "Invalid config: config key 'seeds' expands to more than" in output
+
+
+def test_list_items_as_text_from_snakemakes_config_get_a_hint():
+    """Snakemake's `--config seeds=[3]` reads list items as text: ['3']."""
+    config = yaml.safe_load(open("config/config.yaml", encoding="utf-8"))
+    config["seeds"] = ["3"]
+    with pytest.raises(ConfigError) as err:
+        Plan(config)
+    text = one_line(err.value)
+    assert "'seeds.0' is '3'" in text and "as text" in text and "--configfile" in text
