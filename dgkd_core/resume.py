@@ -4,6 +4,11 @@ at every epoch's end and on a stop, read when a run starts.
 It holds tensors and plain Python values only (dicts, lists, numbers, strings, None) and is read
 with `torch.load(weights_only=True)`, which unpickles nothing else: a crafted file cannot run
 code. It is refused and ignored like a truncated one, and the run starts from scratch.
+
+A state of this run (its identity fits) whose contents do not (a key missing, a tensor of
+another shape, a non-finite weight or optimizer buffer) is renamed `resume.pt.damaged-<reason>`
+and the run starts from scratch with a one-line warning naming both files: resuming it would
+fail, or carry the damage into every retry, and setting it aside loses nothing.
 """
 
 from __future__ import annotations
@@ -157,6 +162,8 @@ def _model_damage(saved: dict, expected: dict) -> tuple[str, str] | None:
     if unexpected:
         return "unexpected", f"its model state has keys the run's model lacks: {unexpected[:3]}"
     for key, want in expected.items():
+        if isinstance(want, torch.Tensor) and not isinstance(saved[key], torch.Tensor):
+            return "value", f"its model entry {key!r} is not a tensor"
         problem = _tensor_damage(saved[key], tuple(want.shape), f"model tensor {key!r}")
         if problem:
             return problem
@@ -169,13 +176,17 @@ def _optimizer_damage(saved: dict, optimizer: torch.optim.Optimizer) -> tuple[st
     per_param, groups = saved.get("state"), saved.get("param_groups")
     if not isinstance(per_param, dict) or not isinstance(groups, list):
         return "missing", "its optimizer state lacks 'state' or 'param_groups'"
+    sizes = [len(group["params"]) for group in optimizer.param_groups]
+    if [len(g.get("params", ())) if isinstance(g, dict) else None for g in groups] != sizes:
+        return "shape", f"its optimizer has other parameter groups than the run's ({sizes})"
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for index, buffers in per_param.items():
         if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(
                 buffers, dict):
             return "shape", f"its optimizer state has an entry {index!r} for no parameter"
         for name, value in buffers.items():
-            shape = tuple(params[index].shape) if getattr(value, "dim", lambda: 0)() else ()
+            per_element = isinstance(value, torch.Tensor) and value.dim() > 0
+            shape = tuple(params[index].shape) if per_element else ()
             problem = _tensor_damage(value, shape, f"optimizer buffer {name!r} of parameter "
                                                    f"{index}")
             if problem:

@@ -91,3 +91,27 @@ def test_a_sound_resume_state_still_resumes(finished_state, tiny_data, tmp_path)
     metrics = train(run_config(epochs=1), tiny_data, out, progress=False)
     assert metrics["resumed"] is True
     assert not any(p.name.startswith("resume.pt.damaged") for p in out.iterdir())
+
+
+def _list_weight(state):
+    state["model"][next(iter(state["model"]))] = [0.0]
+
+
+def _extra_group(state):
+    state["optimizer"]["param_groups"].append(dict(state["optimizer"]["param_groups"][0]))
+
+
+@pytest.mark.parametrize("damage, reason", [(_list_weight, "value"), (_extra_group, "shape")])
+def test_more_damage_is_found_without_training(finished_state, tiny_data, tmp_path, damage,
+                                               reason):
+    from dgkd_core.models import build_model
+    from dgkd_core.resume import resume_state_damage
+
+    state = torch.utils._pytree.tree_map(
+        lambda v: v.clone() if isinstance(v, torch.Tensor) else v, finished_state)
+    model = build_model("plane2", num_classes=10)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    assert resume_state_damage(state, model, optimizer) is None
+    damage(state)
+    found = resume_state_damage(state, model, optimizer)
+    assert found is not None and found[0] == reason, found
