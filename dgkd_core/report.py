@@ -52,7 +52,7 @@ def read_metrics(path) -> dict:
     wrong = [f"{k}={metrics[k]!r}" for k in _METRIC_KEYS if not _is_finite_number(metrics[k])]
     if wrong:
         raise ReportError(f"{path} has {', '.join(wrong)}, not a finite number; {redo}")
-    differ = _other_run(metrics, paths.run_from_path(path))
+    differ = _other_run(metrics, path)
     if differ:
         raise ReportError(f"{path} records another run than its path names ({differ}): copied "
                           f"from elsewhere?; {redo}")
@@ -64,9 +64,14 @@ def _is_finite_number(value) -> bool:
             and math.isfinite(value))
 
 
-def _other_run(metrics: dict, run: paths.Run) -> str:
-    """Where a run's metrics.json disagrees with the run its path names, or "". Only what the
-    record holds is compared: a hand-made record without identity keys is not refused."""
+def _other_run(metrics: dict, path) -> str:
+    """Where a run's metrics.json disagrees with the run its path names, or "" (also for a path
+    that names no run). Only what the record holds is compared: a hand-made record without
+    identity keys is not refused."""
+    try:
+        run = paths.run_from_path(path)
+    except ValueError:
+        return ""
     config = metrics.get("config") if isinstance(metrics.get("config"), dict) else {}
     loss = config.get("loss") if isinstance(config.get("loss"), dict) else {}
     expected = {"dataset": run.dataset, "seed": run.seed, "method": run.method,
