@@ -45,6 +45,8 @@ def read_metrics(path) -> dict:
             metrics = json.load(fh)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ReportError(f"cannot read {path}: {err}; {redo}") from None
+    except RecursionError:
+        raise ReportError(f"cannot read {path}: it nests too deeply; {redo}") from None
     missing = [k for k in _METRIC_KEYS if not isinstance(metrics, dict) or k not in metrics]
     if missing:
         raise ReportError(f"{path} lacks {', '.join(missing)}; {redo}")

@@ -94,3 +94,9 @@ def test_a_bad_history_csv_is_refused_naming_it(tmp_path, history, fragment):
     text = str(err.value)
     history_path = path.with_name("history.csv")
     assert "\n" not in text and str(history_path) in text and fragment in text, text
+
+
+def test_a_metrics_json_nested_100000_deep_is_one_line(tmp_path):
+    path = write(tmp_path, KD, trained_metrics(KD))
+    path.write_text('{"x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    refused(path, "nests too deeply")
