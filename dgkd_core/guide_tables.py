@@ -147,6 +147,13 @@ def table_checksum(table: torch.Tensor) -> str:
     return hashlib.sha256(memoryview(raw)).hexdigest()
 
 
+def _non_finite_count(table: torch.Tensor, rows_per_chunk: int = 256) -> int:
+    """How many values of `table` are inf or NaN, a block of images at a time: a mask of a whole
+    CIFAR-100 table would take another 3 GB."""
+    return sum(int((~torch.isfinite(table[lo:lo + rows_per_chunk])).sum())
+               for lo in range(0, table.shape[0], rows_per_chunk))
+
+
 class GuideTable:
     """A loaded guide table: `lookup(rows)` -> logits [B, C] for int64 rows [B] (`view_rows`).
 
@@ -166,7 +173,7 @@ def save_guide_table(path: str | os.PathLike, table: torch.Tensor, *, guide_chec
 
     normalization: {"mean": [3], "std": [3]} the guide's inputs had (0-1 scale)."""
     table = table.detach().cpu().contiguous()
-    bad = int((~torch.isfinite(table)).sum())
+    bad = _non_finite_count(table)
     if bad:  # refused here, not 18 epochs into every run that uses it
         raise TrainingError(f"the guide table of {guide_checkpoint} holds {bad} logits that are "
                             "not finite; check that checkpoint (train it again), then rebuild")
@@ -245,7 +252,7 @@ def _contents_problem(payload: dict) -> str | None:
         return f"its table has dtype {dtype}, its record says {payload['dtype']}"
     if table_checksum(table) != payload["table_sha256"]:
         return "its table's checksum differs from the one recorded when it was built"
-    bad = int((~torch.isfinite(table)).sum())
+    bad = _non_finite_count(table)
     if bad:
         return f"its table holds {bad} values that are not finite"
     return None
