@@ -149,7 +149,10 @@ def table_checksum(table: torch.Tensor) -> str:
 
 def _non_finite_count(table: torch.Tensor, rows_per_chunk: int = 256) -> int:
     """How many values of `table` are inf or NaN, a block of images at a time: a mask of a whole
-    CIFAR-100 table would take another 3 GB."""
+    CIFAR-100 table would take another 3 GB. A float64 sum (which no finite float32 or bf16
+    table can overflow) is finite exactly when every value is: one fast pass for a sound table."""
+    if bool(torch.isfinite(table.sum(dtype=torch.float64))):
+        return 0
     return sum(int((~torch.isfinite(table[lo:lo + rows_per_chunk])).sum())
                for lo in range(0, table.shape[0], rows_per_chunk))
 
