@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Table 1's CIFAR-10 ResNet row (config/cifar10_repro.yaml) on a lent GPU machine, in one call:
 #   1. the workflow to results/table1.csv (Snakemake, profiles/local; stops at DEADLINE_S, and
-#      a second call resumes where it stopped);
+#      a second call with the same WORKDIR on the same machine resumes where it stopped; a lent
+#      GPU machine starts bare each call: there, ci/campaign_continue.sh carries the state over);
 #   2. `python -m dgkd_core reproduction` -> REPORT_OUT (paired per-seed differences, the
 #      paper's claims, the schedule run, provenance);
 #   3. the small result files -> EVIDENCE_DIR, relative paths kept (results/table1.csv|md,
@@ -19,12 +20,14 @@
 #   REPRO_CONFIG_OVERLAY  one more overlay, merged last (Snakemake merges --configfile in order)
 #   DEADLINE_S       seconds for the whole call (default: none); training is cut 60 s before
 #   WORKDIR          Snakemake's --directory, holding results/ (default: the repository)
-#   REPORT_OUT       the report (default docs/reproduction.md)
-#   EVIDENCE_DIR     the small result files (default docs/reproduction)
+#   REPORT_OUT       the report (default WORKDIR/results/reproduction.md; the committed
+#                    docs/reproduction.md is the campaign's, `python -m dgkd_core campaign report`)
+#   EVIDENCE_DIR     the small result files (default WORKDIR/results/reproduction_evidence)
 #   CORES, GPU_JOBS, THREADS  Snakemake's cores, training jobs sharing the GPU (6), threads per job
 #   TEST=1           config/repro_tiny.yaml on the CPU, 1 epoch, seeds 1 2, outputs under WORKDIR
 #   GIT_COMMIT       the code's commit, for a copied tree without .git (else git rev-parse HEAD)
-#   OUT              if set (a device machine's $OUT): logs packed there, report and evidence too
+#   OUT              if set (a device machine's $OUT): the report, and two archives (the evidence,
+#                    the logs): 3 files, within what a device call brings back
 # Exit status: non-zero if the workflow or the report failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,11 +43,11 @@ else
     CONFIG=${REPRO_CONFIG:-config/cifar10_repro.yaml}
 fi
 WORKDIR=$(realpath -m "${WORKDIR:-.}")
-REPORT_OUT=$(realpath -m "${REPORT_OUT:-docs/reproduction.md}")
-EVIDENCE_DIR=$(realpath -m "${EVIDENCE_DIR:-docs/reproduction}")
+REPORT_OUT=$(realpath -m "${REPORT_OUT:-$WORKDIR/results/reproduction.md}")
+EVIDENCE_DIR=$(realpath -m "${EVIDENCE_DIR:-$WORKDIR/results/reproduction_evidence}")
 case "$EVIDENCE_DIR" in # it is replaced as a whole
-/ | "$REPO" | "$REPO/docs" | "$WORKDIR" | "$WORKDIR/results")
-    echo "EVIDENCE_DIR=$EVIDENCE_DIR: give a folder of its own (it is replaced)" >&2
+/ | "$REPO" | "$REPO/docs" | "$REPO/docs/reproduction"* | "$WORKDIR" | "$WORKDIR/results")
+    echo "EVIDENCE_DIR=$EVIDENCE_DIR: give a folder of its own (it is replaced; docs/reproduction/ holds campaign states)" >&2
     exit 2
     ;;
 esac
@@ -85,7 +88,8 @@ SNAKE=($PY -m snakemake results/table1.csv --snakefile "$REPO/Snakefile" --direc
     --profile profiles/local --cores "${CORES:-all}" --resources "gpu_jobs=${GPU_JOBS:-6}"
     --configfile "${CONFIGS[@]}")
 LIMIT=()
-# SIGTERM: the trainers save their resume state, so a second call continues from there. The
+# SIGTERM: the trainers save their resume state, so a second call in the same WORKDIR
+# continues from there. The
 # last quarter of DEADLINE_S (at most 60 s) is kept for the report and the copies.
 if [ -n "${DEADLINE_S:-}" ]; then
     LIMIT=(timeout --kill-after=20 "$((DEADLINE_S - (DEADLINE_S / 4 < 60 ? DEADLINE_S / 4 : 60)))")
@@ -139,7 +143,9 @@ if [ -n "${OUT:-}" ]; then
     stage "pack -> $OUT"
     mkdir -p "$OUT"
     cp "$REPORT_OUT" "$OUT/" 2>/dev/null
-    cp -r "$EVIDENCE_DIR" "$OUT/"
+    # One archive, not a tree: a device call brings back at most 8 files, 2 folders deep.
+    tar czf "$OUT/reproduce_evidence.tar.gz" -C "$(dirname "$EVIDENCE_DIR")" \
+        "$(basename "$EVIDENCE_DIR")"
     tar czf "$OUT/reproduce_logs.tar.gz" -C "$WORKDIR" --exclude='*.pt' results/logs \
         results/benchmarks results/reproduce_snakemake.log results/reproduce_table1.log \
         2>/dev/null

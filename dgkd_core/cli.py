@@ -28,20 +28,10 @@ def setup_logging(log_file: str | None = None) -> None:
 
 def read_run_file(path: str) -> dict:
     """A `train --config` YAML file: a mapping; ConfigError naming the file otherwise."""
-    import yaml
-
+    from dgkd_core import io
     from dgkd_core.schema import ConfigError
 
-    try:
-        with open(path, encoding="utf-8") as fh:
-            content = yaml.safe_load(fh)
-    except OSError as err:
-        raise ConfigError(f"cannot read --config {path}: {err.strerror or err}") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"--config {path} is not valid YAML{where}: "
-                          f"{getattr(err, 'problem', None) or err}") from None
+    content = io.load_yaml_file(path, "--config")
     if content is None:
         return {}
     if not isinstance(content, dict):
@@ -372,7 +362,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run one subcommand. An error is one line on stderr and exit status 2 (the traceback with
     --debug); a training stopped early to be resumed exits with its own status (75)."""
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_file)
+    try:
+        setup_logging(args.log_file)
+    except OSError as err:  # before any work: nothing to lose
+        print(f"error: cannot write --log-file {args.log_file}: {err.strerror or err}; create "
+              "its folder or give another file", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except Exception as err:  # every failure becomes one line; --debug shows where it came from

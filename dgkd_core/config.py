@@ -43,7 +43,7 @@ RUN_CONFIG_SCHEMA: dict[str, Any] = {
                                 "resolved config"},
         "method": {"enum": list(METHODS), "default": "nokd",
                    "description": "recorded with the run; the guides decide the loss"},
-        "seed": {"type": "integer", "minimum": 0, "default": 0},
+        "seed": {"type": "integer", "minimum": 0, "maximum": 2 ** 63 - 1, "default": 0},
         "epochs": {"type": "integer", "minimum": 1, "default": 160},
         "batch_size": {"type": "integer", "minimum": 1, "default": 128},
         "eval_batch_size": {"type": "integer", "minimum": 1, "default": 1024},
@@ -209,7 +209,7 @@ def config_hash(cfg: dict) -> str:
 
 def parse_overrides(pairs: list[str]) -> dict:
     """Turn ['loss.lam=0.7', 'model=resnet8'] into a nested dict; values parsed as YAML."""
-    import yaml
+    from dgkd_core import io
 
     out: dict = {}
     for pair in pairs:
@@ -226,11 +226,7 @@ def parse_overrides(pairs: list[str]) -> dict:
                 where = ".".join(parts[: i + 1])
                 raise ConfigError(f"--set {pair!r}: '{where}' is already set to {node!r}, which "
                                   "has no keys; set one or the other")
-        try:
-            node[parts[-1]] = yaml.safe_load(raw)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--set {pair!r}: the value is not valid YAML "
-                              f"({str(err).splitlines()[0]})") from None
+        node[parts[-1]] = io.load_yaml_text(raw, f"--set {key.strip()}=...: the value")
     return out
 
 

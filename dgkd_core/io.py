@@ -16,10 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from dgkd_core.errors import DgkdError
+import yaml
+
+from dgkd_core.errors import ConfigError, DgkdError
 
 __all__ = ["UnreadableFile", "WriteError", "atomic_write_bytes", "atomic_torch_save",
-           "atomic_write_json", "atomic_write_text", "load_tensor_file"]
+           "atomic_write_json", "atomic_write_text", "load_tensor_file", "load_yaml_file",
+           "load_yaml_text"]
 
 
 class WriteError(DgkdError, OSError):
@@ -45,7 +48,8 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -
 
 class UnreadableFile(DgkdError, ValueError):
     """A torch file could not be loaded safely; `reason` says why in one line, to follow the
-    file's name: "holds more than tensors and plain values (...)" (refused: nothing in it ran)
+    file's name: "holds more than tensors and plain values: code or objects, which are refused
+    unread (...)" (nothing in it ran)
     or "is truncated or corrupt (...)"."""
 
     def __init__(self, path, reason: str, refused: bool):
@@ -62,14 +66,33 @@ def load_tensor_file(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or refused data
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        refused = [line for line in lines if line.startswith("WeightsUnpickler error:")]
-        if refused:
-            what = refused[0].removeprefix("WeightsUnpickler error:").split(". Please")[0]
-            reason = f"holds more than tensors and plain values ({what.strip()[:200]})"
+        text = str(err)
+        if text.startswith("Weights only load failed"):  # torch's weights-only unpickler refused
+            reason = ("holds more than tensors and plain values: code or objects, which are "
+                      f"refused unread ({_refused_what(text)})")
             raise UnreadableFile(path, reason, refused=True) from None
+        lines = [line.strip() for line in text.splitlines()
+                 if line.strip() and "weights_only" not in line]  # never echo an unsafe hint
         detail = f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
         raise UnreadableFile(path, f"is truncated or corrupt ({detail})", refused=False) from None
+
+
+def _refused_what(message: str) -> str:
+    """What torch's refusal says was in the file (an unsupported global or pickle opcode), without
+    its advice, which suggests loading the file unsafely."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            what = line.split("WeightsUnpickler error:", 1)[1].strip()
+            what = what or (lines[i + 1] if i + 1 < len(lines) else "")
+        elif line.startswith("Trying to load unsupported GLOBAL"):
+            what = line.split(" whose module")[0].removeprefix("Trying to load ")
+        else:
+            continue
+        what = what.split(". Please")[0].strip()
+        if what and "weights_only" not in what:
+            return what[:200]
+    return "an object torch's safe loader does not allow"
 
 
 def _write_error(code: int | None, message: str) -> WriteError:
@@ -88,7 +111,13 @@ def _replace_with(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
         if hasattr(os, "fchmod"):  # mkstemp makes 0600 files; give the usual umask-based mode
             os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            recorder = _WriteRecorder(f)
+            try:
+                write(recorder)
+            except Exception:
+                if recorder.error is not None:  # e.g. ENOSPC, which torch.save hides
+                    raise recorder.error from None
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -100,6 +129,24 @@ def _replace_with(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+class _WriteRecorder:
+    """A file object that keeps the first OSError its write raised: torch.save turns a full disk
+    into "RuntimeError: unexpected pos ...", naming neither the cause nor the file."""
+
+    def __init__(self, file: IO[bytes]):
+        self._file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -137,3 +184,66 @@ def atomic_write_json(obj: Any, path: str | os.PathLike, *, indent: int = 2) -> 
 def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# A config needs no YAML aliases; a few are harmless, hundreds are how an alias bomb (each alias
+# re-using a list of aliases) makes a small file expand to gigabytes. Deep nesting is refused
+# before PyYAML's recursive composer runs out of stack.
+MAX_YAML_ALIASES = 32
+MAX_YAML_DEPTH = 64
+
+
+def load_yaml_text(text: str, source: str) -> Any:
+    """`yaml.safe_load(text)`, refusing more than MAX_YAML_ALIASES aliases or nesting deeper than
+    MAX_YAML_DEPTH. Every error is a ConfigError: one line naming `source` (a file, `--set k=v`)."""
+
+    loader = _GuardedLoader(text)
+    try:
+        return loader.get_single_data()
+    except _YamlRefused as err:
+        raise ConfigError(f"{source} {err}; write the values out in full") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{source} is not valid YAML{where}: {problem}") from None
+    finally:
+        loader.dispose()
+
+
+def load_yaml_file(path: str | os.PathLike, what: str = "config") -> Any:
+    """The YAML file at `path` through load_yaml_text; ConfigError naming it if unreadable."""
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"cannot read {what} {path}: not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read {what} {path}: {err.strerror or err}") from None
+    return load_yaml_text(text, f"{what} {path}")
+
+
+class _YamlRefused(Exception):
+    pass
+
+
+class _GuardedLoader(yaml.SafeLoader):
+    """SafeLoader counting aliases and nesting as it composes the document."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.aliases_seen, self.depth = 0, 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self.aliases_seen += 1
+            if self.aliases_seen > MAX_YAML_ALIASES:
+                raise _YamlRefused(f"uses more than {MAX_YAML_ALIASES} YAML aliases (*name), "
+                                   "which can expand without bound")
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                raise _YamlRefused(f"nests more than {MAX_YAML_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1

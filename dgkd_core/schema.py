@@ -15,11 +15,7 @@ from typing import Any
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import best_match
 
-from dgkd_core.errors import DgkdError
-
-
-class ConfigError(DgkdError, ValueError):
-    """A config value is missing or outside its allowed range; the message names the key."""
+from dgkd_core.errors import ConfigError
 
 
 def _is_integer(_checker, value) -> bool:
@@ -60,10 +56,47 @@ def check(instance: Any, schema: dict, *, what: str, fill_defaults: bool = False
 
     what: how the message names the document ("run-config", "config"). fill_defaults: write
     missing properties' defaults into `instance` (in place), as Snakemake's validate does."""
+    check_size(instance, what)
     cls = _FillingValidator if fill_defaults else StrictValidator
     error = best_match(cls(schema).iter_errors(instance))
     if error is not None:
         raise ConfigError(describe(error, what))
+
+
+# Far beyond any real config (the paper's workflow config holds under 2,000 values), far below
+# what makes validation, copying or an error message slow: a loader's shared lists (YAML
+# aliases) can make a small file stand for billions of values.
+MAX_CONFIG_VALUES = 100_000
+MAX_CONFIG_DEPTH = 64
+
+
+def check_size(instance: Any, what: str) -> None:
+    """ConfigError if `instance`, with every shared list or mapping counted each time it is used,
+    holds more than MAX_CONFIG_VALUES values or nests deeper than MAX_CONFIG_DEPTH. Iterative
+    and stopping at the limit, so it takes milliseconds whatever the instance stands for."""
+    top = instance.items() if isinstance(instance, dict) else [("", instance)]
+    stack = [(value, 1, str(key)) for key, value in top]
+    seen = 0
+    while stack:
+        node, depth, key = stack.pop()
+        seen += 1
+        where = f"{what} key '{key}'" if key else what
+        if seen > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{where} expands to more than {MAX_CONFIG_VALUES} values (YAML "
+                              "aliases re-using lists?); write the values out in full")
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"{where} nests more than {MAX_CONFIG_DEPTH} levels deep")
+        children = node.values() if isinstance(node, dict) else (
+            node if isinstance(node, (list, tuple)) else ())
+        stack.extend((child, depth + 1, key) for child in children)
+
+
+def _number_text(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return value in ("true", "false", "True", "False")
+    return True
 
 
 def _allowed(values) -> str:
@@ -96,6 +129,10 @@ def describe(error, what: str) -> str:
             mantissa, exp = re.split("[eE]", value)
             hint = (f" (YAML reads {value} as text: write {mantissa if '.' in mantissa else mantissa + '.0'}"
                     f"e{exp} for a number)")
+        elif isinstance(value, str) and error.absolute_path and isinstance(
+                error.absolute_path[-1], int) and _number_text(value):
+            hint = (" (a list item given as text: Snakemake's --config reads list items as "
+                    "text; give the list in a --configfile)")
         wanted = " or ".join(rule) if isinstance(rule, list) else rule
         return f"{key} is {value!r}, but it must be of type {wanted}{hint}"
     bounds = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">",

@@ -19,7 +19,10 @@ from pathlib import Path, PurePosixPath
 
 from dgkd_core.data.prepared import DataError
 
-__all__ = ["extract_archive"]
+__all__ = ["MAX_MEMBER_DEPTH", "extract_archive"]
+
+# An image folder is two or three levels deep; a thousand would exhaust Python's recursion.
+MAX_MEMBER_DEPTH = 64
 
 # Python >= 3.11.4 has extraction filters; "data" also drops setuid bits and owners. Our own member
 # check below runs first either way, so an older 3.11 is still safe.
@@ -77,6 +80,9 @@ def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
         raise DataError(f"archive {archive}: member {name} is a device or fifo, not a file or "
                         f"folder; refused")
     path = PurePosixPath(member.name)
+    if len(path.parts) > MAX_MEMBER_DEPTH:  # os.makedirs recurses once per folder
+        raise DataError(f"archive {archive}: member {name[:80]}... nests {len(path.parts)} "
+                        f"folders deep, more than {MAX_MEMBER_DEPTH}; refused")
     if path.is_absolute() or ".." in path.parts:
         raise DataError(f"archive {archive}: member {name} has an absolute path or '..' (it "
                         f"would be written outside the dataset folder); refused")

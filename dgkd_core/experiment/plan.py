@@ -21,8 +21,7 @@ import os
 from functools import cache
 from pathlib import Path
 
-import yaml
-
+from dgkd_core import io
 from dgkd_core.config import deep_update, resolve_run_config, semantic_settings, settings_schema
 from dgkd_core.experiment import paths
 from dgkd_core.experiment.paths import Run
@@ -31,7 +30,7 @@ from dgkd_core.experiment.table_plan import plan_guide_tables
 from dgkd_core.guides.checkpoints import file_fingerprint
 from dgkd_core.method import registry
 from dgkd_core.method.models import model_family
-from dgkd_core.schema import ConfigError, check
+from dgkd_core.schema import ConfigError, check, check_size
 
 __all__ = ["ABLATIONS", "Plan", "ROLES", "default_schema_path", "evenly_spaced",
            "job_run_config", "job_table_config", "load_workflow_schema"]
@@ -48,7 +47,7 @@ def default_schema_path() -> Path:
 def load_workflow_schema(path: str | Path | None = None) -> dict:
     """The workflow config's schema, its `settings` entry replaced by the run config's own."""
     path = Path(path) if path is not None else default_schema_path()
-    schema = yaml.safe_load(path.read_text())
+    schema = io.load_yaml_file(path, "schema")
     schema["$defs"]["settings"] = settings_schema()
     return schema
 
@@ -99,6 +98,7 @@ class Plan(PlanChecks):
         if not isinstance(config, dict):
             raise ConfigError(f"the workflow config must be a mapping of keys to values, got "
                               f"{type(config).__name__}")
+        check_size(config, "config")  # before the copy: an alias bomb must not be expanded
         self.config = copy.deepcopy(config)
         check(self.config, load_workflow_schema(schema_path), what="config", fill_defaults=True)
         self.hyperparameters = self.config["hyperparameters"]

@@ -21,6 +21,7 @@ a table that does not fit its guide, data or normalisation refuses it in one lin
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -46,8 +47,12 @@ __all__ = ["GUIDE_TABLE_FORMAT", "GuideTable", "aligned_tables", "build_guide_ta
 
 log = logging.getLogger("dgkd_core.guides.tables")
 
-GUIDE_TABLE_FORMAT = 1
+GUIDE_TABLE_FORMAT = 2  # 2: the record holds the table's sha256 (`table_sha256`)
 _KIND = "dgkd_core guide table"
+_TABLE_DTYPES = ("float32", "bfloat16")
+_RECORD_KEYS = ("format", "guide_checkpoint", "guide_sha256", "guide_model", "guide_seed",
+                "dataset", "data_checksum", "num_images", "views_per_image", "num_classes", "pad",
+                "normalization", "dtype", "table", "table_sha256")
 
 
 def build_guide_table(guide: nn.Module, images_uint8: torch.Tensor, normalize, *, pad: int = 4,
@@ -138,6 +143,22 @@ def _build_batch_size(cfg: dict, device: torch.device) -> int:
     return max(8192, cfg["eval_batch_size"]) if device.type == "cuda" else cfg["eval_batch_size"]
 
 
+def table_checksum(table: torch.Tensor) -> str:
+    """sha256 of a table's bytes (any dtype; bf16 is hashed as raw 16-bit words)."""
+    raw = table.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return hashlib.sha256(memoryview(raw)).hexdigest()
+
+
+def _non_finite_count(table: torch.Tensor, rows_per_chunk: int = 256) -> int:
+    """How many values of `table` are inf or NaN, a block of images at a time: a mask of a whole
+    CIFAR-100 table would take another 3 GB. A float64 sum (which no finite float32 or bf16
+    table can overflow) is finite exactly when every value is: one fast pass for a sound table."""
+    if bool(torch.isfinite(table.sum(dtype=torch.float64))):
+        return 0
+    return sum(int((~torch.isfinite(table[lo:lo + rows_per_chunk])).sum())
+               for lo in range(0, table.shape[0], rows_per_chunk))
+
+
 class GuideTable:
     """A loaded guide table: `lookup(rows)` -> logits [B, C] for int64 rows [B] (`view_rows`).
 
@@ -156,6 +177,11 @@ def save_guide_table(path: str | os.PathLike, table: torch.Tensor, *, guide_chec
     """Write `table` [N, V, C] atomically with what it was built from; returns that record.
 
     normalization: {"mean": [3], "std": [3]} the guide's inputs had (0-1 scale)."""
+    table = table.detach().cpu().contiguous()
+    bad = _non_finite_count(table)
+    if bad:  # refused here, not 18 epochs into every run that uses it
+        raise TrainingError(f"the guide table of {guide_checkpoint} holds {bad} logits that are "
+                            "not finite; check that checkpoint (train it again), then rebuild")
     ckpt = load_checkpoint(guide_checkpoint)
     record = {
         "kind": _KIND,
@@ -174,8 +200,9 @@ def save_guide_table(path: str | os.PathLike, table: torch.Tensor, *, guide_chec
                           "std": [float(v) for v in normalization["std"]]},
         "dtype": str(table.dtype).removeprefix("torch."),
         "build_s": float(build_s),
+        "table_sha256": table_checksum(table),
     }
-    io.atomic_torch_save({**record, "table": table.detach().cpu().contiguous()}, path)
+    io.atomic_torch_save({**record, "table": table}, path)
     return record
 
 
@@ -197,6 +224,10 @@ def load_guide_table(path: str | os.PathLike, *, guide_checkpoint: str | os.Path
         raise TrainingError(f"guide table {path} {err.reason}; delete it and {rebuild}") from None
     if not isinstance(payload, dict) or payload.get("kind") != _KIND:
         raise TrainingError(f"{path} is not a dgkd_core guide table; {rebuild}")
+    problem = _contents_problem(payload)
+    if problem:
+        raise TrainingError(f"guide table {path} is damaged or outdated: {problem}; delete it "
+                            f"and {rebuild}")
     problem = _mismatch(payload, guide_checkpoint, data_meta, normalization, pad)
     if problem:
         raise TrainingError(f"guide table {path} does not fit this run: {problem}; {rebuild}")
@@ -205,6 +236,31 @@ def load_guide_table(path: str | os.PathLike, *, guide_checkpoint: str | os.Path
     log.info("guide table %s: %d images x %d views x %d classes (%s), %.1f s to read and place",
              path, *table.shape, payload["dtype"], time.perf_counter() - start)
     return GuideTable(rows, payload)
+
+
+def _contents_problem(payload: dict) -> str | None:
+    """What makes a table file's own contents wrong (keys, format, shape, dtype, checksum,
+    finiteness), or None; checked before its record is trusted."""
+    missing = [key for key in _RECORD_KEYS if key not in payload]
+    if missing:
+        return f"its record lacks {', '.join(missing)}"
+    if payload["format"] != GUIDE_TABLE_FORMAT:
+        return f"it has format {payload['format']!r}, this code reads {GUIDE_TABLE_FORMAT}"
+    table = payload["table"]
+    if not isinstance(table, torch.Tensor):
+        return f"its table is not a tensor but a {type(table).__name__}"
+    recorded = [payload["num_images"], payload["views_per_image"], payload["num_classes"]]
+    if list(table.shape) != recorded:
+        return f"its table has shape {list(table.shape)}, its record says {recorded}"
+    dtype = str(table.dtype).removeprefix("torch.")
+    if dtype != payload["dtype"] or dtype not in _TABLE_DTYPES:
+        return f"its table has dtype {dtype}, its record says {payload['dtype']}"
+    if table_checksum(table) != payload["table_sha256"]:
+        return "its table's checksum differs from the one recorded when it was built"
+    bad = _non_finite_count(table)
+    if bad:
+        return f"its table holds {bad} values that are not finite"
+    return None
 
 
 def _mismatch(payload: dict, guide_checkpoint, data_meta: dict, normalization: dict,

@@ -16,14 +16,14 @@ import subprocess
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from dgkd_core.config import deep_update
 from dgkd_core.errors import DgkdError
 from dgkd_core.experiment.plan import Plan
-from dgkd_core.io import atomic_write_text
+from dgkd_core.io import atomic_write_text, load_yaml_file
 from dgkd_core.reporting import tables
 from dgkd_core.reporting.reference import RECIPES, paper_value
+from dgkd_core.schema import ConfigError
 
 __all__ = ["DIFFERENCES", "T_975", "ReproductionError", "merged_config", "paired_difference",
            "reproduction_report", "t_interval", "table1_metrics_paths", "write_from_config"]
@@ -250,9 +250,9 @@ def merged_config(config_files) -> dict:
     config: dict = {}
     for path in config_files:
         try:
-            content = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as err:
-            raise ReproductionError(f"cannot read config {path}: {err}") from None
+            content = load_yaml_file(path, "config")
+        except ConfigError as err:
+            raise ReproductionError(str(err)) from None
         if not isinstance(content, dict):
             raise ReproductionError(f"config {path} is not a mapping of workflow-config keys")
         config = deep_update(config, content)

@@ -47,10 +47,63 @@ def read_metrics(path) -> dict:
             metrics = json.load(fh)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ReportError(f"cannot read {path}: {err}; {redo}") from None
+    except RecursionError:
+        raise ReportError(f"cannot read {path}: it nests too deeply; {redo}") from None
     missing = [k for k in _METRIC_KEYS if not isinstance(metrics, dict) or k not in metrics]
     if missing:
         raise ReportError(f"{path} lacks {', '.join(missing)}; {redo}")
+    # JSON allows NaN, Infinity and text where a number belongs; a mean over them is no mean.
+    wrong = [f"{k}={metrics[k]!r}" for k in _METRIC_KEYS if not _is_finite_number(metrics[k])]
+    if wrong:
+        raise ReportError(f"{path} has {', '.join(wrong)}, not a finite number; {redo}")
+    differ = _other_run(metrics, path)
+    if differ:
+        raise ReportError(f"{path} records another run than its path names ({differ}): copied "
+                          f"from elsewhere?; {redo}")
     return metrics
+
+
+def _is_finite_number(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _other_run(metrics: dict, path) -> str:
+    """Where a run's metrics.json disagrees with the run its path names, or "" (also for a path
+    that names no run). Only what the record holds is compared: a hand-made record without
+    identity keys is not refused."""
+    try:
+        run = paths.run_from_path(path)
+    except ValueError:
+        return ""
+    config = metrics.get("config") if isinstance(metrics.get("config"), dict) else {}
+    loss = config.get("loss") if isinstance(config.get("loss"), dict) else {}
+    expected = {"dataset": run.dataset, "seed": run.seed, "method": run.method,
+                "model": run.model}
+    differ = [f"{key} {metrics[key]!r}, the path {want!r}" for key, want in expected.items()
+              if key in metrics and metrics[key] != want]
+    for key, want in (("keep_prob", run.keep_prob), ("drop_num", run.drop_num)):
+        recorded = loss.get(key)
+        if key in loss and (recorded or None) != want and run.method == "sdgkd":
+            differ.append(f"loss.{key} {recorded!r}, the path {want!r}")
+    guides = metrics.get("guides")
+    if isinstance(guides, list) and not metrics.get("imported"):
+        # Which of the lineage guide depends on the method (TAKD: the last TA only); each
+        # guide is one of them, and a run has guides exactly when its lineage has them.
+        models = [_guide_model(g) for g in guides]
+        if bool(guides) != (len(run.lineage) > 1) or any(
+                m is not None and m not in run.lineage[:-1] for m in models):
+            differ.append(f"guides {', '.join(m or '?' for m in models) or 'none'}, the path "
+                          f"{', '.join(run.lineage[:-1]) or 'none'}")
+    return "; ".join(differ)
+
+
+def _guide_model(guide_path) -> str | None:
+    """The model of a guide checkpoint at a run's path, or None for a path that names no run."""
+    try:
+        return paths.run_from_path(guide_path).model
+    except (TypeError, ValueError):
+        return None
 
 
 def load_runs(metrics_paths) -> pd.DataFrame:
@@ -194,12 +247,28 @@ def convention_table(student_runs: pd.DataFrame) -> pd.DataFrame:
                   "top1_best_epoch_mean"]].reset_index(drop=True)
 
 
+def read_history(path) -> pd.DataFrame:
+    """A run's history.csv: epoch and test_top1; ReportError naming the file otherwise."""
+    redo = "delete the run's metrics.json and run the workflow again to retrain that model"
+    try:
+        with open(path, encoding="utf-8") as fh:
+            history = pd.read_csv(fh, usecols=["epoch", "test_top1"])
+    except UnicodeDecodeError as err:
+        raise ReportError(f"cannot read {path}: not UTF-8 text (byte {err.start}); "
+                          f"{redo}") from None
+    except pd.errors.EmptyDataError:
+        raise ReportError(f"cannot read {path}: it is empty; {redo}") from None
+    except (OSError, ValueError) as err:  # ParserError and a missing column are ValueErrors
+        raise ReportError(f"cannot read {path}: {str(err).splitlines()[0]}; {redo}") from None
+    return history
+
+
 def learning_curves(runs: pd.DataFrame) -> pd.DataFrame:
     """Test top-1 per epoch, mean and std over seeds: dataset, family, method, keep_prob,
     lineage, epoch, top1_mean, top1_std."""
     frames = []
     for row in runs.itertuples():
-        history = pd.read_csv(row.history, usecols=["epoch", "test_top1"])
+        history = read_history(row.history)
         for key in ("dataset", "family", "method", "keep_prob", "lineage", "seed"):
             history[key] = getattr(row, key)
         frames.append(history)

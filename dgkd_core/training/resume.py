@@ -4,6 +4,11 @@ at every epoch's end and on a stop, read when a run starts.
 It holds tensors and plain Python values only (dicts, lists, numbers, strings, None) and is read
 with `torch.load(weights_only=True)`, which unpickles nothing else: a crafted file cannot run
 code. It is refused and ignored like a truncated one, and the run starts from scratch.
+
+A state of this run (its identity fits) whose contents do not (a key missing, a tensor of
+another shape, a non-finite weight or optimizer buffer) is renamed `resume.pt.damaged-<reason>`
+and the run starts from scratch with a one-line warning naming both files: resuming it would
+fail, or carry the damage into every retry, and setting it aside loses nothing.
 """
 
 from __future__ import annotations
@@ -90,9 +95,15 @@ def write_resume_state(path: Path, state: TrainState, *, identity: dict,
     io.atomic_torch_save(payload, path)
 
 
-def read_resume_state(path: Path, identity: dict) -> dict | None:
+def read_resume_state(path: Path, identity: dict, model: nn.Module | None = None,
+                      optimizer: torch.optim.Optimizer | None = None) -> dict | None:
     """The resume state at `path` if it belongs to `identity`; None (with a warning) when it
-    does not, or is unreadable: truncated, or holding anything but tensors and plain values."""
+    does not, or is unreadable: truncated, or holding anything but tensors and plain values.
+
+    With `model` and `optimizer`, a state that belongs to the run but is damaged (a key missing,
+    a tensor of another shape, a non-finite weight or optimizer value) is renamed to
+    `resume.pt.damaged-<reason>`, kept for inspection, and None is returned: the run starts
+    from scratch, as resuming it would fail, or carry the damage into every retry."""
     if not path.exists():
         return None
     try:
@@ -105,7 +116,107 @@ def read_resume_state(path: Path, identity: dict) -> dict | None:
         log.warning("resume state %s belongs to other settings, guides or data; starting "
                     "from scratch", path)
         return None
+    if model is not None and optimizer is not None:
+        damage = resume_state_damage(payload, model, optimizer)
+        if damage is not None:
+            reason, problem = damage
+            aside = _set_aside(path, f"damaged-{reason}")
+            log.warning("resume state %s is damaged (%s); set aside as %s; starting from "
+                        "scratch", path, problem, aside)
+            return None
     return payload
+
+
+_PAYLOAD_KEYS = ("model", "optimizer", "epoch", "step", "sums", "images", "train_time_s",
+                 "history", "loader", "keep_gen", "rng")
+
+
+def resume_state_damage(payload: dict, model: nn.Module,
+                        optimizer: torch.optim.Optimizer) -> tuple[str, str] | None:
+    """(reason for the file name, one-line problem) if `payload` cannot be resumed into `model`
+    and `optimizer` as it is, else None: every key, every tensor's shape, every value finite."""
+    missing = [key for key in _PAYLOAD_KEYS if key not in payload]
+    if missing:
+        return "missing", f"it lacks {', '.join(missing)}"
+    wrong = [key for key in ("epoch", "step", "images")
+             if not isinstance(payload[key], int) or isinstance(payload[key], bool)
+             or payload[key] < 0]
+    if wrong or not isinstance(payload["history"], list) or not isinstance(payload["rng"], dict):
+        return "value", f"{', '.join(wrong) or 'history or rng'} has a value of the wrong kind"
+    rng = payload["rng"]
+    if not isinstance(rng.get("torch"), torch.Tensor) or not isinstance(rng.get("python"), list):
+        return "value", "its rng state lacks the torch or Python generator"
+    if payload["step"] and (payload["loader"] is None or payload["keep_gen"] is None):
+        return "missing", "it stops mid-epoch but lacks the loader's or keep-mask RNG's state"
+    if not isinstance(payload["model"], dict) or not isinstance(payload["optimizer"], dict):
+        return "value", "its model or optimizer state is not a mapping"
+    return (_model_damage(payload["model"], model.state_dict())
+            or _optimizer_damage(payload["optimizer"], optimizer))
+
+
+def _model_damage(saved: dict, expected: dict) -> tuple[str, str] | None:
+    missing = [key for key in expected if key not in saved]
+    if missing:
+        return "missing", f"its model state lacks {', '.join(missing[:3])}"
+    unexpected = [str(key) for key in saved if key not in expected]
+    if unexpected:
+        return "unexpected", f"its model state has keys the run's model lacks: {unexpected[:3]}"
+    for key, want in expected.items():
+        if isinstance(want, torch.Tensor) and not isinstance(saved[key], torch.Tensor):
+            return "value", f"its model entry {key!r} is not a tensor"
+        problem = _tensor_damage(saved[key], tuple(want.shape), f"model tensor {key!r}")
+        if problem:
+            return problem
+    return None
+
+
+def _optimizer_damage(saved: dict, optimizer: torch.optim.Optimizer) -> tuple[str, str] | None:
+    """Each saved per-parameter buffer (momentum, Adam's averages) has its parameter's shape
+    and is finite; scalars (a step count) need only be finite."""
+    per_param, groups = saved.get("state"), saved.get("param_groups")
+    if not isinstance(per_param, dict) or not isinstance(groups, list):
+        return "missing", "its optimizer state lacks 'state' or 'param_groups'"
+    sizes = [len(group["params"]) for group in optimizer.param_groups]
+    if [len(g.get("params", ())) if isinstance(g, dict) else None for g in groups] != sizes:
+        return "shape", f"its optimizer has other parameter groups than the run's ({sizes})"
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, buffers in per_param.items():
+        if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(
+                buffers, dict):
+            return "shape", f"its optimizer state has an entry {index!r} for no parameter"
+        for name, value in buffers.items():
+            per_element = isinstance(value, torch.Tensor) and value.dim() > 0
+            shape = tuple(params[index].shape) if per_element else ()
+            problem = _tensor_damage(value, shape, f"optimizer buffer {name!r} of parameter "
+                                                   f"{index}")
+            if problem:
+                return problem
+    return None
+
+
+def _tensor_damage(value, shape: tuple, what: str) -> tuple[str, str] | None:
+    if not isinstance(value, torch.Tensor):
+        if isinstance(value, float) and not math.isfinite(value):
+            return "nonfinite", f"its {what} is {value}"
+        return None  # plain values (a step count) are not tensors
+    if tuple(value.shape) != shape:
+        return "shape", f"its {what} has shape {list(value.shape)}, the run's {list(shape)}"
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        return "nonfinite", f"its {what} holds inf or NaN"
+    return None
+
+
+def _set_aside(path: Path, suffix: str) -> Path:
+    """Rename `path` to `<name>.<suffix>` (numbered if that exists); the new path."""
+    aside = path.with_name(f"{path.name}.{suffix}")
+    number = 1
+    while aside.exists():
+        aside, number = path.with_name(f"{path.name}.{suffix}.{number}"), number + 1
+    try:
+        path.rename(aside)
+    except FileNotFoundError:  # another rank of the run set it aside first
+        pass
+    return aside
 
 
 def restore_resume_state(payload: dict, state: TrainState, model: nn.Module,

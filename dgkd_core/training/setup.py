@@ -125,7 +125,8 @@ class TrainerSetup:
 
     def _resume(self) -> None:
         s = self.state
-        payload = read_resume_state(self.resume_path, self.identity)
+        payload = read_resume_state(self.resume_path, self.identity, self.model,
+                                    self.optimizer)
         if payload is not None:
             s.previous_stop = restore_resume_state(payload, s, self.model, self.optimizer,
                                                    self.train_loader)

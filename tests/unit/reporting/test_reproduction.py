@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -188,6 +189,12 @@ def test_script_end_to_end_on_the_cpu(tmp_path):
     assert not list((docs / "reproduction").rglob("*.pt"))
     assert (tmp_path / "out" / "reproduction.md").is_file()
     assert (tmp_path / "out" / "reproduce_logs.tar.gz").is_file()
+    # what a device call brings back: at most 8 files, none more than 2 folders down
+    returned = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert len(returned) <= 8 and all(len(p.relative_to(tmp_path / "out").parts) <= 3
+                                      for p in returned)
+    with tarfile.open(tmp_path / "out" / "reproduce_evidence.tar.gz") as tar:
+        assert "reproduction/results/table1.csv" in tar.getnames()
     summary = proc.stdout.split("== summary")[-1]  # printed last: the table, the differences
     assert "| Method |" in summary and "| DGKD − TAKD | 2 |" in summary
     assert summary.strip().splitlines()[-1].startswith("workflow exit 0, report exit 0")
