@@ -156,6 +156,25 @@ def stacked_sgd_(params: list[torch.Tensor], grads: list[torch.Tensor],
             torch._foreach_add_([p[k] for p in params], [g[k] for g in grads], alpha=-lr)
 
 
+class _GlobalMean(torch.nn.Module):
+    """AdaptiveAvgPool2d(1) as a mean: [B,C,H,W] -> [B,C,1,1]. vmap has no batching rule for
+    what adaptive_avg_pool2d runs (it falls back to a loop over the K members)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(-2, -1), keepdim=True)
+
+
+def _vmap_friendly(template: torch.nn.Module) -> torch.nn.Module:
+    """`template` with each global average pool a `_GlobalMean` (no parameters: the names of
+    the state stay as they are)."""
+    for name, module in list(template.named_modules()):
+        size = getattr(module, "output_size", None)
+        if isinstance(module, torch.nn.AdaptiveAvgPool2d) and size in (1, (1, 1)):
+            parent, _, leaf = name.rpartition(".")
+            setattr(template.get_submodule(parent) if parent else template, leaf, _GlobalMean())
+    return template
+
+
 class HorizontalGroup:
     """The stacked step and round of a fused group's set-up members (Trainers), all stackable
     (`check_stackable`). The stacked state covers the members stepping now; it is rebuilt when
@@ -164,7 +183,8 @@ class HorizontalGroup:
     def __init__(self, members: Sequence):
         check_stackable(members)
         self.members = list(members)
-        self.template = copy.deepcopy(_student(members[0])).train()  # its tensors go unused
+        # its tensors go unused: functional_call runs it on the stacked ones
+        self.template = _vmap_friendly(copy.deepcopy(_student(members[0])).train())
         self.autocast = make_autocast(members[0].fast)
         self.sgd = _optimizer_settings(members[0])
         self.stacked: StackedState | None = None
