@@ -210,11 +210,12 @@ class HorizontalGroup:
              ) -> dict[int, float]:
         """One optimizer step of each member in `batches` (index -> its loader's batch: x
         [B,3,H,W], y [B] and, with guide tables, views [B]), at lrs[index]; members whose
-        batches share a shape step as one stack. Each member records its step
-        (`Trainer.record_step`); returns index -> that member's segment seconds so far."""
+        images share a shape (all, unless resumed at different steps of a ragged epoch) step
+        as one stack. Each member records its step (`Trainer.record_step`); returns index ->
+        that member's segment seconds so far."""
         by_shape: dict[tuple, list[int]] = {}
-        for i, batch in batches.items():
-            by_shape.setdefault(tuple(tuple(t.shape) for t in batch), []).append(i)
+        for i, batch in batches.items():  # views or none: the loss is the member's own
+            by_shape.setdefault(tuple(batch[0].shape), []).append(i)
         elapsed = {}
         for indices in by_shape.values():
             terms = self._step_stacked(self._stack(tuple(indices)), batches, lrs)
