@@ -209,24 +209,28 @@ def _set_up(specs: list[dict], data: Path, root: Path) -> list[Trainer]:
     trainers = []
     for spec in specs:
         trainer = Trainer(spec["config"], data, root / spec["out_dir"].name,
-                          spec.get("guides", ()), progress=False)
+                          spec.get("guides", ()), progress=False,
+                          guide_tables=spec.get("guide_tables", ()))
         trainer.setup()
         trainer.distiller.double()
         trainers.append(trainer)
     return trainers
 
 
-def test_stacked_steps_in_float64_equal_solo_steps(small_data, teacher, second_guide, tmp_path):
-    """Four steps of three members (their own seeds, lrs, guides and keep masks) in float64:
-    each member's weights, BatchNorm statistics and momentum buffers are its solo steps' to
-    1e-10 (float32 rounding of the loss aside, the same maths)."""
-    specs = members(tmp_path, teacher, second_guide)
+def test_stacked_steps_in_float64_equal_solo_steps(small_data, teacher, second_guide,
+                                                   teacher_table, tmp_path):
+    """Four steps of four members (their own seeds, lrs, guides or guide table, and keep
+    masks) in float64, as one stack: each member's weights, BatchNorm statistics and momentum
+    buffers are its solo steps' to 1e-10 (float32 rounding of the loss aside, the same
+    maths)."""
+    specs = members(tmp_path, teacher, second_guide, teacher_table)
     specs[1]["config"]["optimizer"] = {"lr": 0.05}  # the lrs differ within a step
     solo = _set_up(specs, small_data, tmp_path / "solo")
     stacked = _set_up(specs, small_data, tmp_path / "stacked")
     group = HorizontalGroup(stacked)
     lrs = {i: m.begin_epoch() for i, m in enumerate(stacked)}
     solo_lrs = [m.begin_epoch() for m in solo]
+    stacks = set()
     as64 = lambda batch: (batch[0].double(), *batch[1:])  # noqa: E731
     for epoch in range(2):  # 2 steps an epoch: epoch 2's batches, epoch 1's lrs and masks
         for member in (*solo, *stacked):
@@ -238,6 +242,8 @@ def test_stacked_steps_in_float64_equal_solo_steps(small_data, teacher, second_g
             for member, batches, lr in zip(solo, solo_batches, solo_lrs):
                 member.run_step(as64(next(batches)), lr)
             group.step({i: as64(next(b)) for i, b in enumerate(stacked_batches)}, lrs)
+            stacks.add(id(group.stacked))  # one stack: members with and without views
+    assert len(stacks) == 1
     group.write_back()
     for alone, fused in zip(solo, stacked):
         a, b = alone.distiller.student.state_dict(), fused.distiller.student.state_dict()
