@@ -29,7 +29,6 @@ deterministic on a CPU, and its resume is bit-identical to an uninterrupted grou
 from __future__ import annotations
 
 import copy
-import logging
 from typing import Sequence
 
 import torch
@@ -39,8 +38,6 @@ from dgkd_core.config import ConfigError
 from dgkd_core.runtime import make_autocast
 
 __all__ = ["HorizontalGroup", "StackedState", "check_stackable", "stacked_sgd_"]
-
-log = logging.getLogger("dgkd_core.horizontal")
 
 
 def _student(member) -> torch.nn.Module:

@@ -6,14 +6,14 @@ refused.
 Float32 training of these small networks is chaotic: a 1e-7 change of the weights grows to
 1e-4 within 8 steps at lr 0.05, and a grouped convolution sums in another order than a
 convolution alone. So the end-to-end runs are "a few steps" (batch 64 on 128 training
-images: 2 steps an epoch, 2 epochs, lr 0.01) compared to 1e-5, and the stacked step's maths is pinned
-tighter in float64 (`test_stacked_steps_in_float64_equal_solo_steps`)."""
+images: 2 steps an epoch, 2 epochs, lr 0.01) compared to 1e-5, and the stacked step's maths
+is pinned tighter in float64 (`test_stacked_steps_in_float64_equal_solo_steps`)."""
 
 from __future__ import annotations
 
 import json
-import signal
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -232,7 +232,7 @@ def test_stacked_steps_in_float64_equal_solo_steps(small_data, teacher, second_g
     solo_lrs = [m.begin_epoch() for m in solo]
     stacks = set()
     as64 = lambda batch: (batch[0].double(), *batch[1:])  # noqa: E731
-    for epoch in range(2):  # 2 steps an epoch: epoch 2's batches, epoch 1's lrs and masks
+    for epoch in range(2):  # 2 steps an epoch; epoch 2: its batches, epoch 1's lrs, masks
         for member in (*solo, *stacked):
             member.train_loader.set_epoch(epoch)
             member.state.step = 0
