@@ -72,7 +72,7 @@ def teacher_table(small_data, teacher, tmp_path_factory) -> Path:
 
 def config(**over) -> dict:
     """A plane2 run (run_config) at lr 0.01: 2 epochs of 2 steps on small_data."""
-    return run_config(optimizer={"lr": 0.01}, **over)
+    return run_config(**{"optimizer": {"lr": 0.01}, **over})
 
 
 def members(root: Path, teacher: Path, second_guide: Path, table: Path | None = None
@@ -280,3 +280,29 @@ def test_stacked_sgd_is_each_members_own_sgd(nesterov, lrs):
         for k, (params, opt) in enumerate(zip(own, optimizers)):
             assert torch.equal(stacked[j][k], params[j].detach())
             assert torch.equal(bufs[j][k], opt.state[params[j]]["momentum_buffer"])
+
+
+def test_stacked_resnet8_steps_in_float64_equal_solo_steps(small_data, tmp_path):
+    """The Table 1 students' architecture (shortcuts, a global average pool run as a mean):
+    two steps of two NoKD members at their own lrs, stacked, equal solo steps to 1e-10."""
+    specs = [{"config": config(model="resnet8", seed=3), "out_dir": tmp_path / "a"},
+             {"config": config(model="resnet8", seed=4, optimizer={"lr": 0.05}),
+              "out_dir": tmp_path / "b"}]
+    solo = _set_up(specs, small_data, tmp_path / "solo")
+    stacked = _set_up(specs, small_data, tmp_path / "stacked")
+    group = HorizontalGroup(stacked)
+    lrs = {i: m.begin_epoch() for i, m in enumerate(stacked)}
+    solo_lrs = [m.begin_epoch() for m in solo]
+    solo_batches = [iter(m.train_loader) for m in solo]
+    stacked_batches = [iter(m.train_loader) for m in stacked]
+    for _ in range(2):
+        for member, batches, lr in zip(solo, solo_batches, solo_lrs):
+            x, y = next(batches)
+            member.run_step((x.double(), y), lr)
+        group.step({i: (b[0].double(), b[1]) for i, b in
+                    ((i, next(it)) for i, it in enumerate(stacked_batches))}, lrs)
+    group.write_back()
+    for alone, fused in zip(solo, stacked):
+        a, b = alone.distiller.student.state_dict(), fused.distiller.student.state_dict()
+        for key in a:
+            assert torch.allclose(a[key].double(), b[key].double(), rtol=0, atol=1e-10), key
