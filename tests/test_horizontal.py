@@ -6,7 +6,7 @@ refused.
 Float32 training of these small networks is chaotic: a 1e-7 change of the weights grows to
 1e-4 within 8 steps at lr 0.05, and a grouped convolution sums in another order than a
 convolution alone. So the end-to-end runs are "a few steps" (batch 64 on 128 training
-images: 2 steps an epoch, 2 epochs, lr 0.01) compared to 1e-5, and the stacked step's maths
+images: 2 steps an epoch, 2 epochs, lr 0.005) compared to 1e-5, and the stacked step's maths
 is pinned tighter in float64 (`test_stacked_steps_in_float64_equal_solo_steps`)."""
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ def teacher_table(small_data, teacher, tmp_path_factory) -> Path:
 
 
 def config(**over) -> dict:
-    """A plane2 run (run_config) at lr 0.01: 2 epochs of 2 steps on small_data."""
-    return run_config(**{"optimizer": {"lr": 0.01}, **over})
+    """A plane2 run (run_config) at lr 0.005: 2 epochs of 2 steps on small_data."""
+    return run_config(**{"optimizer": {"lr": 0.005}, **over})
 
 
 def members(root: Path, teacher: Path, second_guide: Path, table: Path | None = None
@@ -144,7 +144,7 @@ def test_train_group_horizontal_ends_each_member_at_its_solo_weights(
         assert (out / "model.pt").stat().st_size < 1.2 * (solo / "model.pt").stat().st_size
     assert metrics["guide_tables"] == [True]
     lrs = [float(r["lr"]) for r in history_without_timing(specs[0]["out_dir"])]
-    assert lrs == pytest.approx([0.01, 0.002])  # the milestone was crossed
+    assert lrs == pytest.approx([0.005, 0.001])  # the milestone was crossed
     # the members did differ: a mix-up of their slices would not go unseen
     assert max_difference(specs[0]["out_dir"], specs[1]["out_dir"]) > 1e-2
 
