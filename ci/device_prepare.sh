@@ -82,4 +82,8 @@ printf 'tree %.1f MiB + carried %.1f MiB = %.1f MiB of 64 MiB\n' \
     "$(echo "$total / 1048576" | bc -l)"
 ((total < LIMIT_BYTES)) || die "the tree and .device/ come to $total bytes, over 64 MiB"
 echo "wheels: $(ls "$DEV/wheels" | wc -l) ($(du -sh "$DEV/wheels" | cut -f1)); data: $(ls "$DEV/data")"
+# The campaigns' committed states travel with the tree (docs/reproduction/<campaign>/).
+for state in docs/reproduction/*/; do
+    [ -f "$state/manifest.json" ] && echo "campaign state $state: $(du -sh "$state" | cut -f1)"
+done
 echo 'carry: [".device/wheels", ".device/data"]'

@@ -296,8 +296,9 @@ def _add_train_group_parser(sub, common) -> None:
                    help="a member's run file, as `train --config` takes it (data, out_dir, "
                    "guides and run-config keys); repeat for each member")
     p.add_argument("--mechanism", default="auto",  # checked by dgkd_core.training.fused
-                   help="auto, cuda_streams or sequential; auto: each member on its own CUDA stream on a GPU, one after another "
-                   "on a CPU (default: %(default)s)")
+                   help="auto, cuda_streams, sequential or horizontal (members of one architecture "
+                   "stacked into one model); auto: each member on its own CUDA stream on a GPU, "
+                   "one after another on a CPU (default: %(default)s)")
     p.set_defaults(func=_train_group)
 
 

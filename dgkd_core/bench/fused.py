@@ -8,8 +8,9 @@ the weights):
   - fused_seeds_resnet26_k3: the resnet26 teacher for three seeds.
 Each member is a real `Trainer` (dgkd_core.training.trainer) set up as `train()` sets it up; "solo" times
 each member's steps alone, "fused" times rounds of one step of each member, queued as
-dgkd_core.training.fused queues them (each on its own CUDA stream on a GPU). Reported: aggregate img/s,
-per-model img/s and their ratio to the K solo runs.
+dgkd_core.training.fused queues them (each on its own CUDA stream on a GPU), and "horizontal" times rounds
+of the members stacked into one model (dgkd_core.training.horizontal: one step of K-times-wider kernels).
+Reported: aggregate img/s, per-model img/s and their ratio to the K solo runs.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dgkd_core.guides.checkpoints import save_checkpoint
 from dgkd_core.method.models import build_model
 from dgkd_core.training.fused import MemberStreams
 from dgkd_core.training.trainer import Trainer
+from dgkd_core.training.horizontal import HorizontalGroup
 
 __all__ = ["FUSED_WORKLOADS", "run_fused"]
 
@@ -84,7 +86,8 @@ class _Stepper:
         self.lrs = [m.begin_epoch() for m in members]
         self.batches = [iter(m.train_loader) for m in members]
 
-    def step(self, i: int) -> None:
+    def batch(self, i: int):
+        """Member i's next batch (a new epoch where its loader ran out)."""
         member = self.members[i]
         batch = next(self.batches[i], None)
         if batch is None:  # a new epoch: its bookkeeping is not what is timed
@@ -92,7 +95,24 @@ class _Stepper:
             self.lrs[i] = member.begin_epoch()
             self.batches[i] = iter(member.train_loader)
             batch = next(self.batches[i])
-        member.run_step(batch, self.lrs[i])
+        return batch
+
+    def step(self, i: int) -> None:
+        self.members[i].run_step(self.batch(i), self.lrs[i])
+
+
+def _time_horizontal(members, steps: int, warmup: int) -> float:
+    """Seconds for `steps` rounds of the members stepped as one stack (dgkd_core.training.horizontal)."""
+    device = members[0].device
+    stepper, group = _Stepper(members), HorizontalGroup(members)
+    for n in range(warmup + steps):
+        if n == warmup:
+            _sync(device)
+            t0 = time.perf_counter()
+        batches = {i: stepper.batch(i) for i in range(len(members))}
+        group.step(batches, dict(enumerate(stepper.lrs)))
+    _sync(device)
+    return time.perf_counter() - t0
 
 
 def _time(members, steps: int, warmup: int, streams: MemberStreams, fused: bool) -> float:
@@ -136,10 +156,15 @@ def run_fused(device: torch.device, steps: int, warmup: int,
                            warmup, MemberStreams(k, "sequential"), fused=False)
             fused_s = _time(_members(workload, data_path, root / "fused", str(device)), steps,
                             warmup, streams, fused=True)
+            horizontal_s = _time_horizontal(
+                _members(workload, data_path, root / "horizontal", str(device)), steps, warmup)
             entries.append({"workload": workload, "members": k, "mechanism": mechanism,
                             "batch_size": BATCH_SIZE,
                             "fused_aggregate_img_s": round(images / fused_s, 1),
                             "fused_per_model_img_s": round(images / fused_s / k, 1),
                             "solo_aggregate_img_s": round(images / solo_s, 1),
-                            "ratio_to_solo": round(solo_s / fused_s, 2)})
+                            "ratio_to_solo": round(solo_s / fused_s, 2),
+                            "horizontal_aggregate_img_s": round(images / horizontal_s, 1),
+                            "horizontal_per_model_img_s": round(images / horizontal_s / k, 1),
+                            "horizontal_ratio_to_solo": round(solo_s / horizontal_s, 2)})
     return entries

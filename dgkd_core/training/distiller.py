@@ -77,7 +77,13 @@ class Distiller(nn.Module):
         rows of the guide tables, or None where the guides run inline.
 
         Returns (total loss, terms dict of scalar tensors named by `term_names`)."""
-        student_logits = self.student(images)
+        return self.loss_terms(self.student(images), images, targets, keep, views)
+
+    def loss_terms(self, student_logits: torch.Tensor, images: torch.Tensor,
+                   targets: torch.Tensor, keep: torch.Tensor | None,
+                   views: torch.Tensor | None = None):
+        """`forward` from the student's logits [B, C] on: the guides' logits, the loss and the
+        top-1 (a horizontal group, dgkd_core.training.horizontal, runs the students stacked)."""
         total, terms = dgkd_loss(
             student_logits, self.guide_logits(images, views), targets,
             lam=self.loss_cfg["lam"], temperature=self.loss_cfg["temperature"],

@@ -23,7 +23,9 @@ adds is:
 The mechanism (docs/performance.md, "Fused training"): `cuda_streams` on CUDA, where each
 member's work, its captured CUDA-graph step included, runs on a CUDA stream of its own, so
 kernels of different members overlap on the GPU; `sequential` on a CPU (or when asked for): the
-members' steps one after another on one stream, bit-identical to training each alone.
+members' steps one after another on one stream, bit-identical to training each alone;
+`horizontal` (when asked for): members of one architecture stacked into one model, their steps
+one step of K-times-wider kernels (dgkd_core.training.horizontal), each within float rounding of alone.
 """
 
 from __future__ import annotations
@@ -40,13 +42,14 @@ import torch
 from dgkd_core.data import load_prepared
 from dgkd_core.runtime import StopFlag
 from dgkd_core.schema import ConfigError
+from dgkd_core.training.horizontal import HorizontalGroup
 from dgkd_core.training.trainer import Trainer, TrainingInterrupted
 
 __all__ = ["MECHANISMS", "FusedTrainer", "train_fused"]
 
 log = logging.getLogger("dgkd_core.training.fused")
 
-MECHANISMS = ("auto", "cuda_streams", "sequential")
+MECHANISMS = ("auto", "cuda_streams", "sequential", "horizontal")
 
 
 class MemberStreams:
@@ -81,7 +84,7 @@ class FusedTrainer:
     """Train `members` (Trainers not yet set up, with distinct out_dirs) together.
 
     mechanism: auto (cuda_streams where every member runs on CUDA, else sequential),
-    cuda_streams or sequential. watch_pid: as `train()`'s, for the whole group."""
+    cuda_streams, sequential or horizontal. watch_pid: as `train()`'s, for the whole group."""
 
     def __init__(self, members: Sequence[Trainer], *, mechanism: str = "auto",
                  watch_pid: int | None = None):
@@ -99,6 +102,7 @@ class FusedTrainer:
         self.requested = mechanism
         self.watch_pid = watch_pid
         self.streams: MemberStreams | None = None
+        self.horizontal: HorizontalGroup | None = None  # the stacked step (`horizontal`)
         self.stop: StopFlag | None = None
 
     # ------------------------------------------------------------------ set up and run
@@ -114,6 +118,8 @@ class FusedTrainer:
             member.prepared = loaded[key]
             member.setup()
         mechanism = self._mechanism()
+        if mechanism == "horizontal":  # refuses members of different architectures
+            self.horizontal = HorizontalGroup(self.members)
         self.streams = MemberStreams(len(self.members), mechanism)
         record = {"members": [str(m.out_dir) for m in self.members], "mechanism": mechanism}
         for member in self.members:
@@ -162,6 +168,8 @@ class FusedTrainer:
     def run_round(self) -> None:
         """The rest of every unfinished member's current epoch, steps interleaved; each member
         ends its epoch (evaluation, history, resume state) when its loader runs out."""
+        if self.horizontal is not None:
+            return self.horizontal.run_round(self)
         active = self._unfinished()
         lrs = {i: self.members[i].begin_epoch() for i in active}
         self.streams.fork(active)
@@ -199,6 +207,8 @@ class FusedTrainer:
     def _stop_all(self, saved: set[int]) -> None:
         """Every unfinished member saves its resume state here; then TrainingInterrupted."""
         pending = [i for i in self._unfinished() if i not in saved]
+        if self.horizontal is not None:
+            self.horizontal.write_back()
         self.streams.join(pending)
         for i in pending:
             member = self.members[i]

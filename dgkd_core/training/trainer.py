@@ -160,6 +160,12 @@ class Trainer(TrainerSetup, TrainerOutputs):
         s = self.state
         x, y, views = batch[0], batch[1], (batch[2] if len(batch) > 2 else None)
         terms = self.step_fn(x, y, s.keep_masks.at(s.step), lr, views)
+        return self.record_step(terms, y)
+
+    def record_step(self, terms: torch.Tensor, y: torch.Tensor) -> float:
+        """`run_step`'s bookkeeping of a step already run: terms [len(term_names)], labels y
+        [B] (a horizontal group, dgkd_core.training.horizontal, runs its members' steps as one)."""
+        s = self.state
         finite = torch.isfinite(terms[self.total_index])
         # Noted on the device and checked when the segment ends: no GPU sync per step.
         s.bad_step = torch.where((s.bad_step < 0) & ~finite,

@@ -1,0 +1,274 @@
+"""Horizontal fusion: K members of one architecture trained as one stacked model.
+
+The fused trainer's `horizontal` mechanism (dgkd_core.fused). The K students' parameters and
+BatchNorm buffers are stacked on a new leading dimension ([K, *shape]) and one forward runs
+`torch.func.functional_call` of one template student under `torch.vmap` over that dimension:
+vmap turns each convolution into one grouped convolution ([B, K·C, H, W], K groups), each
+BatchNorm into one over the stacked channels (its running statistics updated in the stacked
+buffers), and each linear layer into a batched matmul. So K trainings become one set of K-times
+wider kernels. What stays each member's own, as in its solo run:
+
+- its batch stream (its loader: its seed's order and augmentation), guides or guide-table rows,
+  keep masks, loss settings and lr schedule: the losses are computed member by member from the
+  member's slice of the stacked logits (`Distiller.loss_terms`);
+- its optimizer state: stacked SGD (`stacked_sgd_`) runs torch's foreach SGD arithmetic over
+  the stacked tensors; it is elementwise, so each member's slice is what its own SGD computes;
+- its `Trainer`: bookkeeping per step (`Trainer.record_step`), evaluation, resume state and
+  outputs. The stacked state is copied back into the members' own modules and optimizers
+  (`HorizontalGroup.write_back`) before any of them is evaluated or saved, and stacked again
+  from them before the next step; so model.pt and resume.pt are written as solo runs write them.
+
+Members must share the student architecture (layer for layer), the device, the fast settings and
+the optimizer's momentum, weight decay and Nesterov flag (ConfigError otherwise: use
+`sequential`). The lr may differ per member. Numerics: a grouped convolution sums in another
+order than a convolution alone, so a member ends within float rounding (1e-5 after a few steps,
+tests/test_horizontal.py) of its solo weights, not bit-identical; a horizontal group is
+deterministic on a CPU, and its resume is bit-identical to an uninterrupted group.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+from torch.func import functional_call, vmap
+
+from dgkd_core.errors import ConfigError
+from dgkd_core.runtime import make_autocast
+
+__all__ = ["HorizontalGroup", "StackedState", "check_stackable", "stacked_sgd_"]
+
+
+def _student(member) -> torch.nn.Module:
+    return member.distiller.student
+
+
+def _signature(member) -> tuple:
+    """What two members must share to be stacked: the student's layers and tensor shapes."""
+    student = _student(member)
+    return (repr(student),
+            tuple((n, tuple(t.shape), t.dtype) for n, t in student.state_dict().items()))
+
+
+def _optimizer_settings(member) -> dict:
+    group = member.optimizer.param_groups[0]
+    return {k: group[k] for k in ("momentum", "weight_decay", "nesterov", "dampening",
+                                  "maximize")}
+
+
+def check_stackable(members: Sequence) -> None:
+    """ConfigError (one line) unless the members (set-up Trainers) can be stacked."""
+    first = members[0]
+    for member in members[1:]:
+        if _signature(member) != _signature(first):
+            raise ConfigError(
+                f"fused mechanism horizontal needs members of one architecture: "
+                f"{first.out_dir} trains {first.cfg['model']}, {member.out_dir} trains "
+                f"{member.cfg['model']} ({member.meta['name']}); use sequential")
+        for what, mine, theirs in (("device", member.device, first.device),
+                                   ("fast settings", member.fast, first.fast),
+                                   ("optimizer settings", _optimizer_settings(member),
+                                    _optimizer_settings(first))):
+            if mine != theirs:
+                raise ConfigError(f"fused mechanism horizontal needs members with one {what}: "
+                                  f"{first.out_dir} has {theirs}, {member.out_dir} {mine}; use "
+                                  "sequential")
+    settings = _optimizer_settings(first)
+    bad = [m.out_dir for m in members if m.dist.active]
+    if bad or settings["dampening"] != 0 or settings["maximize"]:
+        raise ConfigError("fused mechanism horizontal supports single-process members with "
+                          "SGD without dampening or maximize; use sequential")
+
+
+class StackedState:
+    """Members `indices`' student tensors stacked on a leading dim: params (leaves, [K, *shape],
+    requiring grad as the member's do), buffers ([K, *shape]) and, where SGD has momentum, the
+    momentum buffers ([K, *shape], zero where a member has none yet: for SGD without dampening
+    a zero buffer is exactly "none yet", 0·momentum + grad == grad)."""
+
+    def __init__(self, members: Sequence, indices: tuple[int, ...], momentum: bool):
+        self.indices = indices
+        params = [dict(_student(members[i]).named_parameters()) for i in indices]
+        buffers = [dict(_student(members[i]).named_buffers()) for i in indices]
+        with torch.no_grad():
+            self.params = {name: torch.stack([own[name] for own in params])
+                           .requires_grad_(p.requires_grad) for name, p in params[0].items()}
+            self.buffers = {name: torch.stack([own[name] for own in buffers])
+                            for name in buffers[0]}
+            self.momentum = None
+            if momentum:
+                self.momentum = {name: torch.stack([_momentum_of(members[i], name)
+                                                    for i in indices])
+                                 for name in self.params}
+        # a member's optimizer gets momentum buffers back if it had them or has stepped since
+        self.has_momentum = [all(_momentum_buffer(members[i], n) is not None
+                                 for n in self.params) for i in indices]
+
+    def write_back(self, members: Sequence) -> None:
+        """Copy each member's slice into its student and its optimizer's momentum buffers."""
+        with torch.no_grad():
+            for k, i in enumerate(self.indices):
+                student = _student(members[i])
+                for name, t in (*student.named_parameters(), *student.named_buffers()):
+                    t.copy_((self.params.get(name) if name in self.params
+                             else self.buffers[name])[k])
+                if self.momentum is None or not self.has_momentum[k]:
+                    continue
+                for name, p in student.named_parameters():
+                    members[i].optimizer.state[p]["momentum_buffer"] = \
+                        self.momentum[name][k].clone()
+
+
+def _momentum_buffer(member, name: str) -> torch.Tensor | None:
+    param = dict(_student(member).named_parameters())[name]
+    return member.optimizer.state.get(param, {}).get("momentum_buffer")
+
+
+def _momentum_of(member, name: str) -> torch.Tensor:
+    buf = _momentum_buffer(member, name)
+    if buf is None:
+        return torch.zeros_like(dict(_student(member).named_parameters())[name])
+    return buf
+
+
+def stacked_sgd_(params: list[torch.Tensor], grads: list[torch.Tensor],
+                 bufs: list[torch.Tensor] | None, lrs: Sequence[float], *, momentum: float,
+                 weight_decay: float, nesterov: bool) -> None:
+    """torch.optim.SGD's foreach step (dampening 0) on stacked tensors [K, *shape] in place;
+    lrs: K learning rates, one per member (slice k of each tensor). Elementwise, so slice k
+    gets exactly what member k's own SGD gives it; members sharing an lr update as one."""
+    if weight_decay != 0:
+        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    if bufs is not None:
+        torch._foreach_mul_(bufs, momentum)
+        torch._foreach_add_(bufs, grads)
+        grads = torch._foreach_add(grads, bufs, alpha=momentum) if nesterov else bufs
+    distinct = sorted(set(lrs))
+    if len(distinct) == 1:
+        torch._foreach_add_(params, grads, alpha=-distinct[0])
+        return
+    for lr in distinct:
+        for k in (k for k, v in enumerate(lrs) if v == lr):
+            torch._foreach_add_([p[k] for p in params], [g[k] for g in grads], alpha=-lr)
+
+
+class _GlobalMean(torch.nn.Module):
+    """AdaptiveAvgPool2d(1) as a mean: [B,C,H,W] -> [B,C,1,1]. vmap has no batching rule for
+    what adaptive_avg_pool2d runs (it falls back to a loop over the K members)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(-2, -1), keepdim=True)
+
+
+def _vmap_friendly(template: torch.nn.Module) -> torch.nn.Module:
+    """`template` with each global average pool a `_GlobalMean` (no parameters: the names of
+    the state stay as they are)."""
+    for name, module in list(template.named_modules()):
+        size = getattr(module, "output_size", None)
+        if isinstance(module, torch.nn.AdaptiveAvgPool2d) and size in (1, (1, 1)):
+            parent, _, leaf = name.rpartition(".")
+            setattr(template.get_submodule(parent) if parent else template, leaf, _GlobalMean())
+    return template
+
+
+class HorizontalGroup:
+    """The stacked step and round of a fused group's set-up members (Trainers), all stackable
+    (`check_stackable`). The stacked state covers the members stepping now; it is rebuilt when
+    that set changes and written back before any member ends an epoch or saves."""
+
+    def __init__(self, members: Sequence):
+        check_stackable(members)
+        self.members = list(members)
+        # its tensors go unused: functional_call runs it on the stacked ones
+        self.template = _vmap_friendly(copy.deepcopy(_student(members[0])).train())
+        self.autocast = make_autocast(members[0].fast)
+        self.sgd = _optimizer_settings(members[0])
+        self.stacked: StackedState | None = None
+        self._forward = vmap(self._one_forward)
+
+    def _one_forward(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
+        """One member's forward (under vmap): x [B,3,H,W] -> logits [B, classes]."""
+        return functional_call(self.template, (params, buffers), (x,))
+
+    def write_back(self) -> None:
+        """Every stacked member's state into its own modules and optimizer; unstack."""
+        if self.stacked is not None:
+            self.stacked.write_back(self.members)
+            self.stacked = None
+
+    def _stack(self, indices: tuple[int, ...]) -> StackedState:
+        if self.stacked is None or self.stacked.indices != indices:
+            self.write_back()
+            self.stacked = StackedState(self.members, indices, self.sgd["momentum"] != 0)
+        return self.stacked
+
+    def step(self, batches: dict[int, Sequence[torch.Tensor]], lrs: dict[int, float]
+             ) -> dict[int, float]:
+        """One optimizer step of each member in `batches` (index -> its loader's batch: x
+        [B,3,H,W], y [B] and, with guide tables, views [B]), at lrs[index]; members whose
+        images share a shape (all, unless resumed at different steps of a ragged epoch) step
+        as one stack. Each member records its step (`Trainer.record_step`); returns index ->
+        that member's segment seconds so far."""
+        by_shape: dict[tuple, list[int]] = {}
+        for i, batch in batches.items():  # views or none: the loss is the member's own
+            by_shape.setdefault(tuple(batch[0].shape), []).append(i)
+        elapsed = {}
+        for indices in by_shape.values():
+            terms = self._step_stacked(self._stack(tuple(indices)), batches, lrs)
+            for i, member_terms in zip(indices, terms):
+                elapsed[i] = self.members[i].record_step(member_terms, batches[i][1])
+        return elapsed
+
+    def _step_stacked(self, state: StackedState, batches: dict, lrs: dict
+                      ) -> list[torch.Tensor]:
+        """Forward, backward and SGD of the stacked members; each one's terms [n terms]."""
+        members = [self.members[i] for i in state.indices]
+        x = torch.stack([batches[i][0] for i in state.indices])  # [K, B, 3, H, W]
+        for p in state.params.values():
+            p.grad = None
+        with self.autocast:
+            logits = self._forward(state.params, state.buffers, x)  # [K, B, classes]
+            totals, out = [], []
+            for k, (i, member) in enumerate(zip(state.indices, members)):
+                batch = batches[i]
+                views = batch[2] if len(batch) > 2 else None
+                total, terms = member.distiller.loss_terms(
+                    logits[k], batch[0], batch[1], member.state.keep_masks.at(member.state.step),
+                    views)
+                totals.append(total)
+                out.append(torch.stack([terms[n].detach().float() for n in member.term_names]))
+            torch.stack(totals).sum().backward()
+        self._sgd(state, [lrs[i] for i in state.indices])
+        state.has_momentum = [True] * len(state.indices)
+        return out
+
+    def _sgd(self, state: StackedState, lrs: list[float]) -> None:
+        names = [n for n, p in state.params.items() if p.grad is not None]
+        with torch.no_grad():
+            stacked_sgd_([state.params[n] for n in names], [state.params[n].grad for n in names],
+                         None if state.momentum is None else [state.momentum[n] for n in names],
+                         lrs, momentum=self.sgd["momentum"],
+                         weight_decay=self.sgd["weight_decay"], nesterov=self.sgd["nesterov"])
+
+    def run_round(self, fused) -> None:
+        """`FusedTrainer.run_round` for this group: every unfinished member's current epoch,
+        the members stepping as one stack; each ends its epoch when its loader runs out."""
+        active = fused._unfinished()
+        lrs = {i: self.members[i].begin_epoch() for i in active}
+        batches = {i: iter(self.members[i].train_loader) for i in active}
+        stepping = list(active)
+        while stepping:
+            got, ended = {}, []
+            for i in stepping:
+                batch = next(batches[i], None)
+                if batch is None:
+                    ended.append(i)
+                else:
+                    got[i] = batch
+            elapsed = self.step(got, lrs) if got else {}
+            for i in ended:
+                stepping.remove(i)
+                self.write_back()
+                fused._end_epoch(i, lrs[i])
+            fused._stop_if_asked(list(elapsed.items()))

@@ -1,0 +1,308 @@
+"""The fused trainer's `horizontal` mechanism (dgkd_core.training.horizontal): members of one architecture
+stacked into one model end at their solo weights (float rounding apart), resume as a straight
+group does, write ordinary single-model outputs, and members of different architectures are
+refused.
+
+Float32 training of these small networks is chaotic: a 1e-7 change of the weights grows to
+1e-4 within 8 steps at lr 0.05, and a grouped convolution sums in another order than a
+convolution alone. So the end-to-end runs are "a few steps" (batch 64 on 128 training
+images: 2 steps an epoch, 2 epochs, lr 0.005) compared to 1e-5, and the stacked step's maths
+is pinned tighter in float64 (`test_stacked_steps_in_float64_equal_solo_steps`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import dgkd_core.training.trainer as train_mod
+from dgkd_core.guides.checkpoints import load_checkpoint
+from dgkd_core.errors import ConfigError
+from dgkd_core.data import prepare_dataset
+from dgkd_core.training.fused import train_fused
+from dgkd_core.guides.tables import make_guide_table
+from dgkd_core.training.horizontal import HorizontalGroup, stacked_sgd_
+from dgkd_core.method.models import build_model
+from dgkd_core.training.trainer import EXIT_RESUMABLE, Trainer, TrainingInterrupted, train
+from helpers import assert_no_outputs, history_without_timing, run_config
+
+REPO = Path(__file__).resolve().parents[3]
+STEP_LR = {"name": "step", "milestones": [0.5], "gamma": 0.2}
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> Path:
+    """The synthetic task, 128 training and 64 test images: 2 steps an epoch at batch 64."""
+    path = tmp_path_factory.mktemp("hz_data") / "synthetic.pt"
+    prepare_dataset("synthetic", path, seed=0, synthetic_train=128, synthetic_test=64)
+    return path
+
+
+def _guide(data: Path, root: Path, model: str, seed: int) -> Path:
+    train(run_config(model=model, epochs=1, batch_size=32, seed=seed), data, root,
+          progress=False)
+    return root / "model.pt"
+
+
+@pytest.fixture(scope="module")
+def teacher(small_data, tmp_path_factory) -> Path:
+    """A plane4 trained for one epoch on small_data."""
+    return _guide(small_data, tmp_path_factory.mktemp("hz_teacher"), "plane4", 3)
+
+
+@pytest.fixture(scope="module")
+def second_guide(small_data, tmp_path_factory) -> Path:
+    """A plane3 trained for one epoch: a guide other than `teacher`."""
+    return _guide(small_data, tmp_path_factory.mktemp("hz_guide3"), "plane3", 8)
+
+
+@pytest.fixture(scope="module")
+def teacher_table(small_data, teacher, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("hz_table") / "teacher_table.pt"
+    make_guide_table(teacher, small_data, path, config(), batch_size=4096)
+    return path
+
+
+def config(**over) -> dict:
+    """A plane2 run (run_config) at lr 0.005: 2 epochs of 2 steps on small_data."""
+    return run_config(**{"optimizer": {"lr": 0.005}, **over})
+
+
+def members(root: Path, teacher: Path, second_guide: Path, table: Path | None = None
+            ) -> list[dict]:
+    """plane2 runs: other seeds, other guides, a stochastic DGKD member, a milestone after
+    epoch 1 (of 2), and (given `table`) a KD member whose guide is its table."""
+    specs = [
+        {"config": config(seed=3, schedule=STEP_LR), "out_dir": root / "nokd"},
+        {"config": config(seed=4, method="kd", loss={"lam": 0.7, "temperature": 4.0}),
+         "out_dir": root / "kd", "guides": [teacher]},
+        {"config": config(seed=5, method="sdgkd", schedule=STEP_LR,
+                          loss={"keep_prob": 0.5, "drop_teacher": True}),
+         "out_dir": root / "sdgkd", "guides": [teacher, second_guide]},
+    ]
+    if table is not None:
+        specs.append({"config": config(seed=6, method="kd"), "out_dir": root / "kd_table",
+                      "guides": [teacher], "guide_tables": [table]})
+    return specs
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out / "model.pt", weights_only=True)["state_dict"]
+
+
+def max_difference(a: Path, b: Path) -> float:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    return max(float((wa[k].double() - wb[k].double()).abs().max()) for k in wa)
+
+
+def run_files(specs: list[dict], data: Path, root: Path) -> list[str]:
+    files = []
+    for spec in specs:
+        path = root / f"{spec['out_dir'].name}.yaml"
+        path.write_text(yaml.safe_dump({
+            **spec["config"], "data": str(data), "out_dir": str(spec["out_dir"]),
+            "guides": [str(g) for g in spec.get("guides", [])],
+            **({"guide_tables": [str(t) for t in spec["guide_tables"]]}
+               if "guide_tables" in spec else {})}))
+        files.append(str(path))
+    return files
+
+
+def test_train_group_horizontal_ends_each_member_at_its_solo_weights(
+        small_data, teacher, second_guide, teacher_table, tmp_path):
+    specs = members(tmp_path / "group", teacher, second_guide, teacher_table)
+    cmd = [sys.executable, "-m", "dgkd_core", "train-group", "--mechanism", "horizontal",
+           *[arg for f in run_files(specs, small_data, tmp_path) for arg in ("--member", f)]]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    for spec in specs:
+        out = spec["out_dir"]
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["fused_group"] == {"members": [str(s["out_dir"]) for s in specs],
+                                          "mechanism": "horizontal"}
+        assert not (out / "resume.pt").exists()
+        solo = tmp_path / "solo" / out.name
+        train(spec["config"], small_data, solo, spec.get("guides", ()), progress=False,
+              guide_tables=spec.get("guide_tables", ()))
+        assert max_difference(solo, out) < 1e-5, out.name
+        group_rows, solo_rows = history_without_timing(out), history_without_timing(solo)
+        assert [r["lr"] for r in group_rows] == [r["lr"] for r in solo_rows]
+        # an ordinary single model: loads strictly into the registry's model
+        checkpoint = load_checkpoint(out / "model.pt")
+        model = build_model(checkpoint["model"], checkpoint["num_classes"],
+                            dataset=checkpoint["dataset"])
+        model.load_state_dict(checkpoint["state_dict"])
+        assert (out / "model.pt").stat().st_size < 1.2 * (solo / "model.pt").stat().st_size
+    assert metrics["guide_tables"] == [True]
+    lrs = [float(r["lr"]) for r in history_without_timing(specs[0]["out_dir"])]
+    assert lrs == pytest.approx([0.005, 0.001])  # the milestone was crossed
+    # the members did differ: a mix-up of their slices would not go unseen
+    assert max_difference(specs[0]["out_dir"], specs[1]["out_dir"]) > 1e-2
+
+
+def test_stopped_horizontal_group_resumes_to_the_straight_result(
+        small_data, teacher, second_guide, tmp_path, monkeypatch):
+    """SIGTERM during epoch 2's first step, when the 1-epoch member has finished (the stack
+    is down to two members): every member saves its resume state; the restart ends
+    bit-identical to an uninterrupted horizontal group."""
+    def specs_at(root):
+        specs = [{**s, "data": small_data} for s in members(root, teacher, second_guide)]
+        specs[1]["config"]["epochs"] = 1
+        return specs
+
+    reference = specs_at(tmp_path / "straight")
+    train_fused(reference, progress=False, mechanism="horizontal")
+
+    real_record = train_mod.Trainer.record_step
+    calls = {"n": 0}
+
+    def record_then_signal(self, terms, y):
+        calls["n"] += 1
+        if calls["n"] == 3 * 2 + 1:  # epoch 1 for all three, then epoch 2's first step
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_record(self, terms, y)
+
+    stopped = specs_at(tmp_path / "stopped")
+    monkeypatch.setattr(train_mod.Trainer, "record_step", record_then_signal)
+    with pytest.raises(TrainingInterrupted) as caught:
+        train_fused(stopped, progress=False, mechanism="horizontal")
+    assert caught.value.code == EXIT_RESUMABLE and "SIGTERM" in caught.value.reason
+    monkeypatch.setattr(train_mod.Trainer, "record_step", real_record)
+    points = []
+    for spec in stopped:
+        assert_no_outputs(spec["out_dir"])
+        state = torch.load(spec["out_dir"] / "resume.pt", weights_only=True)
+        points.append((state["epoch"], state["step"]))
+    assert points == [(1, 1), (1, 0), (1, 1)]
+
+    resumed = train_fused(stopped, progress=False, mechanism="horizontal")
+    for ref, spec, metrics in zip(reference, stopped, resumed):
+        assert max_difference(ref["out_dir"], spec["out_dir"]) == 0.0
+        assert history_without_timing(ref["out_dir"]) == history_without_timing(spec["out_dir"])
+        assert metrics["resumed"] is True and metrics["fused_group"]["mechanism"] == "horizontal"
+        assert not (spec["out_dir"] / "resume.pt").exists()
+
+
+def test_members_of_different_architectures_are_refused(small_data, tmp_path):
+    specs = [{"config": config(seed=3), "data": small_data, "out_dir": tmp_path / "a"},
+             {"config": config(seed=4, model="plane3"), "data": small_data,
+              "out_dir": tmp_path / "b"}]
+    with pytest.raises(ConfigError, match="one architecture") as caught:
+        train_fused(specs, progress=False, mechanism="horizontal")
+    assert "\n" not in str(caught.value) and "sequential" in str(caught.value)
+    for spec in specs:
+        assert_no_outputs(spec["out_dir"])
+        assert not (spec["out_dir"] / "resume.pt").exists()
+
+
+def _set_up(specs: list[dict], data: Path, root: Path) -> list[Trainer]:
+    """The members as Trainers, set up, their models (students and guides) in float64."""
+    trainers = []
+    for spec in specs:
+        trainer = Trainer(spec["config"], data, root / spec["out_dir"].name,
+                          spec.get("guides", ()), progress=False,
+                          guide_tables=spec.get("guide_tables", ()))
+        trainer.setup()
+        trainer.distiller.double()
+        trainers.append(trainer)
+    return trainers
+
+
+def test_stacked_steps_in_float64_equal_solo_steps(small_data, teacher, second_guide,
+                                                   teacher_table, tmp_path):
+    """Four steps of four members (their own seeds, lrs, guides or guide table, and keep
+    masks) in float64, as one stack: each member's weights, BatchNorm statistics and momentum
+    buffers are its solo steps' to 1e-10 (float32 rounding of the loss aside, the same
+    maths)."""
+    specs = members(tmp_path, teacher, second_guide, teacher_table)
+    specs[1]["config"]["optimizer"] = {"lr": 0.05}  # the lrs differ within a step
+    solo = _set_up(specs, small_data, tmp_path / "solo")
+    stacked = _set_up(specs, small_data, tmp_path / "stacked")
+    group = HorizontalGroup(stacked)
+    lrs = {i: m.begin_epoch() for i, m in enumerate(stacked)}
+    solo_lrs = [m.begin_epoch() for m in solo]
+    stacks = set()
+    as64 = lambda batch: (batch[0].double(), *batch[1:])  # noqa: E731
+    for epoch in range(2):  # 2 steps an epoch; epoch 2: its batches, epoch 1's lrs, masks
+        for member in (*solo, *stacked):
+            member.train_loader.set_epoch(epoch)
+            member.state.step = 0
+        solo_batches = [iter(m.train_loader) for m in solo]
+        stacked_batches = [iter(m.train_loader) for m in stacked]
+        for _ in range(2):
+            for member, batches, lr in zip(solo, solo_batches, solo_lrs):
+                member.run_step(as64(next(batches)), lr)
+            group.step({i: as64(next(b)) for i, b in enumerate(stacked_batches)}, lrs)
+            stacks.add(id(group.stacked))  # one stack: members with and without views
+    assert len(stacks) == 1
+    group.write_back()
+    for alone, fused in zip(solo, stacked):
+        a, b = alone.distiller.student.state_dict(), fused.distiller.student.state_dict()
+        for key in a:
+            assert torch.allclose(a[key].double(), b[key].double(), rtol=0, atol=1e-10), key
+        for p, q in zip(alone.distiller.student.parameters(),
+                        fused.distiller.student.parameters()):
+            assert torch.allclose(alone.optimizer.state[p]["momentum_buffer"],
+                                  fused.optimizer.state[q]["momentum_buffer"],
+                                  rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("lrs", [(0.1, 0.1, 0.1), (0.1, 0.02, 0.1)])
+def test_stacked_sgd_is_each_members_own_sgd(nesterov, lrs):
+    """Three SGD steps of torch.optim.SGD (foreach) per member against `stacked_sgd_` on the
+    stacked tensors: equal bit for bit, momentum buffers included."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(4, 3, 3, 3), (4,)]
+    own = [[torch.randn(s, generator=gen, requires_grad=True) for s in shapes] for _ in lrs]
+    optimizers = [torch.optim.SGD(p, lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=nesterov,
+                                  foreach=True) for p, lr in zip(own, lrs)]
+    stacked = [torch.stack([p[j].detach() for p in own]) for j in range(len(shapes))]
+    bufs = [torch.zeros_like(s) for s in stacked]
+    for _ in range(3):
+        grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in lrs]
+        for params, opt, g in zip(own, optimizers, grads):
+            for p, gi in zip(params, g):
+                p.grad = gi.clone()
+            opt.step()
+        stacked_sgd_(stacked, [torch.stack([g[j] for g in grads]) for j in range(len(shapes))],
+                     bufs, list(lrs), momentum=0.9, weight_decay=5e-4, nesterov=nesterov)
+    for j in range(len(shapes)):
+        for k, (params, opt) in enumerate(zip(own, optimizers)):
+            assert torch.equal(stacked[j][k], params[j].detach())
+            assert torch.equal(bufs[j][k], opt.state[params[j]]["momentum_buffer"])
+
+
+def test_stacked_resnet8_steps_in_float64_equal_solo_steps(small_data, tmp_path):
+    """The Table 1 students' architecture (shortcuts, a global average pool run as a mean):
+    two steps of two NoKD members at their own lrs, stacked, equal solo steps to 1e-10."""
+    specs = [{"config": config(model="resnet8", seed=3), "out_dir": tmp_path / "a"},
+             {"config": config(model="resnet8", seed=4, optimizer={"lr": 0.05}),
+              "out_dir": tmp_path / "b"}]
+    solo = _set_up(specs, small_data, tmp_path / "solo")
+    stacked = _set_up(specs, small_data, tmp_path / "stacked")
+    group = HorizontalGroup(stacked)
+    lrs = {i: m.begin_epoch() for i, m in enumerate(stacked)}
+    solo_lrs = [m.begin_epoch() for m in solo]
+    solo_batches = [iter(m.train_loader) for m in solo]
+    stacked_batches = [iter(m.train_loader) for m in stacked]
+    for _ in range(2):
+        for member, batches, lr in zip(solo, solo_batches, solo_lrs):
+            x, y = next(batches)
+            member.run_step((x.double(), y), lr)
+        group.step({i: (b[0].double(), b[1]) for i, b in
+                    ((i, next(it)) for i, it in enumerate(stacked_batches))}, lrs)
+    group.write_back()
+    for alone, fused in zip(solo, stacked):
+        a, b = alone.distiller.student.state_dict(), fused.distiller.student.state_dict()
+        for key in a:
+            assert torch.allclose(a[key].double(), b[key].double(), rtol=0, atol=1e-10), key
