@@ -17,7 +17,7 @@ import pytest
 
 from dgkd_core import cli
 from dgkd_core.experiment.plan import Plan
-from dgkd_core.reporting import reproduction
+from dgkd_core.reporting import reproduction, tables
 
 REPO = Path(__file__).resolve().parents[3]
 REPRO_CONFIG = REPO / "config" / "cifar10_repro.yaml"
@@ -66,7 +66,7 @@ def test_t_interval_and_its_limits():
 
 
 def test_paired_differences_match_the_hand_worked_numbers(tmp_path):
-    runs = reproduction.report.load_runs(write_table1_runs(tmp_path))
+    runs = tables.load_runs(write_table1_runs(tmp_path))
     for first, second, values in (("dgkd", "takd", (1.1, 0.8, 1.2)),
                                   ("dgkd", "kd", (1.6, 1.5, 1.5)),
                                   ("kd", "nokd", (1.0, 0.7, 0.9))):

@@ -19,6 +19,7 @@ from dgkd_core.method.models import build_model
 from dgkd_core.schema import ConfigError
 import dgkd_core.training.distiller as distiller_mod
 from dgkd_core.training.distiller import Distiller
+import dgkd_core.training.setup as setup_mod
 import dgkd_core.training.trainer as train_mod
 from dgkd_core.training.trainer import EXIT_RESUMABLE, train
 from helpers import (EAGER_ON_CUDA, assert_no_outputs, assert_same_weights,
@@ -182,7 +183,7 @@ def test_sdgkd_steps_get_the_per_step_draws_of_the_epoch_generator(tiny_data, te
     from dgkd_core.runtime import epoch_generator
 
     seen = []
-    real_make_step = train_mod.make_step
+    real_make_step = setup_mod.make_step
 
     def recording_make_step(*args, **kwargs):
         step = real_make_step(*args, **kwargs)
@@ -192,7 +193,7 @@ def test_sdgkd_steps_get_the_per_step_draws_of_the_epoch_generator(tiny_data, te
             return step(x, y, keep, lr, views)
         return recorded
 
-    monkeypatch.setattr(train_mod, "make_step", recording_make_step)
+    monkeypatch.setattr(setup_mod, "make_step", recording_make_step)
     cfg = run_config(epochs=2, batch_size=128, method="sdgkd", device="cpu",
                      loss={"keep_prob": 0.5, "drop_teacher": True})
     train(cfg, tiny_data, tmp_path, [teacher, teacher], progress=False)
