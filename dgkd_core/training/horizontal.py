@@ -1,6 +1,6 @@
 """Horizontal fusion: K members of one architecture trained as one stacked model.
 
-The fused trainer's `horizontal` mechanism (dgkd_core.fused). The K students' parameters and
+The fused trainer's `horizontal` mechanism (dgkd_core.training.fused). The K students' parameters and
 BatchNorm buffers are stacked on a new leading dimension ([K, *shape]) and one forward runs
 `torch.func.functional_call` of one template student under `torch.vmap` over that dimension:
 vmap turns each convolution into one grouped convolution ([B, K·C, H, W], K groups), each
