@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -67,7 +68,7 @@ def load_tensor_file(path: str | os.PathLike) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or refused data
         text = str(err)
-        if text.startswith("Weights only load failed"):  # torch's weights-only unpickler refused
+        if text.startswith("Weights only load failed") and not _is_garbage_opcode(text):
             reason = ("holds more than tensors and plain values: code or objects, which are "
                       f"refused unread ({_refused_what(text)})")
             raise UnreadableFile(path, reason, refused=True) from None
@@ -75,6 +76,18 @@ def load_tensor_file(path: str | os.PathLike) -> Any:
                  if line.strip() and "weights_only" not in line]  # never echo an unsafe hint
         detail = f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
         raise UnreadableFile(path, f"is truncated or corrupt ({detail})", refused=False) from None
+
+
+# Pickle opcodes that import or call something (GLOBAL, REDUCE, INST, OBJ, BUILD, NEWOBJ,
+# NEWOBJ_EX, STACK_GLOBAL, EXT1/2/4): a refusal of one of these is a refusal of code or objects;
+# a refusal of any other byte means the file is no pickle torch wrote (truncated or corrupt).
+_CODE_OPCODES = {ord(c) for c in "cRiob"} | {0x81, 0x92, 0x93, 0x82, 0x83, 0x84}
+
+
+def _is_garbage_opcode(message: str) -> bool:
+    """Whether torch's refusal names an "Unsupported operand" that is not a code opcode."""
+    found = re.search(r"Unsupported operand (\d+)", message)
+    return found is not None and int(found.group(1)) not in _CODE_OPCODES
 
 
 def _refused_what(message: str) -> str:

@@ -19,7 +19,7 @@ from dgkd_core.errors import TrainingError
 from dgkd_core.guides.checkpoints import load_guide
 from dgkd_core.guides.prepared import count_batchnorms, fold_batchnorm, prepare_guide
 from dgkd_core.guides.tables import (build_guide_table, load_guide_table, make_guide_table,
-                                     save_guide_table)
+                                     save_guide_table, table_checksum)
 from dgkd_core.method.losses import dgkd_loss
 from dgkd_core.method.models import build_model
 from dgkd_core.training.trainer import Trainer, TrainingInterrupted, train
@@ -258,6 +258,7 @@ def test_training_with_a_table_matches_the_inline_guide(table_file, tiny_data, t
     # The same check fails for a table whose rows are another image's logits.
     payload = torch.load(path, weights_only=True)
     payload["table"] = payload["table"].roll(1, dims=0)
+    payload["table_sha256"] = table_checksum(payload["table"])  # its record as a build writes it
     torch.save(payload, tmp_path / "shifted.pt")
     train(cfg, tiny_data, tmp_path / "shifted", [teacher], progress=False,
           guide_tables=[tmp_path / "shifted.pt"])

@@ -25,12 +25,16 @@ SETTINGS = {"model": "?", "method": "?", "seed": 0, "epochs": 3, "batch_size": 1
 def write_run(run: paths.Run, top1: float) -> str:
     path = Path(run.file("metrics.json"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    config = {**SETTINGS, "model": run.model, "method": run.method, "seed": run.seed}
+    config = {**SETTINGS, "model": run.model, "method": run.method, "seed": run.seed,
+              "loss": {**SETTINGS["loss"], "keep_prob": run.keep_prob}}
+    # as the trainer records them: one checkpoint per guide of the run's lineage
+    guides = [paths.make_run(run.dataset, run.seed, "nokd", [m]).file("model.pt")
+              for m in run.lineage[:-1]]
     path.write_text(json.dumps({
         "model": run.model, "method": run.method, "seed": run.seed, "epochs": 3,
         "top1_last": top1, "top5_last": 99.0, "top1_best": top1 + 1, "best_epoch": 2,
         "wall_time_s": 12.5, "img_per_s": 2000.0, "device": "cuda:0",
-        "reported": "last epoch", "guides": ["a/model.pt"], "versions": {"torch": "2.14.1"},
+        "reported": "last epoch", "guides": guides, "versions": {"torch": "2.14.1"},
         "config": config}))
     return str(path)
 
