@@ -44,6 +44,16 @@ def assert_no_outputs(out: Path) -> None:
         assert not (out / name).exists(), f"{out / name} was written"
 
 
+def stopped_points(specs) -> list[tuple[int, int]]:
+    """(epoch, step) of each stopped member's resume.pt; checks it wrote no final output."""
+    points = []
+    for spec in specs:
+        assert_no_outputs(spec["out_dir"])
+        state = torch.load(spec["out_dir"] / "resume.pt", weights_only=True)
+        points.append((state["epoch"], state["step"]))
+    return points
+
+
 # Data-parallel runs (tests/unit/training/test_distributed.py, the guide tables' check).
 # Contiguous tensors: torch's CPU batch_norm on channels_last float32 input is itself off by up
 # to ~1e-4 (its statistics), more than the equivalence allows. And a few steps only: float32

@@ -19,7 +19,8 @@ from dgkd_core.schema import ConfigError
 from dgkd_core.training.fused import train_fused
 import dgkd_core.training.trainer as train_mod
 from dgkd_core.training.trainer import EXIT_RESUMABLE, TrainingInterrupted, train
-from helpers import FINAL_OUTPUTS, assert_no_outputs, history_without_timing, run_config
+from helpers import (FINAL_OUTPUTS, assert_no_outputs, history_without_timing,
+                     run_config, stopped_points)
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -124,12 +125,7 @@ def test_stopped_group_resumes_every_member_to_the_uninterrupted_result(
         train_fused(stopped, progress=False)
     assert caught.value.code == EXIT_RESUMABLE and "SIGTERM" in caught.value.reason
     monkeypatch.setattr(train_mod.Trainer, "run_step", real_step)
-    points = []
-    for spec in stopped:
-        assert_no_outputs(spec["out_dir"])
-        state = torch.load(spec["out_dir"] / "resume.pt", weights_only=True)
-        points.append((state["epoch"], state["step"]))
-    assert points == [(1, 3), (1, 0), (1, 3)]
+    assert stopped_points(stopped) == [(1, 3), (1, 0), (1, 3)]
 
     resumed = train_fused(stopped, progress=False)
     for ref, spec, metrics in zip(reference, stopped, resumed):

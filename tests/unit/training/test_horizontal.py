@@ -31,7 +31,7 @@ from dgkd_core.guides.tables import make_guide_table
 from dgkd_core.training.horizontal import HorizontalGroup, stacked_sgd_
 from dgkd_core.method.models import build_model
 from dgkd_core.training.trainer import EXIT_RESUMABLE, Trainer, TrainingInterrupted, train
-from helpers import assert_no_outputs, history_without_timing, run_config
+from helpers import assert_no_outputs, history_without_timing, run_config, stopped_points
 
 REPO = Path(__file__).resolve().parents[3]
 STEP_LR = {"name": "step", "milestones": [0.5], "gamma": 0.2}
@@ -177,12 +177,7 @@ def test_stopped_horizontal_group_resumes_to_the_straight_result(
         train_fused(stopped, progress=False, mechanism="horizontal")
     assert caught.value.code == EXIT_RESUMABLE and "SIGTERM" in caught.value.reason
     monkeypatch.setattr(train_mod.Trainer, "record_step", real_record)
-    points = []
-    for spec in stopped:
-        assert_no_outputs(spec["out_dir"])
-        state = torch.load(spec["out_dir"] / "resume.pt", weights_only=True)
-        points.append((state["epoch"], state["step"]))
-    assert points == [(1, 1), (1, 0), (1, 1)]
+    assert stopped_points(stopped) == [(1, 1), (1, 0), (1, 1)]
 
     resumed = train_fused(stopped, progress=False, mechanism="horizontal")
     for ref, spec, metrics in zip(reference, stopped, resumed):
