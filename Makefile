@@ -36,7 +36,7 @@ bench: setup  ## speed benchmark -> results/benchmarks/step.json
 device-prepare: setup  ## before a GPU window: the wheels and data a lent GPU machine lacks -> .device/
 	bash ci/device_prepare.sh
 
-rehearse-gpu: setup  ## ci/gpu_run.sh on this CPU in the GPU machine's conditions (a fresh venv, 60 s)
+rehearse-gpu: setup  ## ci/gpu_run.sh on this CPU in the GPU machine's conditions (a fresh venv linked to .venv's image packages, 60 s)
 	bash ci/rehearse_gpu.sh
 
 clean-results:

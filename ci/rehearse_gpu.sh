@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # ci/gpu_run.sh rehearsed on this CPU machine in the GPU machine's conditions (`make
 # rehearse-gpu`; tests/workflow/test_gpu_kit.py runs it):
-#   - a virtual environment of its own with torch and torchvision and the other packages the GPU
-#     image has that the project uses (pandas, matplotlib, PyYAML, Jinja2, tqdm, Pillow, pytest,
-#     TensorBoard), but no snakemake and no jsonschema: those come from the carried wheels;
+#   - a virtual environment of its own that sees the packages the GPU image has (torch,
+#     torchvision, pandas, matplotlib, PyYAML, ...), linked from .venv, but no snakemake and no
+#     jsonschema: those come from the carried wheels;
 #   - the carried wheels (.device/wheels; this Python's binary wheels from .device/local-wheels);
 #   - no CUDA (CUDA_VISIBLE_DEVICES empty), REHEARSAL=1: tiny workloads, the campaign on its tiny
 #     config, a DEADLINE_S of 60 s.
@@ -21,13 +21,15 @@ die() { echo "rehearse_gpu: $*" >&2; exit 1; }
 ls .device/wheels/*.whl >/dev/null 2>&1 || NO_DATA=1 bash ci/device_prepare.sh
 if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.complete" ]; then
     rm -rf "$VENV"
-    "$BASE_PY" -m venv "$VENV"
-    # The pins of the project's own stack; of snakemake's and jsonschema's needs, those the
-    # image has (attrs, requests, ...), at this machine's .venv's versions.
-    IN_IMAGE=$(.venv/bin/python ci/wheel_closure.py --in-image ci/gpu_image_packages.txt \
-        snakemake jsonschema) || die "no .venv to read versions from: run 'make setup' first"
-    "$VENV/bin/pip" install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 \
-        pandas matplotlib pyyaml jinja2 tqdm pillow pytest tensorboard $IN_IMAGE
+    [ -x .venv/bin/python ] || die "no .venv to link the image's packages from: run 'make setup' first"
+    # The same interpreter as .venv, so that its binary packages load.
+    "$(.venv/bin/python -c 'import sys; print(sys._base_executable)')" -m venv "$VENV"
+    # The image's packages (torch, torchvision, pandas, ... and attrs, requests, ... of snakemake's
+    # needs) linked from .venv at its tested versions: a second torch is gigabytes, and a CI
+    # machine's disk has no room for it. Snakemake and jsonschema come from the carried wheels.
+    SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    .venv/bin/python ci/wheel_closure.py --link-image ci/gpu_image_packages.txt "$VENV/image-site"
+    echo "$(cd "$VENV/image-site" && pwd)" > "$SITE/gpu_image.pth"
     touch "$VENV/.complete"
 fi
 "$VENV/bin/python" - <<'EOF' || die "$VENV holds snakemake or jsonschema: remove it and run again"

@@ -8,6 +8,10 @@
         the others: the closure's packages that the image has (the rehearsal installs them)
     python ci/wheel_closure.py --prune DIR [DIR ...] -- name==version ...
         deletes the wheels in DIRs that are not of the listed versions (an older run's)
+    python ci/wheel_closure.py --link-image IMAGE_LIST DEST
+        links into DEST (a folder for a .pth file) the top-level files of every installed
+        distribution that the image has, with their whole closure: the rehearsal's stand-in for
+        the image's site-packages, at no disk cost (a second torch is gigabytes)
 
 Run it with the interpreter whose versions are to be carried: the closure is read from its
 installed metadata, so the carried versions are those the test suite passes with.
@@ -60,7 +64,36 @@ def prune(dirs: list[str], wanted: list[str]) -> None:
                 print(f"removed stale {wheel}")
 
 
+def installed_image_closure(image: set[str]) -> set[str]:
+    """The normalised names of the installed distributions in IMAGE, and all they need."""
+    installed = {normalise(d.metadata["Name"]) for d in metadata.distributions()}
+    return set(closure(sorted(image & installed)))
+
+
+def link_image(image_list: str, dest: str) -> None:
+    """Symlinks each top-level entry (package folder, module, .dist-info) of the image's
+    installed distributions into DEST. Folders that several distributions share (`nvidia/`) are
+    linked once; .pth files and console scripts are left out."""
+    wanted = installed_image_closure(image_packages(image_list))
+    target = Path(dest)
+    target.mkdir(parents=True, exist_ok=True)
+    for dist in metadata.distributions():
+        if normalise(dist.metadata["Name"]) not in wanted:
+            continue
+        tops = {Path(str(f)).parts[0] for f in dist.files or []}
+        for top in sorted(tops):
+            source = Path(str(dist.locate_file(top)))
+            link = target / top
+            if top in ("..", "", "__pycache__") or top.endswith(".pth") or not source.exists():
+                continue
+            if not link.is_symlink():
+                link.symlink_to(source.resolve())
+
+
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "--link-image" and len(argv) == 3:
+        link_image(argv[1], argv[2])
+        return 0
     if argv and argv[0] == "--prune":
         split = argv.index("--")
         prune(argv[1:split], argv[split + 1:])

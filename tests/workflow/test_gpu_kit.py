@@ -35,6 +35,18 @@ def test_prune_keeps_only_the_wanted_versions(tmp_path):
         "rpds_py-1.0-cp312-cp312-manylinux_2_17_x86_64.whl", "snakemake-9.2.0-py3-none-any.whl"]
 
 
+def test_link_image_links_the_image_closure_and_nothing_else(tmp_path):
+    """The rehearsal's stand-in for the image's site-packages: symlinks, no copies (a CI machine
+    has no disk for a second torch), and never snakemake or jsonschema."""
+    image = tmp_path / "image.txt"
+    image.write_text("PyYAML\nJinja2\n")
+    wheel_closure.link_image(str(image), str(tmp_path / "site"))
+    linked = {p.name: p for p in (tmp_path / "site").iterdir()}
+    assert {"yaml", "jinja2", "markupsafe"} <= linked.keys()  # markupsafe: Jinja2's need
+    assert all(p.is_symlink() for p in linked.values())
+    assert not any(n.startswith(("snakemake", "jsonschema", "torch")) for n in linked)
+
+
 @pytest.mark.slow
 def test_gpu_run_rehearsal_passes_and_returns_at_most_8_files(tmp_path):
     """`make rehearse-gpu`: gpu_run.sh in a fresh venv without snakemake and jsonschema, from the
