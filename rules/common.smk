@@ -18,7 +18,7 @@ from dgkd_core.schema import ConfigError
 from dgkd_core.training import launch
 
 try:
-    PLAN = Plan(config, os.path.join(workflow.basedir, "config", "schema.yaml"))
+    PLAN = Plan(config, os.path.join(workflow.basedir, "config", "schema.yaml")).check()
 except ConfigError as err:
     raise WorkflowError(f"Invalid config: {err}") from None
 for warning in PLAN.warnings:
@@ -64,16 +64,70 @@ def get_guide_checkpoints(wildcards):
     return run_files(PLAN.guides(run_of(wildcards)), "model.pt")
 
 
+def aligned_guide_tables(run):
+    """Per guide of `run` (teacher first): the table it looks up, or None where the guide
+    runs inline (Plan.guide_tables)."""
+    return [
+        None if guide is None else guide.file(paths.GUIDE_TABLE_FILE)
+        for guide in PLAN.guide_tables(run)
+    ]
+
+
 def get_guide_tables(wildcards):
-    """The tables of the guides this run looks up instead of running (Plan.guide_tables)."""
-    guides = PLAN.guide_tables(run_of(wildcards))
-    return [guide.file(paths.GUIDE_TABLE_FILE) for guide in guides if guide is not None]
+    """The tables of the guides this run looks up instead of running: the DAG's inputs."""
+    return [f for f in aligned_guide_tables(run_of(wildcards)) if f is not None]
 
 
 def get_table_settings(wildcards):
     """What a guide's table computes with (the rerun params of rule guide_table)."""
     cfg = PLAN.table_config(run_of(wildcards))
     return {key: cfg[key] for key in ("normalize", "fast")}
+
+
+# A job's untracked params: Snakemake reruns a job when a param changes, except a param derived
+# from the job's input or output (a function taking `output`). What a job needs but must not
+# rerun it (eval_batch_size, device, an imported file's path), or what its inputs already
+# track (the guide tables), goes there, so that no job rebuilds the plan to find it.
+
+
+def untracked(value):
+    """A param that is `value` and no rerun trigger."""
+
+    def param(wildcards, output):
+        return value
+
+    return param
+
+
+def get_table_config(wildcards, output):
+    """The run config the guide's table is built with (Plan.table_config)."""
+    return PLAN.table_config(run_of(wildcards))
+
+
+def get_run_configs(wildcards, output):
+    """train_model's one member's resolved run config (dgkd_core.experiment.jobs)."""
+    return [PLAN.run_config(run_of(wildcards))]
+
+
+def get_member_guides(wildcards, output):
+    return [run_files(PLAN.guides(run_of(wildcards)), "model.pt")]
+
+
+def get_member_guide_tables(wildcards, output):
+    return [aligned_guide_tables(run_of(wildcards))]
+
+
+def get_import_run_config(wildcards, output):
+    return PLAN.run_config(run_of(wildcards))
+
+
+def get_import_source(wildcards, output):
+    """The imported file (its path is no rerun trigger: moving it reruns nothing)."""
+    return PLAN.import_source(run_of(wildcards))
+
+
+def get_import_key(wildcards, output):
+    return PLAN.import_key(run_of(wildcards))
 
 
 def guide_table_output(path):
@@ -89,12 +143,7 @@ def fused_guide_checkpoints(group):
 
 def fused_guide_tables(group):
     """Every guide table a fused group's members look up, each once."""
-    files = [
-        guide.file(paths.GUIDE_TABLE_FILE)
-        for run in group.runs
-        for guide in PLAN.guide_tables(run)
-        if guide is not None
-    ]
+    files = [f for run in group.runs for f in aligned_guide_tables(run) if f is not None]
     return list(dict.fromkeys(files))
 
 

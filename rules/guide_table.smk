@@ -28,5 +28,6 @@ rule guide_table:
     params:
         table_settings=get_table_settings,
         training_code_version=TRAINING_CODE_VERSION,
+        table_config=get_table_config,  # untracked (common.smk)
     script:
         "../workflow_scripts/guide_table.py"

@@ -26,5 +26,9 @@ rule import_model:
         mem_mb=SETTINGS["resources"]["mem_mb"],
     params:
         source_sha256=get_import_sha256,
+        # Untracked (common.smk): the file, the key naming it, the run config.
+        source=get_import_source,
+        source_key=get_import_key,
+        run_config=get_import_run_config,
     script:
         "../workflow_scripts/import_model.py"

@@ -38,5 +38,9 @@ rule train_model:
     params:
         run_settings=get_run_settings,
         training_code_version=TRAINING_CODE_VERSION,
+        # Untracked (common.smk): what the job trains, per member (dgkd_core.experiment.jobs).
+        run_configs=get_run_configs,
+        member_guides=get_member_guides,
+        member_guide_tables=get_member_guide_tables,
     script:
         "../workflow_scripts/train_model.py"

@@ -37,5 +37,10 @@ for group in FUSED_GROUPS:
                 run_files(PLAN.guides(run), "model.pt") for run in group.runs
             ],
             training_code_version=TRAINING_CODE_VERSION,
+            # Untracked (common.smk): what the job trains (dgkd_core.experiment.jobs).
+            run_configs=untracked([PLAN.run_config(run) for run in group.runs]),
+            member_guide_tables=untracked(
+                [aligned_guide_tables(run) for run in group.runs]
+            ),
         script:
             "../workflow_scripts/train_fused.py"

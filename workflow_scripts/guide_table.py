@@ -7,14 +7,9 @@ sys.stdout = sys.stderr = open(snakemake.log[0], "a", buffering=1)
 import torch
 
 from dgkd_core.cli import setup_logging
-from dgkd_core.experiment.plan import job_table_config
 from dgkd_core.guides.tables import make_guide_table
 
 setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
-make_guide_table(
-    snakemake.input.model,
-    snakemake.input.data,
-    snakemake.output.table,
-    job_table_config(snakemake.config, snakemake.output.table, snakemake.params.table_settings),
-)
+make_guide_table(snakemake.input.model, snakemake.input.data, snakemake.output.table,
+                 snakemake.params.table_config)

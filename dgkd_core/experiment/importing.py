@@ -36,8 +36,6 @@ from dgkd_core.config import config_hash
 from dgkd_core.data import load_prepared
 from dgkd_core.device import resolve_device
 from dgkd_core.errors import DgkdError
-from dgkd_core.experiment import paths
-from dgkd_core.experiment.plan import Plan
 from dgkd_core.guides.checkpoints import (file_fingerprint, first_non_finite, save_checkpoint,
                                           state_dict_mismatch)
 from dgkd_core.io import UnreadableFile, load_tensor_file
@@ -45,8 +43,7 @@ from dgkd_core.method.models import build_model
 from dgkd_core.training.evaluate import evaluate_on_test
 from dgkd_core.training.history import history_csv
 
-__all__ = ["ImportFailed", "fitted_model", "import_model", "import_planned_run",
-           "read_state_dict"]
+__all__ = ["ImportFailed", "fitted_model", "import_model", "read_state_dict"]
 
 log = logging.getLogger(__name__)
 
@@ -199,17 +196,3 @@ def import_model(source: str | os.PathLike, data_path: str | os.PathLike,
     log.info("imported %s as %s (%s): test top-1 %.2f, top-5 %.2f", what, cfg["model"],
              about["layout"], test["top1"], test["top5"])
     return metrics
-
-
-def import_planned_run(config: dict, output_file: str, data_path: str,
-                       expected_sha256: str) -> dict:
-    """The workflow's import job: the run that `output_file` (one of its files) belongs to,
-    from the checkpoint the plan names for it (Plan.import_source)."""
-    plan = Plan(config)
-    run = paths.run_from_path(output_file)
-    source = plan.import_source(run)
-    if source is None:
-        raise ImportFailed(f"{run.dir} is trained in this config, not imported")
-    return import_model(source, data_path, os.path.dirname(output_file),
-                        cfg=plan.run_config(run), key=plan.import_key(run),
-                        expected_sha256=expected_sha256)

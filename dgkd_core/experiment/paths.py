@@ -221,13 +221,6 @@ def guide_table_benchmark(dataset, seed, method_directory: str, lineage: str) ->
             f"{lineage}.tsv")
 
 
-def guide_tables_for(guide_checkpoints, table_files) -> list[str | None]:
-    """Per guide checkpoint (a run's model.pt), its table among `table_files`, or None."""
-    given = set(map(str, table_files))
-    beside = [str(PurePosixPath(g).with_name(GUIDE_TABLE_FILE)) for g in guide_checkpoints]
-    return [t if t in given else None for t in beside]
-
-
 def import_log(dataset, seed, method_directory: str, lineage: str) -> str:
     """Log of an import job (a teacher or TA trained elsewhere, dgkd_core.experiment.importing)."""
     return f"{RESULTS}/logs/import/{dataset}/seed{seed}/{method_directory}/{lineage}.log"

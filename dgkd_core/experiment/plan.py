@@ -1,6 +1,9 @@
 """The experiment plan: which training runs a workflow config asks for, and who guides whom.
 
-    plan = Plan(config)          # checks the config; raises ConfigError naming the key
+    plan = Plan(config)          # the schema, the layering and the run list: no file reads,
+                                 #   no model builds; raises ConfigError naming the key
+    plan.check()                 # the imported files and their sha256s, and the warnings
+                                 #   (rules/common.smk calls it once per workflow)
     plan.runs()                  # every training run, each once, guides before what they guide
     plan.guides(run)             # the runs whose model.pt guide `run`, teacher first
     plan.run_config(run)         # its resolved run config (defaults < per_family < per_role
@@ -22,7 +25,7 @@ from functools import cache
 from pathlib import Path
 
 from dgkd_core import io
-from dgkd_core.config import deep_update, resolve_run_config, semantic_settings, settings_schema
+from dgkd_core.config import deep_update, resolve_run_config, settings_schema
 from dgkd_core.experiment import paths
 from dgkd_core.experiment.paths import Run
 from dgkd_core.experiment.plan_checks import PlanChecks
@@ -33,7 +36,7 @@ from dgkd_core.method.models import model_family
 from dgkd_core.schema import ConfigError, check, check_size
 
 __all__ = ["ABLATIONS", "Plan", "ROLES", "default_schema_path", "evenly_spaced",
-           "job_run_config", "job_table_config", "load_workflow_schema"]
+           "load_workflow_schema"]
 
 ROLES = ("teacher", "ta", "student")
 ABLATIONS = ("num_tas", "keep_prob", "convention")
@@ -58,29 +61,6 @@ def evenly_spaced(tas, k: int) -> list:
     return [tas[int((i + 1) * (n + 1) / (k + 1) + 0.5) - 1] for i in range(k)]
 
 
-def job_run_config(config: dict, output_file: str, run_settings: dict) -> dict:
-    """The full run config of the training job that writes `output_file` (a run's file).
-
-    run_settings: the job's rerun params (Plan.run_config without what cannot change a result);
-    the rest (eval_batch_size, device) comes from the plan, so changing it reruns nothing."""
-    cfg = Plan(config).run_config(paths.run_from_path(output_file))
-    if semantic_settings(cfg) != run_settings:
-        raise ConfigError(f"the plan's settings for {output_file} differ from the job's params; "
-                          "run Snakemake again from the same config")
-    return cfg
-
-
-def job_table_config(config: dict, output_file: str, table_settings: dict) -> dict:
-    """The run config the guide_table job that writes `output_file` builds with.
-
-    table_settings: the job's rerun params (normalize and fast of Plan.table_config)."""
-    cfg = Plan(config).table_config(paths.run_from_path(output_file))
-    if {key: cfg[key] for key in table_settings} != table_settings:
-        raise ConfigError(f"the plan's settings for {output_file} differ from the job's params; "
-                          "run Snakemake again from the same config")
-    return cfg
-
-
 @cache
 def _content_sha256(path: str, size: int, mtime_ns: int) -> str:
     """sha256 of a file, hashed once per content version (size and mtime key the cache)."""
@@ -92,7 +72,8 @@ class Plan(PlanChecks):
 
     config: the workflow config (config/config.yaml's layout); it is not modified: `self.config`
     is a copy with the schema's defaults filled in. schema_path: config/schema.yaml by default.
-    `warnings` lists what is allowed but probably a mistake (a TA not smaller than its teacher)."""
+    Building it reads no file and builds no model; `check()` does both. `warnings` (filled by
+    `check()`) lists what is allowed but probably a mistake (a TA not smaller than its teacher)."""
 
     def __init__(self, config: dict, schema_path: str | Path | None = None):
         if not isinstance(config, dict):
@@ -112,11 +93,25 @@ class Plan(PlanChecks):
         self._check_families()
         self._imports = self._find_imports()
         self._runs = self._with_guides(self._wanted_runs())
-        self._warn_on_imported_baselines()
         self._check_run_configs()
-        self._warn_on_chain_sizes()
         self._tables = plan_guide_tables(self._runs, self.guides, self.run_config,
                                          self.config["datasets"], self.config["guide_tables"])
+        self._import_sha256s: dict[tuple[str, ...], str] | None = None
+
+    def check(self) -> "Plan":
+        """What needs the file system or model builds: every imported checkpoint exists, chains
+        sharing a run name the same file, each file's sha256 (`import_sha256`), and the
+        warnings. Raises ConfigError naming the key; returns the plan."""
+        self._check_import_files()
+        self._import_sha256s = {}
+        for lineage, (path, _) in self._imports.items():
+            stat = os.stat(path)
+            self._import_sha256s[lineage] = _content_sha256(os.path.realpath(path),
+                                                            stat.st_size, stat.st_mtime_ns)
+        self.warnings = []
+        self._warn_on_imported_baselines()
+        self._warn_on_chain_sizes()
+        return self
 
     # ------------------------------------------------------------------ the runs
 
@@ -233,11 +228,11 @@ class Plan(PlanChecks):
     def import_sha256(self, run: Run) -> str:
         """sha256 (hex) of the content of `run`'s imported checkpoint: the import job's rerun
         param, so new content reruns it and what it guides, and moving the file does not."""
-        path = self.import_source(run)
-        if path is None:
+        if self.import_source(run) is None:
             raise ConfigError(f"{run.dir} is trained, not imported")
-        stat = os.stat(path)
-        return _content_sha256(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+        if self._import_sha256s is None:
+            raise ConfigError("the imported files' sha256s are read by Plan.check(): call it first")
+        return self._import_sha256s[run.lineage]
 
     def dataset_identity(self, name: str) -> dict:
         """What the prepared data depends on. Where the files are (root, archive, download) is

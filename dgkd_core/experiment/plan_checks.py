@@ -28,9 +28,10 @@ def _parameter_count(model: str, num_classes: int, dataset: str) -> int:
 
 
 class PlanChecks:
-    """What `Plan.__init__` checks, in its order; it reads config, hyperparameters, ablations,
-    warnings, _imports and _runs of the Plan, and its `_all_chains`, `_sdgkd_dropping`,
-    `table1_runs` and `run_config`."""
+    """What `Plan.__init__` checks from the config alone, and what `Plan.check()` checks with
+    the file system and model builds; it reads config, hyperparameters, ablations, warnings,
+    _imports and _runs of the Plan, and its `_all_chains`, `_sdgkd_dropping`, `table1_runs` and
+    `run_config`."""
 
     def _check_models(self) -> None:
         known = available_models()
@@ -127,10 +128,19 @@ class PlanChecks:
             yield tuple(models[:i + 1]), given.get(ta), f"chains.{name}.ta_checkpoints.{ta}"
 
     def _find_imports(self) -> dict[tuple[str, ...], tuple[str, str]]:
-        """lineage -> (file, config key) of every imported model. Chains that share a place
-        (the same teacher, or the same TAs in the same order) must agree on its checkpoint."""
-        seen: dict[tuple[str, ...], tuple[str | None, str]] = {}
+        """lineage -> (file, config key) of every imported model, from the config alone (the
+        first chain naming a file for that place; `_check_import_files` makes the others agree)."""
         imports: dict[tuple[str, ...], tuple[str, str]] = {}
+        for name, chain in self.config["chains"].items():
+            for lineage, source, key in self._chain_sources(name, chain):
+                if source is not None:
+                    imports.setdefault(lineage, (source, key))
+        return imports
+
+    def _check_import_files(self) -> None:
+        """Every imported file exists, and chains that share a place (the same teacher, or the
+        same TAs in the same order) name the same file for it, or none."""
+        seen: dict[tuple[str, ...], tuple[str | None, str]] = {}
         for name, chain in self.config["chains"].items():
             for lineage, source, key in self._chain_sources(name, chain):
                 if source is not None and not os.path.isfile(source):
@@ -140,9 +150,6 @@ class PlanChecks:
                 if lineage in seen and seen[lineage][0] != real:
                     raise ConfigError(self._disagreement(lineage, seen[lineage], (real, key)))
                 seen[lineage] = (real, key)
-                if source is not None:
-                    imports[lineage] = (source, key)
-        return imports
 
     @staticmethod
     def _disagreement(lineage, first, second) -> str:

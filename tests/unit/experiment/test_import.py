@@ -232,7 +232,7 @@ def dirs(runs) -> set[str]:
 def test_plan_imports_the_teachers_run_and_leaves_the_rest_unchanged(tmp_path):
     source = tmp_path / "teacher.pth"
     source.write_bytes(b"any content")  # the plan reads only its bytes (for the sha256)
-    plain, imported = Plan(tiny()), Plan(tiny(teacher_checkpoint=str(source)))
+    plain, imported = Plan(tiny()), Plan(tiny(teacher_checkpoint=str(source))).check()
     assert dirs(imported.runs()) == dirs(plain.runs())
     from_file = {r for r in imported.runs() if imported.import_source(r) is not None}
     assert dirs(from_file) == {"seed1/nokd/plane5", "seed2/nokd/plane5"}
@@ -263,9 +263,10 @@ def test_an_imported_ta_replaces_every_run_of_it_in_its_chain(tmp_path):
 
 
 def test_plan_import_errors_name_the_key(tmp_path):
+    missing = Plan(tiny(teacher_checkpoint="missing.pth"))  # the plan alone reads no file
     with pytest.raises(ConfigError, match=r"chains.plain.teacher_checkpoint: there is no file "
                                           r"missing.pth"):
-        Plan(tiny(teacher_checkpoint="missing.pth"))
+        missing.check()
     (tmp_path / "t.pth").write_bytes(b"x")
     with pytest.raises(ConfigError, match=r"chains.plain.ta_checkpoints.plane9: plane9 is not "
                                           r"one of the chain's TAs \(plane4, plane3\)"):
@@ -275,9 +276,9 @@ def test_plan_import_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"chains share the run of plane5 but not its "
                                           r"checkpoint: .*chains.other.teacher_checkpoint is "
                                           r"not set"):
-        Plan(config)
+        Plan(config).check()
     config["chains"]["other"]["teacher_checkpoint"] = str(tmp_path / "t.pth")
-    assert Plan(config).imported_lineages() == ["plane5"]
+    assert Plan(config).check().imported_lineages() == ["plane5"]
     with pytest.raises(ConfigError, match=r"'chains.plain.ta_checkpoints' is \['t.pth'\], but "
                                           r"it must be of type object"):
         Plan(tiny(ta_checkpoints=["t.pth"]))
@@ -287,7 +288,7 @@ def test_a_nokd_student_that_is_an_imported_teacher_warns(tmp_path):
     (tmp_path / "t.pth").write_bytes(b"x")
     config = tiny(teacher_checkpoint=str(tmp_path / "t.pth"))
     config["chains"]["small"] = {"teacher": "plane9", "tas": ["plane7"], "student": "plane5"}
-    warnings = Plan(config).warnings
+    warnings = Plan(config).check().warnings
     assert any("NoKD student nokd/plane5 is imported (chains.plain.teacher_checkpoint)" in w
                for w in warnings), warnings
 

@@ -241,9 +241,11 @@ def test_a_layer_error_names_the_layer_and_the_allowed_values():
 
 def test_chain_size_warning():
     plan = Plan(chain_config("plane2", ["plane3"], "plane5", ["nokd", "kd", "dgkd"]))
+    assert not plan.warnings  # the plan alone builds no model: check() warns
+    plan.check()
     assert any("plane3 (69,866 parameters) is not larger than plane5" in w
                for w in plan.warnings)
-    assert not Plan(config()).warnings
+    assert not Plan(config()).check().warnings
 
 
 def test_a_config_that_is_not_a_mapping():
