@@ -93,9 +93,8 @@ def kd_loss(student_logits: Tensor, guide_logits: Tensor, temperature: float) ->
     ``student_logits`` and ``guide_logits`` are ``[B, C]``; the KL is summed over the C classes and
     averaged over the B examples (``reduction="batchmean"``). Returns a 0-d float32 tensor (nats per
     example, times T²). Computed in float32 whatever the input dtype. The guide is a target: no
-    gradient flows into it.
+    gradient flows into it. ``temperature`` is not checked here (:func:`check_loss_settings`).
     """
-    check_loss_settings(0.0, temperature)
     if student_logits.dim() != 2 or student_logits.shape != guide_logits.shape:
         raise ValueError(
             f"kd_loss needs [B, C] logits of equal shape, got student {tuple(student_logits.shape)}"
@@ -131,9 +130,9 @@ def dgkd_loss(
 
     Returns ``(total, terms)``: ``terms`` maps ``"ce"``, :func:`guide_term_names` and ``"total"``
     to 0-d float32 tensors (CE and each KD term unweighted and un-masked, KD in the chosen
-    convention); they are not detached.
+    convention); they are not detached. The settings are not checked on every step: the
+    Distiller (dgkd_core.training.distiller) checks them once (:func:`check_loss_settings`).
     """
-    check_loss_settings(lam, temperature, convention=convention)
     n = len(guide_logits)
     lam = float(lam)
     ce = F.cross_entropy(student_logits.float(), targets)
@@ -171,7 +170,6 @@ def draw_keep_mask(
     ``drop_teacher`` is False the teacher (index 0) is always kept. Uses only ``generator`` (a CPU
     generator) and always draws ``n_guides`` numbers, so the stream does not depend on outcomes.
     """
-    check_loss_settings(0.0, 1.0, keep_prob=keep_prob)
     keep = (torch.rand(n_guides, generator=generator) < float(keep_prob)).float()
     if not drop_teacher and n_guides > 0:
         keep[0] = 1.0
@@ -181,7 +179,6 @@ def draw_keep_mask(
 def draw_released_drop_mask(n_guides: int, drop_num: int, *, generator: torch.Generator) -> Tensor:
     """The released code's dropping: float32 ``[n_guides]`` on CPU with exactly ``drop_num`` zeros,
     placed uniformly among all guides (teacher included). Uses only ``generator``."""
-    check_loss_settings(0.0, 1.0, drop_num=drop_num)
     if drop_num > n_guides:
         raise ValueError(f"loss setting drop_num={drop_num} exceeds the number of guides ({n_guides})")
     keep = torch.ones(n_guides)

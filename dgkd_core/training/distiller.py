@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from dgkd_core.errors import TrainingError
 from dgkd_core.guides.tables import GuideTable
-from dgkd_core.method.losses import dgkd_loss, guide_term_names
+from dgkd_core.method.losses import check_loss_settings, dgkd_loss, guide_term_names
 
 __all__ = ["Distiller"]
 
@@ -24,12 +24,15 @@ class Distiller(nn.Module):
     A guide is a module run on each batch, or a GuideTable (dgkd_core.guides.tables) whose rows
     for the batch's views stand in for its forward pass. The guide modules never train: their
     parameters do not require grad, they stay in eval() whatever `train()` is called with, and
-    they run under inference mode.
+    they run under inference mode. loss_cfg: a run config's `loss`, checked here once
+    (check_loss_settings raises ValueError naming a bad setting), not on every step.
     """
 
     def __init__(self, student: nn.Module, guides: Sequence[nn.Module | GuideTable],
                  loss_cfg: dict):
         super().__init__()
+        check_loss_settings(loss_cfg["lam"], loss_cfg["temperature"], loss_cfg.get("keep_prob"),
+                            loss_cfg["convention"], loss_cfg.get("drop_num", 0))
         self.student = student
         modules, self.tables = [], []
         # Where each guide's logits come from, in guide order: ("module" | "table", index).

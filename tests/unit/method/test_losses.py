@@ -335,16 +335,8 @@ def test_bad_settings_raise(kwargs, name, shown):
     with pytest.raises(ValueError, match=name) as err:
         check_loss_settings(**settings)
     assert shown in str(err.value)
-    if name in ("lam", "temperature", "convention"):
-        loss_kw = {k: v for k, v in settings.items() if k in ("lam", "temperature", "convention")}
-        with pytest.raises(ValueError, match=name):
-            dgkd_loss(STUDENT, GUIDES, TARGETS, **loss_kw)
 
 
 def test_good_settings_pass():
     check_loss_settings(0.0, 1e-3, keep_prob=1.0, convention="released_code", drop_num=2)
     check_loss_settings(1.0, 5, keep_prob=0.75)
-    with pytest.raises(ValueError, match="temperature"):
-        kd_loss(STUDENT, GUIDES[0], 0.0)
-    with pytest.raises(ValueError, match="keep_prob"):
-        draw_keep_mask(3, 0.0, drop_teacher=False, generator=torch.Generator())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import pytest
 import torch
 
 from dgkd_core.method.models import build_model
@@ -95,3 +96,11 @@ def test_each_graph_step_warms_up_and_captures_on_its_own_stream(monkeypatch):
     # the first capture warms up first; the re-capture at lr 0.01 needs no warm-up
     assert on[first] == [("warm-up", first), ("capture", first), ("capture", first)]
     assert on[second] == [("warm-up", second), ("capture", second), ("capture", second)]
+
+
+@pytest.mark.parametrize("bad", [{"lam": 1.5}, {"temperature": 0.0}, {"convention": "paperish"},
+                                 {"keep_prob": 0.0}, {"drop_num": -1}])
+def test_the_distiller_refuses_bad_loss_settings_when_built(bad):
+    """The loss settings are checked once, when the Distiller is built, not on every step."""
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        Distiller(build_model("plane2", 10), [], LOSS | bad)
