@@ -14,6 +14,12 @@ every member is still planned and the group still fits the rules above; a run tr
 stays alone. Only the runs left (not trained yet, or whose group no longer fits) are grouped
 anew, by the key above. So a seed added later trains in groups of its own. What reruns when a
 member's settings change is its group (Snakemake removes a job's outputs before it runs it).
+
+Why the groups read results at parse time, not the config alone: a group is one rule whose
+params are all its members' settings, so regrouping a trained run (a seed added, a method
+added) would change the rule and params that made its files, and Snakemake would retrain it.
+Reading each run's recorded group keeps finished work; the price is that the rule set depends
+on which runs have finished, for the runs not trained yet only.
 """
 
 from __future__ import annotations
