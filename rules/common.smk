@@ -143,7 +143,9 @@ def fused_guide_checkpoints(group):
 
 def fused_guide_tables(group):
     """Every guide table a fused group's members look up, each once."""
-    files = [f for run in group.runs for f in aligned_guide_tables(run) if f is not None]
+    files = [
+        f for run in group.runs for f in aligned_guide_tables(run) if f is not None
+    ]
     return list(dict.fromkeys(files))
 
 

@@ -19,6 +19,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from dgkd_core.experiment.fused_groups import fused_groups
+from dgkd_core.experiment.plan import Plan
+
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 TINY = yaml.safe_load((REPO / "config" / "test_tiny.yaml").read_text())
@@ -234,15 +237,27 @@ def test_archive_dataset_too_large_to_cache_is_refused_before_training(tmp_path)
     assert not (workdir / "results" / "runs").exists() and "rule train_model" not in out
 
 
-def test_lint_is_clean_and_rules_are_snakefmt_formatted(tmp_path):
-    config = write_config(tmp_path / "tiny.yaml", TINY)
-    lint = subprocess.run([SNAKEMAKE, "--lint", "--snakefile", str(REPO / "Snakefile"),
-                           "--directory", str(tmp_path), "--configfile", str(config)],
+def lint(tmp_path, config: dict) -> subprocess.CompletedProcess:
+    configfile = write_config(tmp_path / "tiny.yaml", config)
+    return subprocess.run([SNAKEMAKE, "--lint", "--snakefile", str(REPO / "Snakefile"),
+                           "--directory", str(tmp_path), "--configfile", str(configfile)],
                           capture_output=True, text=True, timeout=300)
-    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_lint_is_clean_and_rules_are_snakefmt_formatted(tmp_path):
+    proc = lint(tmp_path, TINY)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     fmt = subprocess.run([str(Path(sys.executable).with_name("snakefmt")), "--check",
                           "Snakefile", "rules"], cwd=REPO, capture_output=True, text=True)
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_lint_is_clean_with_fused_groups(tmp_path):
+    """fuse: true defines one rule per fused group (rules/train_fused.smk): lint those too."""
+    fused = TINY | {"fuse": True}
+    assert fused_groups(Plan(fused))  # the config has groups, so their rules exist
+    proc = lint(tmp_path, fused)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 # ------------------------------------------------------------- end to end (slow)
