@@ -27,8 +27,11 @@ def training_job(snakemake) -> list[dict]:
     params = snakemake.params
     budget = job_time_budget_s(snakemake.resources.runtime)
     members = []
+    # A named output of one file is that file, of several a list of them.
+    model_files = snakemake.output.model
+    model_files = [model_files] if isinstance(model_files, str) else list(model_files)
     for model_file, run_config, guides, tables in zip(
-            snakemake.output.model, params.run_configs, params.member_guides,
+            model_files, params.run_configs, params.member_guides,
             params.member_guide_tables, strict=True):
         config = copy.deepcopy(run_config)
         # One tree of every run's events: `tensorboard --logdir results/tensorboard` compares them.

@@ -101,7 +101,7 @@ def make_run(dataset: str, seed: int, method: str, lineage, keep_prob: float | N
     """The canonical run for a method and lineage.
 
     A TAKD or DGKD model guided by the teacher alone is `kd`; a stochastic (sdgkd) run has
-    exactly one of `keep_prob` and `drop_num`, and no other run has either. `convention`: a loss
+    `keep_prob` or `drop_num`, and no other run has either. `convention`: a loss
     convention other than the config's (the convention ablation); a model trained alone has none.
     Raises ValueError for a lineage that does not fit the method."""
     lineage = tuple(lineage)
@@ -109,19 +109,34 @@ def make_run(dataset: str, seed: int, method: str, lineage, keep_prob: float | N
     if not lineage or any(not m or _LINEAGE_SEP in m for m in lineage):
         raise ValueError(f"bad lineage {lineage!r}: model names, none containing '-'")
     method = canonical_method(method, lineage)
-    if (method == "nokd") != (len(lineage) == 1):
-        raise ValueError(f"method {method} does not fit lineage {'-'.join(lineage)}: "
-                         "nokd trains one model alone, every other method has guides")
-    if method == "kd" and len(lineage) != 2:
-        raise ValueError(f"kd has exactly one guide, the teacher; got lineage {'-'.join(lineage)}")
-    if get_method(method).stochastic != ((keep_prob is None) != (drop_num is None)):
-        raise ValueError("a stochastic DGKD (sdgkd) run has either keep_prob or drop_num, and "
-                         "no other run has one")
+    _check_guide_count(method, lineage)
+    # Both set is refused where the run config is resolved (dgkd_core.config), not here.
+    if get_method(method).stochastic != (keep_prob is not None or drop_num is not None):
+        raise ValueError("a stochastic DGKD (sdgkd) run has keep_prob or drop_num, and no "
+                         "other run has either")
     if convention is not None and method == "nokd":
         convention = None  # cross-entropy alone: every convention is the same loss
     return Run(dataset, int(seed), method, lineage,
                None if keep_prob is None else float(keep_prob),
                None if drop_num is None else int(drop_num), convention)
+
+
+def _check_guide_count(method: str, lineage: tuple[str, ...]) -> None:
+    """ValueError unless the guides of (method, lineage) number what the method takes
+    (registry min_guides..max_guides), a model with guides has a lineage above it, and the last
+    guide is the model just above it in the lineage."""
+    entry = get_method(method)
+    guides = entry.guide_rule(lineage)
+    n, high = len(guides), entry.max_guides
+    fits = (entry.min_guides <= n <= (n if high is None else high)
+            and (n == 0) == (len(lineage) == 1)
+            and (n == 0 or guides[-1][1] == lineage[:-1]))
+    if not fits:
+        low = entry.min_guides
+        need = ("no guides" if high == 0 else f"exactly {low} guide" if low == high
+                else f"at least {low} guides" if high is None else f"{low} to {high} guides")
+        raise ValueError(f"method {method} does not fit lineage {lineage_text(lineage)}: a run "
+                         f"of it has {need}, the last one the model just above it")
 
 
 def lineage_text(lineage) -> str:

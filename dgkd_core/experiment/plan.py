@@ -36,7 +36,7 @@ from dgkd_core.method.models import model_family
 from dgkd_core.schema import ConfigError, check, check_size
 
 __all__ = ["ABLATIONS", "Plan", "ROLES", "default_schema_path", "evenly_spaced",
-           "load_workflow_schema"]
+           "keep_prob_methods", "load_workflow_schema"]
 
 ROLES = ("teacher", "ta", "student")
 ABLATIONS = ("num_tas", "keep_prob", "convention")
@@ -53,6 +53,15 @@ def load_workflow_schema(path: str | Path | None = None) -> dict:
     schema = io.load_yaml_file(path, "schema")
     schema["$defs"]["settings"] = settings_schema()
     return schema
+
+
+def keep_prob_methods() -> tuple[str, str]:
+    """(the stochastic method, the method with its guides that drops none): the keep_prob
+    ablation's (sdgkd, dgkd), from the method registry."""
+    (stochastic,) = [m for m in registry.REGISTRY.values() if m.stochastic]
+    (plain,) = [m for m in registry.REGISTRY.values()
+                if not m.stochastic and m.guide_rule is stochastic.guide_rule]
+    return stochastic.name, plain.name
 
 
 def evenly_spaced(tas, k: int) -> list:
@@ -242,9 +251,10 @@ class Plan(PlanChecks):
 
     # ------------------------------------------------------------------ planning
 
-    def _sdgkd_dropping(self) -> tuple[float | None, int | None]:
-        """(keep_prob, drop_num) of stochastic DGKD's final students: per_method.sdgkd.loss."""
-        loss = self.hyperparameters.get("per_method", {}).get("sdgkd", {}).get("loss", {})
+    def _dropping(self, method: str) -> tuple[float | None, int | None]:
+        """(keep_prob, drop_num) of a stochastic method's final students: per_method.<method>.loss.
+        Both may be set here; resolving the run config refuses that (dgkd_core.config)."""
+        loss = self.hyperparameters.get("per_method", {}).get(method, {}).get("loss", {})
         return loss.get("keep_prob"), (loss.get("drop_num") or None)
 
     def _student_run(self, dataset, seed, method, chain, keep_prob=None) -> Run:
@@ -253,7 +263,7 @@ class Plan(PlanChecks):
             chain["teacher"], tuple(chain.get("tas", [])), chain["student"])
         drop_num = None
         if registry.get_method(method).stochastic and keep_prob is None:
-            keep_prob, drop_num = self._sdgkd_dropping()
+            keep_prob, drop_num = self._dropping(method)
         return paths.make_run(dataset, seed, method, lineage, keep_prob, drop_num)
 
     def _with_guides(self, runs) -> list[Run]:
@@ -288,10 +298,12 @@ class Plan(PlanChecks):
                 for seed in ab.get("seeds", self.config["seeds"])]
 
     def _keep_prob_runs(self) -> list[Run]:
-        """Stochastic DGKD at each keep probability, and DGKD (no dropping) for reference."""
+        """The stochastic method at each keep probability, and the same guides without
+        dropping (keep_prob_methods) for reference."""
         ab = self.ablations["keep_prob"]
         chain = self.config["chains"][ab["chain"]]
-        sweep = [(p, "sdgkd") for p in ab["keep_probs"]] + [(None, "dgkd")]
+        stochastic, plain = keep_prob_methods()
+        sweep = [(p, stochastic) for p in ab["keep_probs"]] + [(None, plain)]
         return [self._student_run(ab["dataset"], seed, method, chain, keep_prob=p)
                 for p, method in sweep
                 for seed in ab.get("seeds", self.config["seeds"])]

@@ -1,6 +1,6 @@
 """The checks and warnings of a workflow config beyond its schema (`PlanChecks`, a base of
 dgkd_core.experiment.plan.Plan): known models, datasets and model families, chains with the TAs
-their methods need, ablations that fit the chains, guide dropping under per_method.sdgkd only,
+their methods need, ablations that fit the chains, guide dropping under a stochastic method only,
 imported checkpoints that agree where chains share a run, every run's hyperparameters, and
 chains whose models do not shrink."""
 
@@ -30,7 +30,7 @@ def _parameter_count(model: str, num_classes: int, dataset: str) -> int:
 class PlanChecks:
     """What `Plan.__init__` checks from the config alone, and what `Plan.check()` checks with
     the file system and model builds; it reads config, hyperparameters, ablations, warnings,
-    _imports and _runs of the Plan, and its `_all_chains`, `_sdgkd_dropping`, `table1_runs` and
+    _imports and _runs of the Plan, and its `_all_chains`, `_dropping`, `table1_runs` and
     `run_config`."""
 
     def _check_models(self) -> None:
@@ -78,9 +78,9 @@ class PlanChecks:
             if chain not in chains:
                 raise ConfigError(f"ablations.{name}.chain is '{chain}'; chains defined: "
                                   f"{', '.join(chains)}")
-            needing = (["sdgkd"] if name == "keep_prob" else
-                       [m for m in self.ablations[name]["methods"]
-                        if registry.get_method(m).needs_tas])
+            methods = ([m for m in registry.METHODS if registry.get_method(m).stochastic]
+                       if name == "keep_prob" else self.ablations[name]["methods"])
+            needing = [m for m in methods if registry.get_method(m).needs_tas]
             if needing and not chains[chain].get("tas"):
                 raise ConfigError(f"ablations.{name}.chain '{chain}' has no TA, which "
                                   f"{', '.join(needing)} need")
@@ -94,25 +94,27 @@ class PlanChecks:
         return layers
 
     def _check_keep_prob(self) -> None:
-        """keep_prob or drop_num makes a run stochastic DGKD, so they are set under
-        per_method.sdgkd only (elsewhere they would reach the TAs and other students too)."""
+        """keep_prob or drop_num makes a run stochastic, so they are set under
+        per_method.<a stochastic method> only (elsewhere they would reach the TAs and other
+        students too); a planned stochastic method sets one (resolving its run config refuses
+        both)."""
+        stochastic = [m for m in registry.METHODS if registry.get_method(m).stochastic]
+        homes = {f"per_method.{m}" for m in stochastic}
         for where, settings in self._layers().items():
             loss = settings.get("loss", {})
             for key, unset in (("keep_prob", None), ("drop_num", 0)):
-                if where != "per_method.sdgkd" and loss.get(key, unset) != unset:
+                if where not in homes and loss.get(key, unset) != unset:
                     raise ConfigError(
                         f"hyperparameters.{where}.loss.{key}: guide dropping is stochastic "
-                        f"DGKD's; it belongs under hyperparameters.per_method.sdgkd.loss.{key}")
-        keep_prob, drop_num = self._sdgkd_dropping()
-        if keep_prob is not None and drop_num:
-            raise ConfigError(
-                "hyperparameters.per_method.sdgkd.loss sets both keep_prob and drop_num; set one: "
-                "keep_prob drops each guide at random (the paper), drop_num exactly that many "
-                "per batch (the released code)")
-        if "sdgkd" in self.config["methods"] and keep_prob is None and not drop_num:
-            raise ConfigError(
-                "methods include sdgkd, but hyperparameters.per_method.sdgkd.loss sets neither "
-                "keep_prob (stochastic DGKD's keep probability, e.g. 0.75) nor drop_num")
+                        f"DGKD's; it belongs under hyperparameters.per_method."
+                        f"{stochastic[0]}.loss.{key}")
+        for method in stochastic:
+            keep_prob, drop_num = self._dropping(method)
+            if method in self.config["methods"] and keep_prob is None and not drop_num:
+                raise ConfigError(
+                    f"methods include {method}, but hyperparameters.per_method.{method}.loss sets "
+                    "neither keep_prob (the keep probability of each guide, e.g. 0.75) nor "
+                    "drop_num")
 
     def _chain_sources(self, name: str, chain: dict):
         """(lineage, file or None, config key) for the teacher and each TA of chain `name`."""

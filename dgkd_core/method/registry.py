@@ -100,8 +100,9 @@ def get_method(name: str) -> Method:
 def check_guides(name: str, n_guides: int, keep_prob: float | None, drop_num: int = 0) -> None:
     """ValueError (one line) unless a run of method `name` with `n_guides` guide checkpoints,
     loss.keep_prob `keep_prob` and loss.drop_num `drop_num` is what the method is: the rule the
-    workflow's plan follows. A stochastic run drops guides one way: keep_prob (each guide kept
-    with that probability, the paper) or drop_num (exactly that many dropped, the released code)."""
+    workflow's plan follows. A stochastic run drops guides by keep_prob (each guide kept with
+    that probability, the paper) or drop_num (exactly that many dropped, the released code);
+    that it sets only one is checked where the run config is resolved (dgkd_core.config)."""
     method = get_method(name)
     low, high = method.min_guides, method.max_guides
     if not low <= n_guides <= (n_guides if high is None else high):
@@ -113,10 +114,6 @@ def check_guides(name: str, n_guides: int, keep_prob: float | None, drop_num: in
                          f"{'' if low == high == 1 else 's'}, but {n_guides} "
                          f"{'was' if n_guides == 1 else 'were'} given{hint}")
     dropping = keep_prob is not None or drop_num > 0
-    if keep_prob is not None and drop_num > 0:
-        raise ValueError(f"loss.keep_prob ({keep_prob}) and loss.drop_num ({drop_num}) are both "
-                         "set; set one: keep_prob drops each guide at random (the paper), "
-                         "drop_num exactly that many per batch (the released code)")
     if method.stochastic and not dropping:
         raise ValueError(f"method {name!r} needs loss.keep_prob (the probability of keeping each "
                          "guide) or loss.drop_num (guides dropped per batch); neither is set")

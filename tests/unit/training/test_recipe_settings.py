@@ -57,9 +57,7 @@ def test_a_drop_run_has_its_own_directory():
     run = paths.make_run("cifar10", 20, "sdgkd", ["a", "b", "c"], drop_num=1)
     assert run.method_dir == "sdgkd-d1"
     assert paths.run_from_path(run.file("model.pt")) == run
-    with pytest.raises(ValueError, match="either keep_prob or drop_num"):
-        paths.make_run("cifar10", 20, "sdgkd", ["a", "b", "c"], keep_prob=0.5, drop_num=1)
-    with pytest.raises(ValueError, match="either keep_prob or drop_num"):
+    with pytest.raises(ValueError, match="keep_prob or drop_num"):
         paths.make_run("cifar10", 20, "dgkd", ["a", "b", "c"], drop_num=1)
 
 
@@ -134,7 +132,9 @@ def test_drop_num_belongs_to_stochastic_dgkd_only(where):
 def test_keep_prob_and_drop_num_together_for_sdgkd_is_an_error():
     cfg = copy.deepcopy(TINY)
     cfg["hyperparameters"]["per_method"]["sdgkd"]["loss"].update(drop_num=1, drop_teacher=True)
-    with pytest.raises(ConfigError, match="sets both keep_prob and drop_num"):
+    with pytest.raises(ConfigError, match=r"hyperparameters for .*/sdgkd-p0\.75/.*: run-config "
+                                          r"'loss.keep_prob' \(0\.75\) and 'loss.drop_num' "
+                                          r"\(1\) are both set"):
         Plan(cfg)
 
 
