@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 
 from dgkd_core import io
+from dgkd_core.config import DEFAULT_RUN_CONFIG
 from dgkd_core.data import load_prepared, make_loaders, prepare_dataset, views_per_image
 from dgkd_core.device import resolve_device
 from dgkd_core.method.models import build_model
@@ -96,7 +97,8 @@ def _time_baseline(data, spec, device, steps, warmup, careful):
     guides = [build_model(g, data.num_classes).to(device).eval() for g in spec["guides"]]
     opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     ce, kl = nn.CrossEntropyLoss(), nn.KLDivLoss()
-    temperature, lam = 5.0, 0.5
+    loss_defaults = DEFAULT_RUN_CONFIG["loss"]
+    temperature, lam = loss_defaults["temperature"], loss_defaults["lam"]
     loader = _baseline_loader(data)
     done, t0 = 0, None
     while done < warmup + steps:
@@ -126,7 +128,6 @@ def _project_img_s(data, spec, device, steps, warmup):
     """The project's trainer step, built from the same pieces `train()` uses.
 
     Returns (images/s, the CUDA graph's fallback reason or None)."""
-    from dgkd_core.config import DEFAULT_RUN_CONFIG
     from dgkd_core.runtime import seed_everything
 
     # The determinism settings `train()` runs under (they cost speed on a GPU), undone after so
@@ -145,7 +146,6 @@ def _project_img_s(data, spec, device, steps, warmup):
 
 
 def _time_project_step(data, spec, device, steps, warmup):
-    from dgkd_core.config import DEFAULT_RUN_CONFIG
     from dgkd_core.runtime import fast_settings, make_autocast
     from dgkd_core.training.distiller import Distiller
     from dgkd_core.training.step import make_step
@@ -154,8 +154,7 @@ def _time_project_step(data, spec, device, steps, warmup):
     fmt = torch.channels_last if fast["channels_last"] else torch.contiguous_format
     student = build_model(spec["student"], data.num_classes).to(device).to(memory_format=fmt)
     guides = [_bench_guide(g, data, device, fast, spec["guide_path"]) for g in spec["guides"]]
-    loss_cfg = {"lam": 0.5, "temperature": 5.0, "convention": "paper"}
-    distiller = Distiller(student, guides, loss_cfg)
+    distiller = Distiller(student, guides, DEFAULT_RUN_CONFIG["loss"])
     opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4,
                           **({"fused": True} if device.type == "cuda" else {"foreach": True}))
     autocast = make_autocast(fast)
@@ -203,7 +202,6 @@ def _bench_guide(name, data, device, fast, guide_path):
 def _table_build_views_s(data, device, images: int) -> float:
     """Images x views per second of building a resnet26 teacher's table on `images` images,
     with the fast path `train()` uses (prepared guide; bf16 on CUDA)."""
-    from dgkd_core.config import DEFAULT_RUN_CONFIG
     from dgkd_core.data import Normalizer
     from dgkd_core.guides.prepared import prepare_guide
     from dgkd_core.guides.tables import build_guide_table

@@ -65,6 +65,7 @@ from dgkd_core.data.sources import (
     DEFAULT_MAX_CACHED_IMAGES,
     always_cached,
     prepare_dataset,
+    source_num_classes,
 )
 from dgkd_core.data.synthetic import (
     SYNTHETIC_CLASSES,
@@ -92,6 +93,7 @@ __all__ = [
     "make_loaders",
     "make_synthetic",
     "prepare_dataset",
+    "source_num_classes",
     "tensor_checksum",
     "view_index",
     "view_params",

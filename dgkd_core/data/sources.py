@@ -29,9 +29,25 @@ __all__ = [
     "DEFAULT_MAX_CACHED_IMAGES",
     "always_cached",
     "prepare_dataset",
+    "source_num_classes",
 ]
 
 DATASET_SOURCES = ("cifar10", "cifar100", "imagefolder", "synthetic")
+# Each source's class count before anything is prepared; an image folder's are its subfolders.
+_SOURCE_CLASSES = {"cifar10": 10, "cifar100": 100, "imagefolder": None,
+                   "synthetic": len(SYNTHETIC_CLASSES)}
+
+
+def _require_known_source(source: str) -> None:
+    if source not in DATASET_SOURCES:
+        raise DataError(f"unknown dataset source {source!r}; choose one of "
+                        f"{', '.join(DATASET_SOURCES)}")
+
+
+def source_num_classes(source: str) -> int | None:
+    """How many classes a dataset of `source` has (None for an image folder: its subfolders)."""
+    _require_known_source(source)
+    return _SOURCE_CLASSES[source]
 
 DEFAULT_MAX_CACHED_IMAGES = 2_000_000
 DEFAULT_MAX_CACHED_BYTES = 8 * 2**30  # uint8 bytes of train + test images kept in one file
@@ -100,9 +116,7 @@ def prepare_dataset(
 def _checked_size(source: str, resize: int | Sequence[int] | None, recipe: str,
                   root_is_temporary: bool) -> tuple[int, int] | None:
     """The image size that `resize` asks for; DataError where the arguments do not fit."""
-    if source not in DATASET_SOURCES:
-        raise DataError(f"unknown dataset source {source!r}; choose one of "
-                        f"{', '.join(DATASET_SOURCES)}")
+    _require_known_source(source)
     size = _parse_resize(resize)
     if size is not None and source != "imagefolder":
         raise DataError(f"resize applies to the imagefolder source only, not {source!r}")

@@ -32,6 +32,7 @@ from dgkd_core.experiment.plan_checks import PlanChecks
 from dgkd_core.experiment.table_plan import plan_guide_tables
 from dgkd_core.guides.checkpoints import file_fingerprint
 from dgkd_core.method import registry
+from dgkd_core.method.losses import CONVENTIONS
 from dgkd_core.method.models import model_family
 from dgkd_core.schema import ConfigError, check, check_size
 
@@ -52,7 +53,21 @@ def load_workflow_schema(path: str | Path | None = None) -> dict:
     path = Path(path) if path is not None else default_schema_path()
     schema = io.load_yaml_file(path, "schema")
     schema["$defs"]["settings"] = settings_schema()
+    _fill_registry_lists(schema)
     return schema
+
+
+def _fill_registry_lists(schema: dict) -> None:
+    """The schema's lists of methods and loss conventions, from their registries."""
+    methods = [registry.get_method(name) for name in registry.METHODS]
+    guided = [m.name for m in methods if m.max_guides != 0]
+    along_tas = [m.name for m in methods if m.needs_tas and not m.stochastic]
+    schema["$defs"]["method"]["enum"] = list(registry.METHODS)
+    ablations = schema["properties"]["ablations"]["properties"]
+    ablations["num_tas"]["properties"]["methods"]["items"]["enum"] = along_tas
+    convention = ablations["convention"]["properties"]
+    convention["methods"]["items"]["enum"] = guided
+    convention["conventions"]["items"]["enum"] = list(CONVENTIONS)
 
 
 def keep_prob_methods() -> tuple[str, str]:

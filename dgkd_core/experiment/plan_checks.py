@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from functools import cache
 
+from dgkd_core.data import source_num_classes
 from dgkd_core.experiment import paths
 from dgkd_core.method import registry
 from dgkd_core.method.models import available_models, build_model, count_parameters, model_family
@@ -188,7 +189,9 @@ class PlanChecks:
             models = chain_models(chain)
             datasets = [chain["dataset"]] if "dataset" in chain else list(self.config["datasets"])
             for dataset in datasets:
-                classes = 100 if self.config["datasets"][dataset]["source"] == "cifar100" else 10
+                # An image folder's count is known once prepared; it widens both models'
+                # classifiers alike, so any count compares them.
+                classes = source_num_classes(self.config["datasets"][dataset]["source"]) or 10
                 for bigger, smaller in zip(models, models[1:]):
                     n_big = _parameter_count(bigger, classes, dataset)
                     n_small = _parameter_count(smaller, classes, dataset)

@@ -48,14 +48,6 @@ def student(plan: Plan, method: str):
 # ---------------------------------------------------------------------- the registry
 
 
-def test_schema_method_list_equals_the_registry():
-    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
-    assert schema["$defs"]["method"]["enum"] == list(registry.METHODS)
-    assert registry.METHODS == ("nokd", "kd", "takd", "dgkd", "sdgkd")
-    ablation = schema["properties"]["ablations"]["properties"]["num_tas"]["properties"]
-    assert set(ablation["methods"]["items"]["enum"]) <= set(registry.METHODS)
-
-
 def test_labels_and_colours_come_from_the_registry():
     from dgkd_core.reporting import plots, tables
 
@@ -285,11 +277,6 @@ def test_check_guides_accepts_each_methods_own_runs():
 
 
 def test_convention_ablation_trains_its_chain_under_each_convention():
-    from dgkd_core.method.losses import CONVENTIONS
-
-    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
-    ablation = schema["properties"]["ablations"]["properties"]["convention"]["properties"]
-    assert ablation["conventions"]["items"]["enum"] == list(CONVENTIONS)
     plan = Plan(config(ablations={"convention": {
         "dataset": "synthetic", "chain": "plain", "methods": ["dgkd"], "seeds": [1],
         "conventions": ["paper", "released_code"]}}))
