@@ -152,61 +152,12 @@ def _reproduction(args) -> int:
     return 0
 
 
-def _value_text(value) -> str:
-    """A value as YAML writes it: null, true, [0.5, 0.75]."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list):
-        return "[" + ", ".join(_value_text(v) for v in value) + "]"
-    return str(value)
-
-
-def _range_text(leaf: dict) -> str:
-    """A schema's bounds: `in [0, 1]`, `in (0, 1)`, `>= 1`, `> 0`, or ''."""
-    low = next(((f"{b}", leaf[k]) for k, b in (("minimum", "["), ("exclusiveMinimum", "("))
-                if k in leaf), None)
-    high = next(((f"{b}", leaf[k]) for k, b in (("maximum", "]"), ("exclusiveMaximum", ")"))
-                 if k in leaf), None)
-    if low and high:
-        return f"in {low[0]}{low[1]}, {high[1]}{high[0]}"
-    if low:
-        return f"{'>=' if low[0] == '[' else '>'} {low[1]}"
-    if high:
-        return f"{'<=' if high[0] == ']' else '<'} {high[1]}"
-    return ""
-
-
-def _allowed_text(leaf: dict) -> str:
-    """What a run-config key allows, from its schema, then its description."""
-    if "enum" in leaf:
-        text = "one of " + ", ".join(_value_text(v) for v in leaf["enum"])
-    else:
-        types = leaf["type"] if isinstance(leaf["type"], list) else [leaf["type"]]
-        kinds = []
-        for kind in (t for t in types if t != "null"):
-            if kind == "array":
-                items = leaf.get("items", {})
-                count = (f"{leaf['minItems']} " if leaf.get("minItems") is not None
-                         and leaf.get("minItems") == leaf.get("maxItems") else "")
-                kind = f"list of {count}{items.get('type', 'value')}s {_range_text(items)}"
-            elif kind == "object":
-                kind = "mapping {" + ", ".join(leaf.get("properties", {})) + "}"
-            else:
-                kind = f"{kind} {_range_text(leaf)}"
-            kinds.append(kind.strip())
-        text = " or ".join(kinds + (["null"] if "null" in types else []))
-    return text + (f"; {leaf['description']}" if leaf.get("description") else "")
-
-
 def run_config_help() -> str:
     """`train --help`'s list of the run-config keys, read from RUN_CONFIG_SCHEMA: each dotted key
     with its default and what it allows, then an example command."""
-    from dgkd_core.config import run_config_keys
+    from dgkd_core.config import run_config_key_rows
 
-    rows = [(key, _value_text(leaf.get("default")), _allowed_text(leaf))
-            for key, leaf in run_config_keys()]
+    rows = run_config_key_rows()
     key_w, default_w = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
     indent = " " * (2 + key_w + 2 + default_w + 2)
     lines = ["run-config keys (in --config, or --set KEY=VALUE): key, default, allowed values",

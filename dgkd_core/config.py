@@ -18,7 +18,7 @@ from dgkd_core.schema import ConfigError, check
 
 __all__ = ["DEFAULT_RUN_CONFIG", "RUN_CONFIG_SCHEMA", "TRAINING_CODE_VERSION",
            "config_hash", "deep_update", "parse_overrides", "resolve_run_config",
-           "run_config_keys", "semantic_settings", "settings_schema"]
+           "run_config_key_rows", "run_config_keys", "semantic_settings", "settings_schema"]
 
 # Bump when a change in dgkd_core alters what training computes (losses, models, data path,
 # optimiser, schedule). The workflow puts it in every training rule's params, so bumping it
@@ -154,6 +154,61 @@ def run_config_keys(schema: dict | None = None, prefix: str = "") -> list[tuple[
         else:
             out.append((prefix + key, sub))
     return out
+
+
+def _value_text(value) -> str:
+    """A value as YAML writes it: null, true, [0.5, 0.75]."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ", ".join(_value_text(v) for v in value) + "]"
+    return str(value)
+
+
+def _range_text(leaf: dict) -> str:
+    """A schema's bounds: `in [0, 1]`, `in (0, 1)`, `>= 1`, `> 0`, or ''."""
+    low = next(((f"{b}", leaf[k]) for k, b in (("minimum", "["), ("exclusiveMinimum", "("))
+                if k in leaf), None)
+    high = next(((f"{b}", leaf[k]) for k, b in (("maximum", "]"), ("exclusiveMaximum", ")"))
+                 if k in leaf), None)
+    if low and high:
+        return f"in {low[0]}{low[1]}, {high[1]}{high[0]}"
+    if low:
+        return f"{'>=' if low[0] == '[' else '>'} {low[1]}"
+    if high:
+        return f"{'<=' if high[0] == ']' else '<'} {high[1]}"
+    return ""
+
+
+def _allowed_text(leaf: dict) -> str:
+    """What a run-config key allows, from its schema, then its description."""
+    if "enum" in leaf:
+        text = "one of " + ", ".join(_value_text(v) for v in leaf["enum"])
+    else:
+        types = leaf["type"] if isinstance(leaf["type"], list) else [leaf["type"]]
+        kinds = []
+        for kind in (t for t in types if t != "null"):
+            if kind == "array":
+                items = leaf.get("items", {})
+                count = (f"{leaf['minItems']} " if leaf.get("minItems") is not None
+                         and leaf.get("minItems") == leaf.get("maxItems") else "")
+                kind = f"list of {count}{items.get('type', 'value')}s {_range_text(items)}"
+            elif kind == "object":
+                kind = "mapping {" + ", ".join(leaf.get("properties", {})) + "}"
+            else:
+                kind = f"{kind} {_range_text(leaf)}"
+            kinds.append(kind.strip())
+        text = " or ".join(kinds + (["null"] if "null" in types else []))
+    return text + (f"; {leaf['description']}" if leaf.get("description") else "")
+
+
+def run_config_key_rows() -> list[tuple[str, str, str]]:
+    """Every run-config key as help text: (dotted key, its default as YAML writes it, what it
+    allows and its description), read from RUN_CONFIG_SCHEMA (`train --help`)."""
+    return [(key, _value_text(leaf.get("default")), _allowed_text(leaf))
+            for key, leaf in run_config_keys()]
 
 
 def _complete(schema: dict, value: Any) -> Any:

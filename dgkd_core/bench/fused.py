@@ -6,10 +6,12 @@ the weights):
   - fused_students_resnet8_k5: the five resnet8 students of one seed (NoKD; KD from resnet26;
     TAKD from resnet14; DGKD and stochastic DGKD from resnet26, resnet20, resnet14);
   - fused_seeds_resnet26_k3: the resnet26 teacher for three seeds.
-Each member is a real `Trainer` (dgkd_core.training.trainer) set up as `train()` sets it up; "solo" times
-each member's steps alone, "fused" times rounds of one step of each member, queued as
-dgkd_core.training.fused queues them (each on its own CUDA stream on a GPU), and "horizontal" times rounds
-of the members stacked into one model (dgkd_core.training.horizontal: one step of K-times-wider kernels).
+The members are the product's fused group (dgkd_core.training.fused.FusedTrainer, each member a
+`Trainer` set up as `train()` sets it up), stepped through the group's own step
+(`FusedTrainer.step_member`): "solo" times each member's steps alone, "fused" times rounds of
+one step of each member (each on its own CUDA stream on a GPU), and "horizontal" times rounds of
+the members stacked into one model (the group's dgkd_core.training.horizontal step: one step of
+K-times-wider kernels).
 Reported: aggregate img/s, per-model img/s and their ratio to the K solo runs.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -25,9 +28,7 @@ from dgkd_core.config import resolve_run_config
 from dgkd_core.data import load_prepared, prepare_dataset
 from dgkd_core.guides.checkpoints import save_checkpoint
 from dgkd_core.method.models import build_model
-from dgkd_core.training.fused import MemberStreams
-from dgkd_core.training.trainer import Trainer
-from dgkd_core.training.horizontal import HorizontalGroup
+from dgkd_core.training.fused import FusedTrainer
 
 __all__ = ["FUSED_WORKLOADS", "run_fused"]
 
@@ -59,18 +60,20 @@ def _guide_files(data_path: Path, root: Path) -> dict[str, str]:
     return files
 
 
-def _members(workload: str, data_path: Path, root: Path, device: str) -> list[Trainer]:
+def _group(workload: str, data_path: Path, root: Path, device: str,
+           mechanism: str) -> FusedTrainer:
+    """The workload's members as the product's fused group (dgkd_core.training.fused), set up."""
     guides = _guide_files(data_path, root)
-    trainers = []
+    specs = []
     for i, (model, method, seed, guide_models, keep_prob) in enumerate(FUSED_WORKLOADS[workload]):
         cfg = {"model": model, "method": method, "seed": seed, "epochs": 1000,
                "batch_size": BATCH_SIZE, "device": device, "optimizer": {"lr": 0.1},
                "loss": {"keep_prob": keep_prob}}
-        trainer = Trainer(cfg, data_path, root / f"member{i}", [guides[g] for g in guide_models],
-                          progress=False)
-        trainer.setup()
-        trainers.append(trainer)
-    return trainers
+        specs.append({"config": cfg, "data": data_path, "out_dir": root / f"member{i}",
+                      "guides": [guides[g] for g in guide_models]})
+    group = FusedTrainer(specs, progress=False, mechanism=mechanism)
+    group.setup()
+    return group
 
 
 def _sync(device: torch.device) -> None:
@@ -78,48 +81,37 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class _Stepper:
-    """Endless training steps of each member (epoch after epoch), on a given stream."""
-
-    def __init__(self, members: list[Trainer]):
-        self.members = members
-        self.lrs = [m.begin_epoch() for m in members]
-        self.batches = [iter(m.train_loader) for m in members]
-
-    def batch(self, i: int):
-        """Member i's next batch (a new epoch where its loader ran out)."""
-        member = self.members[i]
-        batch = next(self.batches[i], None)
-        if batch is None:  # a new epoch: its bookkeeping is not what is timed
-            member.state.step = 0
-            self.lrs[i] = member.begin_epoch()
-            self.batches[i] = iter(member.train_loader)
-            batch = next(self.batches[i])
-        return batch
-
-    def step(self, i: int) -> None:
-        self.members[i].run_step(self.batch(i), self.lrs[i])
+def _endless_batches(member) -> Iterator:
+    """A set-up member's batches, epoch after epoch; a new epoch's bookkeeping is not what is
+    timed, and its epoch count stays (so does its lr). Call `begin_epoch()` first."""
+    while True:
+        yield from member.train_loader
+        member.state.step = 0
+        member.begin_epoch()
 
 
-def _time_horizontal(members, steps: int, warmup: int) -> float:
+def _time_horizontal(group: FusedTrainer, steps: int, warmup: int) -> float:
     """Seconds for `steps` rounds of the members stepped as one stack (dgkd_core.training.horizontal)."""
-    device = members[0].device
-    stepper, group = _Stepper(members), HorizontalGroup(members)
+    device = group.members[0].device
+    lrs = {i: m.begin_epoch() for i, m in enumerate(group.members)}
+    batches = [_endless_batches(m) for m in group.members]
     for n in range(warmup + steps):
         if n == warmup:
             _sync(device)
             t0 = time.perf_counter()
-        batches = {i: stepper.batch(i) for i in range(len(members))}
-        group.step(batches, dict(enumerate(stepper.lrs)))
+        group.horizontal.step({i: next(b) for i, b in enumerate(batches)}, lrs)
     _sync(device)
     return time.perf_counter() - t0
 
 
-def _time(members, steps: int, warmup: int, streams: MemberStreams, fused: bool) -> float:
-    """Seconds for `steps` steps of every member: rounds of one step each (fused), or each
-    member's steps on their own, one member after another (solo)."""
+def _time(group: FusedTrainer, steps: int, warmup: int, fused: bool) -> float:
+    """Seconds for `steps` steps of every member through the group's own step
+    (FusedTrainer.step_member): rounds of one step each (fused), or each member's steps on
+    their own, one member after another (solo)."""
+    members, streams = group.members, group.streams
     device = members[0].device
-    stepper = _Stepper(members)
+    lrs = [m.begin_epoch() for m in members]
+    batches = [_endless_batches(m) for m in members]
     order = ([list(range(len(members)))] if fused else [[i] for i in range(len(members))])
     total = 0.0
     for indices in order:
@@ -130,8 +122,7 @@ def _time(members, steps: int, warmup: int, streams: MemberStreams, fused: bool)
                 t0 = time.perf_counter()
             streams.fork(indices)
             for i in indices:
-                with streams.on(i):
-                    stepper.step(i)
+                group.step_member(i, batches[i], lrs[i])
         streams.join(indices)
         _sync(device)
         total += time.perf_counter() - t0
@@ -150,14 +141,14 @@ def run_fused(device: torch.device, steps: int, warmup: int,
             root = Path(tmp) / workload
             k = len(FUSED_WORKLOADS[workload])
             mechanism = "cuda_streams" if device.type == "cuda" else "sequential"
-            streams = MemberStreams(k, mechanism)
             images = steps * BATCH_SIZE * k
-            solo_s = _time(_members(workload, data_path, root / "solo", str(device)), steps,
-                           warmup, MemberStreams(k, "sequential"), fused=False)
-            fused_s = _time(_members(workload, data_path, root / "fused", str(device)), steps,
-                            warmup, streams, fused=True)
-            horizontal_s = _time_horizontal(
-                _members(workload, data_path, root / "horizontal", str(device)), steps, warmup)
+
+            def group(name, mechanism):
+                return _group(workload, data_path, root / name, str(device), mechanism)
+
+            solo_s = _time(group("solo", "sequential"), steps, warmup, fused=False)
+            fused_s = _time(group("fused", mechanism), steps, warmup, fused=True)
+            horizontal_s = _time_horizontal(group("horizontal", "horizontal"), steps, warmup)
             entries.append({"workload": workload, "members": k, "mechanism": mechanism,
                             "batch_size": BATCH_SIZE,
                             "fused_aggregate_img_s": round(images / fused_s, 1),

@@ -1,7 +1,7 @@
 """Fused training: several models trained in one process, in lockstep (horizontal fusion).
 
-    FusedTrainer(trainers).run()      # each a dgkd_core.training.trainer.Trainer, not yet set up
-    train_fused(members)              # the same from {config, data, out_dir, guides} mappings
+    FusedTrainer(members).run()       # members: {config, data, out_dir, guides, guide_tables}
+    train_fused(members)              # the same
 
 Each member is a whole `Trainer`: its own loader and batch stream, guides (or guide tables),
 optimizer, keep-mask RNG, learning-rate schedule, resume state and outputs (`model.pt`,
@@ -35,17 +35,19 @@ import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import torch
 
-from dgkd_core.data import load_prepared
-from dgkd_core.runtime import StopFlag
+from dgkd_core.config import resolve_run_config
+from dgkd_core.data import PreparedData, load_prepared
+from dgkd_core.runtime import StopFlag, pick_device
 from dgkd_core.schema import ConfigError
 from dgkd_core.training.horizontal import HorizontalGroup
+from dgkd_core.training.resume import TrainState
 from dgkd_core.training.trainer import Trainer, TrainingInterrupted
 
-__all__ = ["MECHANISMS", "FusedTrainer", "train_fused"]
+__all__ = ["MECHANISMS", "FusedMember", "FusedTrainer", "MemberStreams", "train_fused"]
 
 log = logging.getLogger("dgkd_core.training.fused")
 
@@ -80,59 +82,83 @@ class MemberStreams:
                 current.wait_stream(self.streams[i])
 
 
+class FusedMember(Protocol):
+    """What FusedTrainer asks of each member (a dgkd_core.training.trainer.Trainer, built with
+    the group's `prepared`, `stop` and `fused_group`), in this order: `setup()` once; per
+    epoch `begin_epoch()` (its lr), `run_step(batch, lr)` per batch (the segment's seconds so
+    far), `stop_reason(elapsed)` after each step, `end_epoch(lr)`; `stop_or_save(elapsed)` to
+    save its resume state when the group stops; `finish(remove_resume_state=False)` at the end."""
+
+    out_dir: Path
+    data_path: str | os.PathLike
+    cfg: dict
+    state: TrainState
+    device: torch.device
+    train_loader: Any
+    guide_paths: list[str]
+    resume_path: Path
+    tensorboard: Any
+
+    def setup(self) -> None: ...
+    def begin_epoch(self) -> float: ...
+    def run_step(self, batch: Sequence[torch.Tensor], lr: float) -> float: ...
+    def end_epoch(self, lr: float) -> None: ...
+    def stop_reason(self, elapsed: float) -> str | None: ...
+    def stop_or_save(self, elapsed: float) -> None: ...
+    def finish(self, remove_resume_state: bool = True) -> dict: ...
+
+
 class FusedTrainer:
-    """Train `members` (Trainers not yet set up, with distinct out_dirs) together.
+    """Train `members` together: each a mapping {config, data, out_dir, guides (optional),
+    guide_tables (optional)} with `train()`'s meanings, out_dirs distinct.
 
     mechanism: auto (cuda_streams where every member runs on CUDA, else sequential),
     cuda_streams, sequential or horizontal. watch_pid: as `train()`'s, for the whole group."""
 
-    def __init__(self, members: Sequence[Trainer], *, mechanism: str = "auto",
-                 watch_pid: int | None = None):
+    def __init__(self, members: Sequence[dict], progress: bool | None = None, *,
+                 mechanism: str = "auto", watch_pid: int | None = None):
         if not members:
             raise ConfigError("a fused group needs at least one member")
         if mechanism not in MECHANISMS:
             raise ConfigError(f"fused mechanism {mechanism!r} is unknown; use one of "
                               f"{', '.join(MECHANISMS)}")
-        dirs = [os.path.realpath(m.out_dir) for m in members]
+        for i, spec in enumerate(members):
+            missing = [k for k in ("config", "data", "out_dir") if k not in spec]
+            if missing:
+                raise ConfigError(f"fused member {i + 1} lacks {', '.join(missing)}")
+        dirs = [os.path.realpath(spec["out_dir"]) for spec in members]
         twice = sorted({d for d in dirs if dirs.count(d) > 1})
         if twice:
             raise ConfigError(f"fused members share the out_dir {twice[0]}; give each member "
                               "its own")
-        self.members = list(members)
-        self.requested = mechanism
-        self.watch_pid = watch_pid
+        devices = [pick_device(resolve_run_config(spec["config"])) for spec in members]
+        self.mechanism = _mechanism(mechanism, devices)
+        self.stop = StopFlag(watch_pid=watch_pid)
+        record = {"members": [str(Path(spec["out_dir"])) for spec in members],
+                  "mechanism": self.mechanism}
+        loaded: dict[str, PreparedData] = {}  # one loaded copy of each data file
+        self.members: list[FusedMember] = []
+        for spec in members:
+            key = os.path.realpath(spec["data"])
+            if key not in loaded:
+                loaded[key] = load_prepared(spec["data"])
+            self.members.append(Trainer(
+                spec["config"], spec["data"], Path(spec["out_dir"]), spec.get("guides", ()),
+                progress, guide_tables=spec.get("guide_tables", ()), prepared=loaded[key],
+                stop=self.stop, fused_group=record))
         self.streams: MemberStreams | None = None
         self.horizontal: HorizontalGroup | None = None  # the stacked step (`horizontal`)
-        self.stop: StopFlag | None = None
 
     # ------------------------------------------------------------------ set up and run
 
     def setup(self) -> None:
         """Set every member up, one after another (each seeds the global RNG before building
-        its models, as alone), sharing each prepared data file; then pick the mechanism."""
-        loaded: dict[str, object] = {}
+        its models, as alone)."""
         for member in self.members:
-            key = os.path.realpath(member.data_path)
-            if key not in loaded:
-                loaded[key] = load_prepared(member.data_path)
-            member.prepared = loaded[key]
             member.setup()
-        mechanism = self._mechanism()
-        if mechanism == "horizontal":  # refuses members of different architectures
+        if self.mechanism == "horizontal":  # refuses members of different architectures
             self.horizontal = HorizontalGroup(self.members)
-        self.streams = MemberStreams(len(self.members), mechanism)
-        record = {"members": [str(m.out_dir) for m in self.members], "mechanism": mechanism}
-        for member in self.members:
-            member.fused_group = record
-
-    def _mechanism(self) -> str:
-        on_cuda = all(m.device.type == "cuda" for m in self.members)
-        if self.requested == "auto":
-            return "cuda_streams" if on_cuda else "sequential"
-        if self.requested == "cuda_streams" and not on_cuda:
-            raise ConfigError("fused mechanism cuda_streams needs every member on CUDA; use "
-                              "auto or sequential")
-        return self.requested
+        self.streams = MemberStreams(len(self.members), self.mechanism)
 
     def run(self) -> list[dict]:
         """Set up, train every member's remaining epochs, write every member's outputs; the
@@ -140,9 +166,7 @@ class FusedTrainer:
         member saved its resume state) on a signal or a member's nearly spent time budget."""
         try:
             self.setup()
-            with StopFlag(watch_pid=self.watch_pid) as self.stop:
-                for member in self.members:
-                    member.stop = self.stop
+            with self.stop:
                 self._log_start()
                 while self._unfinished():
                     self.run_round()
@@ -178,15 +202,20 @@ class FusedTrainer:
         while stepping:
             stepped: list[tuple[int, float]] = []
             for i in list(stepping):
-                member = self.members[i]
-                with self.streams.on(i):
-                    batch = next(batches[i], None)
-                    if batch is not None:
-                        stepped.append((i, member.run_step(batch, lrs[i])))
-                if batch is None:
+                elapsed = self.step_member(i, batches[i], lrs[i])
+                if elapsed is None:
                     stepping.remove(i)
                     self._end_epoch(i, lrs[i])
+                else:
+                    stepped.append((i, elapsed))
             self._stop_if_asked(stepped)
+
+    def step_member(self, index: int, batches: Iterator, lr: float) -> float | None:
+        """Member `index`'s next step, on its stream, from its epoch's `batches`: the segment's
+        seconds so far (as `run_step`), or None where the batches ran out."""
+        with self.streams.on(index):
+            batch = next(batches, None)
+            return None if batch is None else self.members[index].run_step(batch, lr)
 
     def _end_epoch(self, index: int, lr: float) -> None:
         self.streams.join([index])
@@ -233,19 +262,21 @@ class FusedTrainer:
         return metrics
 
 
+def _mechanism(requested: str, devices: Sequence[torch.device]) -> str:
+    """The mechanism `requested` picks for members on `devices`."""
+    on_cuda = all(device.type == "cuda" for device in devices)
+    if requested == "auto":
+        return "cuda_streams" if on_cuda else "sequential"
+    if requested == "cuda_streams" and not on_cuda:
+        raise ConfigError("fused mechanism cuda_streams needs every member on CUDA; use "
+                          "auto or sequential")
+    return requested
+
+
 def train_fused(members: Sequence[dict], progress: bool | None = None, *,
                 mechanism: str = "auto", watch_pid: int | None = None) -> list[dict]:
-    """Train the members together; each a mapping {config, data, out_dir, guides (optional),
-    guide_tables (optional)} with `train()`'s meanings. Returns their metrics.json contents, in order.
+    """Train the members together (FusedTrainer). Returns their metrics.json contents, in order.
 
     Raises ConfigError / TrainingError on bad input before training, TrainingInterrupted
     (exit status 75) after saving every member's resume state on a stop."""
-    trainers = []
-    for i, spec in enumerate(members):
-        missing = [k for k in ("config", "data", "out_dir") if k not in spec]
-        if missing:
-            raise ConfigError(f"fused member {i + 1} lacks {', '.join(missing)}")
-        trainers.append(Trainer(spec["config"], spec["data"], Path(spec["out_dir"]),
-                                spec.get("guides", ()), progress, watch_pid=watch_pid,
-                                guide_tables=spec.get("guide_tables", ())))
-    return FusedTrainer(trainers, mechanism=mechanism, watch_pid=watch_pid).run()
+    return FusedTrainer(members, progress, mechanism=mechanism, watch_pid=watch_pid).run()

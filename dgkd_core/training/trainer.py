@@ -27,6 +27,7 @@ from typing import Sequence
 import torch
 
 from dgkd_core.config import resolve_run_config
+from dgkd_core.data import PreparedData
 from dgkd_core.errors import TrainingError
 from dgkd_core.guides.checkpoints import first_non_finite
 from dgkd_core.guides.tables import aligned_tables
@@ -60,12 +61,19 @@ class TrainingInterrupted(SystemExit):
 
 
 class Trainer(TrainerSetup, TrainerOutputs):
-    """One training run of `train()`; see the module docstring for the order of the methods."""
+    """One training run of `train()`; see the module docstring for the order of the methods.
+
+    A fused group (dgkd_core.training.fused) gives each member what the group shares:
+    prepared: the data file, loaded once (None: `setup()` loads `data_path`); stop: the group's
+    StopFlag, which the group enters (None: `run()` enters its own for `watch_pid`);
+    fused_group: metrics.json's record of the group (None: trained alone)."""
 
     def __init__(self, config: dict, data_path: str | os.PathLike, out_dir: str | os.PathLike,
                  guide_checkpoints: Sequence[str | os.PathLike] = (),
                  progress: bool | None = None, *, watch_pid: int | None = None,
-                 guide_tables: Sequence[str | os.PathLike | None] = ()):
+                 guide_tables: Sequence[str | os.PathLike | None] = (),
+                 prepared: PreparedData | None = None, stop: StopFlag | None = None,
+                 fused_group: dict | None = None):
         self.cfg = resolve_run_config(config)
         self.data_path = data_path
         self.out_dir = Path(out_dir)
@@ -85,13 +93,13 @@ class Trainer(TrainerSetup, TrainerOutputs):
         self.interactive = sys.stderr.isatty() if progress is None else progress
         self.watch_pid = watch_pid
         self.state = TrainState()
-        self.stop: StopFlag | None = None  # entered for the length of run()'s epoch loop
+        self.stop = stop
         self.bar = None  # this segment's progress bar, when interactive
         self.good_resume_state = False  # a resume state this run loaded or wrote is on disk
         self.tensorboard = None  # the EpochWriter, from setup() on, where logging.tensorboard
         self.epoch_walls: list[float] = []  # s per epoch run here, evaluation included (ETA)
-        self.prepared = None  # the loaded data file where the caller has it already (fused)
-        self.fused_group: dict | None = None  # metrics.json's record of a fused group
+        self.prepared = prepared
+        self.fused_group = fused_group
 
     # ------------------------------------------------------------------------ the loop
 
@@ -102,7 +110,8 @@ class Trainer(TrainerSetup, TrainerOutputs):
         cfg = self.cfg
         try:
             self.setup()
-            with StopFlag(watch_pid=self.watch_pid) as self.stop:
+            stop = self.stop if self.stop is not None else StopFlag(watch_pid=self.watch_pid)
+            with stop as self.stop:
                 log.info("training %s (%s, seed %d) on %s for %d epochs, %d guides, "
                          "%d steps/epoch", cfg["model"], cfg["method"], cfg["seed"],
                          self.device, cfg["epochs"], len(self.guide_paths),
