@@ -226,7 +226,10 @@ def test_workflow_script_logs_under_results_tensorboard(tiny_data, tmp_path, mon
     snakemake = SimpleNamespace(
         config=config, log=[str(log)], threads=threads,
         output=SimpleNamespace(model=run.file("model.pt")),
-        params=SimpleNamespace(run_settings=semantic_settings(plan.run_config(run))),
+        # what rules/common.smk sends: the job builds no plan
+        params=SimpleNamespace(run_settings=semantic_settings(plan.run_config(run)),
+                               run_configs=[plan.run_config(run)], member_guides=[[]],
+                               member_guide_tables=[[]]),
         input=SimpleNamespace(data=str(tiny_data), guides=[], guide_tables=[]),
         resources=SimpleNamespace(runtime=10))
     try:
