@@ -1,10 +1,11 @@
 """Speed benchmark: the project's training step against a loop written the released code's way.
 
-`python -m dgkd_core bench` measures, in one process, images/s at batch 128 of
+`python -m dgkd_core bench` measures, in one process, images/s at batch 128 of the product's
+own trainer (dgkd_core.training.trainer.Trainer, set up as `train()` sets it up, its `run_step`
+per batch, the run config's defaults but for `fast.fold_guides`) on
   - the DGKD student step (teacher resnet26, TAs resnet20/resnet14, student resnet8): with the
-    guides inline as before prepared guides (`dgkd_student_resnet26-20-14-8`), with prepared
-    guides (BN folded, pre-cast: `dgkd_student_prepared_guides`) and with guide tables
-    (`dgkd_student_tables`);
+    guides not folded (`dgkd_student_resnet26-20-14-8`), folded (BN folded, pre-cast:
+    `dgkd_student_prepared_guides`) and with guide tables (`dgkd_student_tables`);
   - teacher training (resnet26, cross-entropy);
 against two baselines, then the guide-table build (`guide_table_build`, images x views per
 second) and (unless --skip-workflow) the demo workflow's wall time. It writes
@@ -37,13 +38,13 @@ import torch
 import torch.nn as nn
 
 from dgkd_core import io
-from dgkd_core.config import DEFAULT_RUN_CONFIG
-from dgkd_core.data import load_prepared, make_loaders, prepare_dataset, views_per_image
+from dgkd_core.config import DEFAULT_RUN_CONFIG, resolve_run_config
+from dgkd_core.data import CROP_PAD, load_prepared, prepare_dataset, views_per_image
 from dgkd_core.device import resolve_device
 from dgkd_core.method.models import build_model
 
 _CHAIN = {"student": "resnet8", "guides": ["resnet26", "resnet20", "resnet14"]}
-# guides: "inline" (as built), "prepared" (dgkd_core.guides.prepared: folded, pre-cast) or "tables".
+# guides: "inline" (not folded), "prepared" (dgkd_core.guides.prepared: folded) or "tables".
 WORKLOADS = {
     "dgkd_student_resnet26-20-14-8": {**_CHAIN, "guide_path": "inline"},
     "dgkd_student_prepared_guides": {**_CHAIN, "guide_path": "prepared"},
@@ -124,79 +125,83 @@ def _time_baseline(data, spec, device, steps, warmup, careful):
     return steps * BATCH_SIZE / (time.perf_counter() - t0)
 
 
-def _project_img_s(data, spec, device, steps, warmup):
-    """The project's trainer step, built from the same pieces `train()` uses.
+def _project_img_s(data_path: Path, spec: dict, device, steps, warmup, root: Path):
+    """The product's own trainer (dgkd_core.training.trainer.Trainer, set up as `train()` sets
+    it up) stepping the workload: its `run_step` per batch.
 
     Returns (images/s, the CUDA graph's fallback reason or None)."""
-    from dgkd_core.runtime import seed_everything
-
     # The determinism settings `train()` runs under (they cost speed on a GPU), undone after so
     # the next baseline runs the released code's way.
     saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
              torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.utils.deterministic.fill_uninitialized_memory)
-    seed_everything(0, DEFAULT_RUN_CONFIG["deterministic"])
     try:
-        return _time_project_step(data, spec, device, steps, warmup)
+        return _time_trainer(_project_trainer(data_path, spec, device, root), steps, warmup)
     finally:
         (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, enabled, warn_only,
          torch.utils.deterministic.fill_uninitialized_memory) = saved
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
-def _time_project_step(data, spec, device, steps, warmup):
-    from dgkd_core.runtime import fast_settings, make_autocast
-    from dgkd_core.training.distiller import Distiller
-    from dgkd_core.training.step import make_step
+def _project_trainer(data_path: Path, spec: dict, device, root: Path):
+    """The workload's Trainer, set up: untrained guide checkpoints, run inline (`inline`: not
+    folded), folded (`prepared`) or looked up in guide tables (`tables`) of random logits of
+    the real shape and dtype ([N, 162, C], bf16 on the CUDA fast path): a lookup costs the same
+    whatever they hold. λ, T and the rest are the run config's defaults."""
+    from dgkd_core.guides.checkpoints import save_checkpoint
+    from dgkd_core.guides.tables import save_guide_table
+    from dgkd_core.runtime import fast_settings
+    from dgkd_core.training.trainer import Trainer
 
-    fast = fast_settings(DEFAULT_RUN_CONFIG, device)
-    fmt = torch.channels_last if fast["channels_last"] else torch.contiguous_format
-    student = build_model(spec["student"], data.num_classes).to(device).to(memory_format=fmt)
-    guides = [_bench_guide(g, data, device, fast, spec["guide_path"]) for g in spec["guides"]]
-    distiller = Distiller(student, guides, DEFAULT_RUN_CONFIG["loss"])
-    opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4,
-                          **({"fused": True} if device.type == "cuda" else {"foreach": True}))
-    autocast = make_autocast(fast)
-    names = distiller.term_names
-    step = make_step(distiller, opt, autocast, fast["cuda_graph"], device, names)
-    loader, _ = make_loaders(data, batch_size=BATCH_SIZE, eval_batch_size=1024, device=device,
-                             seed=0, augment=True, channels_last=fast["channels_last"],
-                             with_views=spec["guide_path"] == "tables")
-    done, t0, epoch = 0, None, 0
+    data = load_prepared(data_path)
+    root.mkdir(parents=True)
+    guides, tables = [], []
+    dtype = torch.bfloat16 if fast_settings(DEFAULT_RUN_CONFIG, device)["bf16"] else torch.float32
+    for name in spec["guides"]:
+        guide = root / f"guide_{name}.pt"
+        save_checkpoint(guide, build_model(name, data.num_classes),
+                        resolve_run_config({"model": name}), data.meta,
+                        {"method": "nokd", "guides": [], "top1_last": 0.0})
+        guides.append(str(guide))
+        if spec["guide_path"] == "tables":
+            rows = torch.randn(data.train_images.shape[0], views_per_image(), data.num_classes)
+            save_guide_table(root / f"table_{name}.pt", rows.to(dtype), guide_checkpoint=str(guide),
+                             data_meta=data.meta, normalization={"mean": data.mean,
+                                                                 "std": data.std},
+                             pad=CROP_PAD, build_s=0.0)
+            tables.append(str(root / f"table_{name}.pt"))
+    cfg = {"model": spec["student"], "method": "dgkd" if guides else "nokd", "seed": 0,
+           "epochs": 1000, "batch_size": BATCH_SIZE, "device": device.type,
+           "fast": {"fold_guides": spec["guide_path"] != "inline"}}
+    trainer = Trainer(cfg, data_path, root / "run", guides, progress=False, guide_tables=tables)
+    trainer.setup()
+    return trainer
+
+
+def _time_trainer(trainer, steps: int, warmup: int):
+    """(images/s of `steps` of the trainer's steps after `warmup`, the CUDA graph's fallback
+    reason or None). A new epoch's bookkeeping is not what is timed."""
+    device = trainer.device
+    lr = trainer.begin_epoch()
+    batches = iter(trainer.train_loader)
+    done, t0 = 0, None
     while done < warmup + steps:
-        loader.set_epoch(epoch)
-        epoch += 1
-        for batch in loader:
-            if done == warmup:
-                _sync(device)
-                t0 = time.perf_counter()
-            step(batch[0], batch[1], None, 0.1, batch[2] if len(batch) > 2 else None)
-            done += 1
-            if done == warmup + steps:
-                break
+        batch = next(batches, None)
+        if batch is None:
+            trainer.state.step = 0
+            lr = trainer.begin_epoch()
+            batches = iter(trainer.train_loader)
+            continue
+        if done == warmup:
+            _sync(device)
+            t0 = time.perf_counter()
+        trainer.run_step(batch, lr)
+        done += 1
     _sync(device)
     # why the captured step fell back to eager, if it did (None: the graph was timed)
     return (steps * BATCH_SIZE / (time.perf_counter() - t0),
-            getattr(step, "disabled_reason", None))
-
-
-def _bench_guide(name, data, device, fast, guide_path):
-    """A guide as the workload runs it. Tables hold random logits of the real shape and dtype
-    ([N·162, C], bf16 on the CUDA fast path): a lookup costs the same whatever they hold."""
-    from dgkd_core.guides.prepared import prepare_guide
-    from dgkd_core.guides.tables import GuideTable
-
-    dtype = torch.bfloat16 if fast["bf16"] else torch.float32
-    if guide_path == "tables":
-        rows = torch.randn(data.train_images.shape[0] * views_per_image(), data.num_classes,
-                           device=device).to(dtype)
-        return GuideTable(rows, {"model": name})
-    guide = build_model(name, data.num_classes).to(device).eval()
-    fmt = torch.channels_last if fast["channels_last"] else torch.contiguous_format
-    if guide_path == "prepared":
-        return prepare_guide(guide, fold=True, channels_last=fast["channels_last"], dtype=dtype)
-    return guide.to(memory_format=fmt)
+            getattr(trainer.step_fn, "disabled_reason", None))
 
 
 def _table_build_views_s(data, device, images: int) -> float:
@@ -264,25 +269,7 @@ def run(device: torch.device, steps: int, warmup: int, with_workflow: bool,
         prepare_dataset("synthetic", path, seed=0, synthetic_train=train_images,
                         synthetic_test=1_000)
         data = load_prepared(path)
-    entries, baselines = [], {}
-    for workload, spec in WORKLOADS.items():
-        key = (spec["student"], tuple(spec["guides"]))  # the baselines run guides inline
-        if key not in baselines:
-            baselines[key] = (
-                _median_img_s(lambda: _baseline_img_s(data, spec, device, steps, warmup), repeat),
-                _median_img_s(lambda: _baseline_img_s(data, spec, device, steps, warmup,
-                                                      careful=True), repeat))
-        (base, base_runs, _), (careful, careful_runs, _) = baselines[key]
-        proj, proj_runs, graph_fallback = _median_img_s(
-            lambda: _project_img_s(data, spec, device, steps, warmup), repeat)
-        entries.append({"workload": workload, "device": _device_name(device),
-                        "batch_size": BATCH_SIZE, "baseline_img_s": round(base, 1),
-                        "project_img_s": round(proj, 1), "ratio": round(proj / base, 2),
-                        "careful_baseline_img_s": round(careful, 1),
-                        "ratio_careful": round(proj / careful, 2),
-                        "repeats": {"baseline": base_runs, "careful": careful_runs,
-                                    "project": proj_runs},
-                        "cuda_graph_fallback": graph_fallback})
+        entries = _step_entries(data, path, Path(tmp), device, steps, warmup, repeat)
     build_images = 2_000 if device.type == "cuda" else 16
     views_s = _table_build_views_s(data, device, build_images)
     entries.append({"workload": "guide_table_build", "device": _device_name(device),
@@ -294,6 +281,31 @@ def run(device: torch.device, steps: int, warmup: int, with_workflow: bool,
     if with_workflow:
         result["demo_workflow_wall_s"] = round(_demo_workflow_wall_s(), 1)
     return result
+
+
+def _step_entries(data, data_path: Path, root: Path, device, steps, warmup, repeat) -> list:
+    """One entry per workload: the baselines' and the product's images/s."""
+    entries, baselines, runs = [], {}, iter(range(10 ** 9))
+    for workload, spec in WORKLOADS.items():
+        key = (spec["student"], tuple(spec["guides"]))  # the baselines run guides inline
+        if key not in baselines:
+            baselines[key] = (
+                _median_img_s(lambda: _baseline_img_s(data, spec, device, steps, warmup), repeat),
+                _median_img_s(lambda: _baseline_img_s(data, spec, device, steps, warmup,
+                                                      careful=True), repeat))
+        (base, base_runs, _), (careful, careful_runs, _) = baselines[key]
+        proj, proj_runs, graph_fallback = _median_img_s(
+            lambda: _project_img_s(data_path, spec, device, steps, warmup,
+                                   root / f"project{next(runs)}"), repeat)
+        entries.append({"workload": workload, "device": _device_name(device),
+                        "batch_size": BATCH_SIZE, "baseline_img_s": round(base, 1),
+                        "project_img_s": round(proj, 1), "ratio": round(proj / base, 2),
+                        "careful_baseline_img_s": round(careful, 1),
+                        "ratio_careful": round(proj / careful, 2),
+                        "repeats": {"baseline": base_runs, "careful": careful_runs,
+                                    "project": proj_runs},
+                        "cuda_graph_fallback": graph_fallback})
+    return entries
 
 
 def format_table(result: dict) -> str:
