@@ -230,6 +230,19 @@ def test_a_layer_error_names_the_layer_and_the_allowed_values():
         Plan(cfg)
 
 
+def test_the_plan_alone_reads_no_file_and_builds_no_model(monkeypatch):
+    """What a plan is (runs, guides, settings) needs the config only; check() does the rest."""
+    from dgkd_core.experiment import plan_checks
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the plan built a model or read a file before check()")
+
+    monkeypatch.setattr(plan_checks, "build_model", refuse)
+    monkeypatch.setattr(plan_checks.os.path, "isfile", refuse)
+    plan = Plan(config())
+    assert plan.runs() and all(plan.run_config(run) for run in plan.runs())
+
+
 def test_chain_size_warning():
     plan = Plan(chain_config("plane2", ["plane3"], "plane5", ["nokd", "kd", "dgkd"]))
     assert not plan.warnings  # the plan alone builds no model: check() warns
