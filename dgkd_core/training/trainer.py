@@ -113,6 +113,7 @@ class Trainer(TrainerSetup, TrainerOutputs):
         finally:  # finished, stopped to be resumed, or failed: the events so far are kept
             if self.tensorboard is not None:
                 self.tensorboard.close()
+            self.release_folder()
             self.dist.close()
 
     def run_epoch(self) -> None:

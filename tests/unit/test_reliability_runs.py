@@ -1,0 +1,92 @@
+"""Issue 25, items 4 and 5: two trainings never share a run folder (a lock that dies with its
+process), and a resume state of another number of ranks is set aside, named, never lost."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dgkd_core.errors import TrainingError
+from dgkd_core.training import trainer as train_module
+from dgkd_core.training.trainer import train
+from helpers import run_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+# A trainer slowed to 0.05 s a step (8 steps an epoch on tiny_data), so that a test can act
+# while it runs; then the CLI, as a user starts it.
+_SLOW_TRAIN = ("import sys, time\n"
+               "import dgkd_core.training.trainer as t\n"
+               "step = t.Trainer.run_step\n"
+               "t.Trainer.run_step = lambda self, *a: (time.sleep(0.05), step(self, *a))[1]\n"
+               "from dgkd_core.cli import main\n"
+               "sys.exit(main(sys.argv[1:]))\n")
+
+
+def _start_slow(cfg: dict, data: Path, out: Path) -> subprocess.Popen:
+    run_file = out.parent / f"{out.name}.yaml"
+    run_file.write_text(yaml.safe_dump({**cfg, "data": str(data), "out_dir": str(out)}))
+    return subprocess.Popen(
+        [sys.executable, "-c", _SLOW_TRAIN, "--log-file", str(out.parent / f"{out.name}.log"),
+         "train", "--config", str(run_file)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_resume_state(out: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    end = time.time() + timeout
+    while not (out / "resume.pt").exists():
+        if proc.poll() is not None:
+            pytest.fail(f"the first run ended early: {proc.stdout.read()}")
+        if time.time() > end:
+            pytest.fail(f"{out / 'resume.pt'} never appeared")
+        time.sleep(0.05)
+
+
+class _Trained(Exception):
+    """Raised where a second run got past its setup, which it must not."""
+
+
+def test_second_run_in_a_live_runs_folder_is_refused_naming_its_pid(tiny_data, tmp_path,
+                                                                   monkeypatch):
+    cfg = run_config(epochs=12)
+    out = tmp_path / "shared"
+    first = _start_slow(cfg, tiny_data, out)
+    try:
+        _wait_for_resume_state(out, first)
+        monkeypatch.setattr(train_module.Trainer, "run_epoch",
+                            lambda self: (_ for _ in ()).throw(_Trained()))
+        with pytest.raises(TrainingError) as caught:
+            train(cfg, tiny_data, out, progress=False)
+        message = str(caught.value)
+        assert "\n" not in message and f"pid {first.pid}" in message, message
+        assert str(out) in message and "another out_dir" in message
+        assert first.poll() is None, "the first run was disturbed"
+    finally:
+        first.send_signal(signal.SIGKILL)  # the lock dies with it
+        first.wait()
+    assert first.returncode == -signal.SIGKILL
+    assert not (out / "model.pt").exists(), "the first run finished before it was killed"
+    monkeypatch.undo()
+    metrics = train(cfg, tiny_data, out, progress=False)  # the restart takes the folder
+    assert metrics["resumed"] is True
+    assert not (out / ".run.lock").exists(), "a finished run leaves its lock file behind"
+
+
+def test_the_lock_is_released_after_a_run_and_after_a_failed_one(tiny_data, tmp_path,
+                                                                monkeypatch):
+    out = tmp_path / "out"
+    monkeypatch.setattr(train_module.Trainer, "run_epoch",
+                        lambda self: (_ for _ in ()).throw(_Trained()))
+    with pytest.raises(_Trained):
+        train(run_config(epochs=1), tiny_data, out, progress=False)
+    monkeypatch.undo()
+    train(run_config(epochs=1), tiny_data, out, progress=False)  # the same process, again
+    assert (out / "model.pt").is_file() and not (out / ".run.lock").exists()
