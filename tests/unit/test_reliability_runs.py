@@ -90,3 +90,51 @@ def test_the_lock_is_released_after_a_run_and_after_a_failed_one(tiny_data, tmp_
     monkeypatch.undo()
     train(run_config(epochs=1), tiny_data, out, progress=False)  # the same process, again
     assert (out / "model.pt").is_file() and not (out / ".run.lock").exists()
+
+
+@pytest.fixture(scope="module")
+def left_state(tiny_data, tmp_path_factory):
+    """A resume.pt's bytes as a one-process run leaves it when it dies before its outputs."""
+    out = tmp_path_factory.mktemp("left")
+    patch = pytest.MonkeyPatch()
+    patch.setattr(train_module.Trainer, "finish", lambda self, **_: (_ for _ in ()).throw(
+        _Trained()))
+    try:
+        with pytest.raises(_Trained):
+            train(run_config(epochs=1), tiny_data, out, progress=False)
+    finally:
+        patch.undo()
+    return torch.load(out / "resume.pt", weights_only=True)
+
+
+def _resume_from(state: dict, tiny_data, out: Path, caplog, cfg: dict) -> tuple[dict, str, bytes]:
+    out.mkdir()
+    torch.save(state, out / "resume.pt")
+    saved = (out / "resume.pt").read_bytes()
+    with caplog.at_level(logging.WARNING, logger="dgkd_core"):
+        metrics = train(cfg, tiny_data, out, progress=False)
+    warnings = [r.getMessage() for r in caplog.records if "resume state" in r.getMessage()]
+    assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+    return metrics, warnings[0], saved
+
+
+def test_a_state_of_two_ranks_resumed_by_one_says_why_and_is_kept(left_state, tiny_data,
+                                                                  tmp_path, caplog):
+    # What rank 0 of a 2-rank run writes: its identity records the number of ranks.
+    state = {**left_state, "identity": {**left_state["identity"], "world_size": 2}}
+    out = tmp_path / "out"
+    metrics, warning, saved = _resume_from(state, tiny_data, out, caplog, run_config(epochs=1))
+    assert metrics["resumed"] is False and (out / "model.pt").is_file()
+    aside = out / "resume.pt.from-2-ranks"
+    assert aside.read_bytes() == saved, sorted(p.name for p in out.iterdir())
+    assert "saved by 2 ranks and this run has 1" in warning, warning
+    assert str(aside) in warning and "start 2 ranks" in warning
+
+
+def test_a_state_of_other_settings_is_kept_and_named(left_state, tiny_data, tmp_path, caplog):
+    out = tmp_path / "out"
+    metrics, warning, saved = _resume_from(left_state, tiny_data, out, caplog,
+                                           run_config(epochs=1, seed=4))
+    assert metrics["resumed"] is False
+    assert (out / "resume.pt.other-settings").read_bytes() == saved
+    assert "belongs to other settings than this run's" in warning, warning
