@@ -110,6 +110,11 @@ class Trainer(TrainerSetup, TrainerOutputs):
                 while self.state.epoch < cfg["epochs"]:
                     self.run_epoch()
             return self.finish()
+        except RuntimeError as err:  # a rank killed mid-run: one line, not gloo's page
+            gone = self.dist.peer_gone(err)
+            if gone is None:
+                raise
+            raise TrainingError(f"{gone}; the run resumes on restart: {self._kept()}") from err
         finally:  # finished, stopped to be resumed, or failed: the events so far are kept
             if self.tensorboard is not None:
                 self.tensorboard.close()

@@ -1,9 +1,11 @@
-"""Issue 25, items 4 and 5: two trainings never share a run folder (a lock that dies with its
-process), and a resume state of another number of ranks is set aside, named, never lost."""
+"""Issue 25, items 4, 5 and 11: two trainings never share a run folder (a lock that dies with
+its process); a resume state of another number of ranks is set aside, named, never lost; a rank
+killed mid-run leaves the survivor saying so in one line."""
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -17,7 +19,7 @@ import yaml
 from dgkd_core.errors import TrainingError
 from dgkd_core.training import trainer as train_module
 from dgkd_core.training.trainer import train
-from helpers import run_config
+from helpers import free_port, run_config, train_args
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -138,3 +140,30 @@ def test_a_state_of_other_settings_is_kept_and_named(left_state, tiny_data, tmp_
     assert metrics["resumed"] is False
     assert (out / "resume.pt.other-settings").read_bytes() == saved
     assert "belongs to other settings than this run's" in warning, warning
+
+
+def test_a_rank_killed_mid_run_leaves_the_survivor_saying_so_in_one_line(tiny_data, tmp_path):
+    out, port = tmp_path / "out", str(free_port())
+    ranks = []
+    for rank in range(2):  # as torchrun starts them, without its agent (which would end both)
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1"}
+        ranks.append(subprocess.Popen(
+            [sys.executable, *train_args(tiny_data, out, "--set", "epochs=50"), "--log-file",
+             str(tmp_path / f"rank{rank}.log")], env=env, cwd=REPO, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True))
+    try:
+        _wait_for_resume_state(out, ranks[0], timeout=300)
+        ranks[1].send_signal(signal.SIGKILL)
+        output = ranks[0].communicate(timeout=120)[0]
+    finally:
+        for proc in ranks:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert ranks[0].returncode == 2, output
+    lines = output.strip().splitlines()
+    assert len(lines) == 1, output
+    assert lines[0].startswith("error: rank 1 is gone (gloo: "), lines[0]
+    assert "the run resumes on restart" in lines[0] and str(out / "resume.pt") in lines[0]
+    assert (out / "resume.pt").is_file() and not (out / ".run.lock").exists()
