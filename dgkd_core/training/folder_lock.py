@@ -14,6 +14,7 @@ their own folder. The lock file is removed when the run ends.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import socket
 from pathlib import Path
@@ -24,9 +25,29 @@ __all__ = ["LOCK_FILE", "FolderInUse", "RunFolderLock", "lock_run_folder"]
 
 LOCK_FILE = ".run.lock"
 
+log = logging.getLogger("dgkd_core.training.trainer")
+
 
 class FolderInUse(TrainingError):
     """Another live run holds the folder's lock; the message names its pid."""
+
+
+# The descriptors of the locks this process holds. A forked child (a DataLoader worker) shares
+# each, and would hold the lock after its parent is killed until it notices: it closes its
+# copies at once, which leaves the parent's lock as it is.
+_HELD: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
 
 
 class RunFolderLock:
@@ -36,8 +57,9 @@ class RunFolderLock:
         self.path, self._fd = path, fd
 
     @classmethod
-    def acquire(cls, folder: str | os.PathLike) -> "RunFolderLock":
-        """Lock `folder` (which exists) or raise FolderInUse naming the holder."""
+    def acquire(cls, folder: str | os.PathLike) -> "RunFolderLock | None":
+        """Lock `folder` (which exists) or raise FolderInUse naming the holder; None (with a
+        warning) where its file system has no locks."""
         path = Path(folder) / LOCK_FILE
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -49,6 +71,11 @@ class RunFolderLock:
                 raise FolderInUse(
                     f"{folder} is in use by another run ({holder}, lock {path}); wait for it "
                     "to end or stop it, or give this run another out_dir") from None
+            except OSError as err:  # a file system without locks: warn, do not stop the run
+                os.close(fd)
+                log.warning("cannot lock %s (%s); a second run in this folder would not be "
+                            "stopped", path, err.strerror or err)
+                return None
             # The previous holder removes the file as it releases: a lock taken on that removed
             # file guards nothing (a third run would lock a new file), so open it again.
             try:
@@ -60,6 +87,7 @@ class RunFolderLock:
             os.close(fd)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        _HELD.add(fd)
         return cls(path, fd)
 
     def release(self) -> None:
@@ -67,6 +95,7 @@ class RunFolderLock:
         if self._fd is None:
             return
         self.path.unlink(missing_ok=True)
+        _HELD.discard(self._fd)
         os.close(self._fd)
         self._fd = None
 

@@ -167,3 +167,23 @@ def test_a_rank_killed_mid_run_leaves_the_survivor_saying_so_in_one_line(tiny_da
     assert lines[0].startswith("error: rank 1 is gone (gloo: "), lines[0]
     assert "the run resumes on restart" in lines[0] and str(out / "resume.pt") in lines[0]
     assert (out / "resume.pt").is_file() and not (out / ".run.lock").exists()
+
+
+def test_a_forked_worker_does_not_keep_a_dead_runs_lock(tmp_path):
+    """A DataLoader worker is forked with the lock's descriptor; were it to keep it, a run
+    killed with SIGKILL would hold its folder until its workers noticed."""
+    from dgkd_core.training.folder_lock import RunFolderLock
+
+    lock = RunFolderLock.acquire(tmp_path)
+    child = os.fork()
+    if child == 0:  # the worker: it outlives its parent's lock for a while
+        time.sleep(5)
+        os._exit(0)
+    try:
+        os.close(lock._fd)  # the parent's end, as when it is killed
+        again = RunFolderLock.acquire(tmp_path)  # at once, while the worker lives
+        assert f"pid {os.getpid()}" in (tmp_path / ".run.lock").read_text()
+        again.release()
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
