@@ -187,3 +187,33 @@ def test_a_forked_worker_does_not_keep_a_dead_runs_lock(tmp_path):
     finally:
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
+
+
+def test_every_rank_of_a_second_data_parallel_run_stops_in_one_line(tiny_data, tmp_path):
+    from dgkd_core.training.folder_lock import RunFolderLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    held = RunFolderLock.acquire(out)  # a live run's lock (this process's)
+    port, ranks = str(free_port()), []
+    try:
+        for rank in range(2):
+            env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1"}
+            ranks.append(subprocess.Popen([sys.executable, *train_args(tiny_data, out)], env=env,
+                                          cwd=REPO, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True))
+        outputs = [proc.communicate(timeout=300)[0] for proc in ranks]
+    finally:
+        for proc in ranks:
+            if proc.poll() is None:
+                proc.kill()
+        held.release()
+    assert [proc.returncode for proc in ranks] == [2, 2], outputs
+    # each rank's one error line (rank 0 logs its joining of the group before it)
+    errors = [[line for line in output.splitlines() if line.startswith("error: ")]
+              for output in outputs]
+    assert [len(found) for found in errors] == [1, 1], outputs
+    assert f"pid {os.getpid()}" in errors[0][0] and "in use by another run" in errors[1][0]
+    assert "Traceback" not in "".join(outputs)
+    assert not (out / "resume.pt").exists()
