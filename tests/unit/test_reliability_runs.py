@@ -175,11 +175,14 @@ def test_a_forked_worker_does_not_keep_a_dead_runs_lock(tmp_path):
     from dgkd_core.training.folder_lock import RunFolderLock
 
     lock = RunFolderLock.acquire(tmp_path)
+    started, tell = os.pipe()
     child = os.fork()
-    if child == 0:  # the worker: it outlives its parent's lock for a while
+    if child == 0:  # the worker (its fork hooks have run): it outlives its parent's lock
+        os.write(tell, b"1")
         time.sleep(5)
         os._exit(0)
     try:
+        assert os.read(started, 1) == b"1"
         os.close(lock._fd)  # the parent's end, as when it is killed
         again = RunFolderLock.acquire(tmp_path)  # at once, while the worker lives
         assert f"pid {os.getpid()}" in (tmp_path / ".run.lock").read_text()
@@ -187,6 +190,8 @@ def test_a_forked_worker_does_not_keep_a_dead_runs_lock(tmp_path):
     finally:
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
+        os.close(started)
+        os.close(tell)
 
 
 def test_every_rank_of_a_second_data_parallel_run_stops_in_one_line(tiny_data, tmp_path):
