@@ -114,7 +114,11 @@ class Trainer(TrainerSetup, TrainerOutputs):
             gone = self.dist.peer_gone(err)
             if gone is None:
                 raise
-            raise TrainingError(f"{gone}; the run resumes on restart: {self._kept()}") from err
+            # The file, not good_resume_state: rank 0 may have written it as this rank waited.
+            then = (f"the run resumes on restart from {self.resume_path}"
+                    if self.resume_path.is_file() else
+                    "no resume state was written yet: a restart starts from scratch")
+            raise TrainingError(f"{gone}; {then}") from err
         finally:  # finished, stopped to be resumed, or failed: the events so far are kept
             if self.tensorboard is not None:
                 self.tensorboard.close()
