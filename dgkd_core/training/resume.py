@@ -114,6 +114,8 @@ def read_resume_state(path: Path, identity: dict, model: nn.Module | None = None
     try:
         payload = load_tensor_file(path)
     except UnreadableFile as err:
+        if not path.exists():  # another rank of this run set it aside as this one read it
+            return None
         log.warning("ignoring unreadable resume state %s (it %s); starting from scratch",
                     path, err.reason)
         return None
