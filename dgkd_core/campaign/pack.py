@@ -31,6 +31,12 @@ from dgkd_core.training.resume import RESUME_FILE
 
 __all__ = ["pack", "unpack", "progress_line"]
 
+# The most a state may unpack to. `unpack` reads every member into memory, so the declared
+# sizes are added up as the members come and a small archive of huge content (an archive bomb)
+# is refused before it fills the memory; `pack` refuses to write what `unpack` would refuse.
+# Git stores the state: a real one (Table 1's runs' model.pt and logs) is some 100 MB.
+MAX_STATE_BYTES = 4 * 2**30
+
 
 # ------------------------------------------------------------------ pack
 
@@ -146,6 +152,11 @@ def _tar_member(name: str, size: int) -> tarfile.TarInfo:
 
 
 def _write_archive(out: Path, manifest: dict, members: dict[str, Path]) -> None:
+    total = sum(path.stat().st_size for path in members.values())
+    if total > MAX_STATE_BYTES:
+        raise CampaignError(f"the campaign state would hold {total} bytes, more than unpack "
+                            f"accepts ({MAX_STATE_BYTES}, MAX_STATE_BYTES in {__file__}); "
+                            f"nothing was written to {out}")
     buffer = bytes_io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:xz", format=tarfile.PAX_FORMAT) as tar:
         text = (json.dumps(manifest, indent=2) + "\n").encode()
@@ -183,10 +194,17 @@ def _read_archive(archive: Path) -> dict[str, bytes]:
     """name -> content of every member, each checked (_check_member)."""
     unchanged = "; the state is left unchanged"
     contents: dict[str, bytes] = {}
+    total = 0
     try:
         with tarfile.open(archive, "r:xz") as tar:
             for member in tar:
                 _check_member(member, archive, contents)
+                total += member.size
+                if total > MAX_STATE_BYTES:
+                    raise CampaignError(f"{archive} unpacks to more than {MAX_STATE_BYTES} "
+                                        f"bytes (member {member.name[:80]!r} takes it to "
+                                        f"{total}), more than any campaign state; refused"
+                                        f"{unchanged}")
                 contents[member.name] = tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, lzma.LZMAError) as err:
         raise CampaignError(f"{archive} is truncated or corrupt ({type(err).__name__}: "

@@ -7,6 +7,12 @@ folder never needs one. Refusing them all is simpler to get right than judging w
 
 The archive is unpacked into a temporary folder beside the destination and renamed into place
 once complete, so an interrupted or refused extraction never leaves a folder that looks whole.
+
+The members' declared sizes are added up before each is written, and unpacking stops at
+``max_bytes`` (the dataset's ``max_cached_bytes``: an archive is unpacked only to be cached, and
+its files hold at least roughly the pixels it would cache) and removes what it unpacked: a small
+archive of huge content (an archive bomb) never fills the disk. tarfile writes exactly the
+declared size of a member, so the sum is what reaches the disk.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from dgkd_core.data.prepared import DataError
+from dgkd_core.data.sources import DEFAULT_MAX_CACHED_BYTES
 
 __all__ = ["MAX_MEMBER_DEPTH", "extract_archive"]
 
@@ -29,14 +36,18 @@ MAX_MEMBER_DEPTH = 64
 _FILTER = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
 
 
-def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike) -> int:
+def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike,
+                    max_bytes: int | None = None) -> int:
     """Unpack the tar file ``archive`` into the folder ``dest`` (created; must not hold files).
 
     Raises DataError (one line, naming the archive and, where one is at fault, the member) for an
-    unreadable archive, a link/device/fifo member, or a member with an absolute path or ``..``;
-    then ``dest`` is left absent. Returns the number of regular files unpacked.
+    unreadable archive, a link/device/fifo member, a member with an absolute path or ``..``, or
+    members that add up to more than ``max_bytes`` (default: ``DEFAULT_MAX_CACHED_BYTES``); then
+    ``dest`` is left absent and nothing unpacked is kept. Returns the number of regular files
+    unpacked.
     """
     archive, dest = Path(archive), Path(dest)
+    max_bytes = DEFAULT_MAX_CACHED_BYTES if max_bytes is None else int(max_bytes)
     if dest.is_dir() and not any(dest.iterdir()):
         dest.rmdir()  # an empty folder (e.g. made by the caller) is replaced
     elif dest.exists():
@@ -44,7 +55,7 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike) -> int:
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
     try:
-        n_files = _unpack_members(archive, partial)
+        n_files = _unpack_members(archive, partial, max_bytes)
         os.rename(partial, dest)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -52,13 +63,20 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike) -> int:
     return n_files
 
 
-def _unpack_members(archive: Path, into: Path) -> int:
+def _unpack_members(archive: Path, into: Path, max_bytes: int) -> int:
     """Check and unpack each member in one pass (a compressed archive is read once)."""
-    n_files = 0
+    n_files = unpacked = 0
     try:
         with tarfile.open(archive, "r:*") as tar:
             for member in tar:
                 _check_member(member, archive)
+                unpacked += member.size if member.isfile() else 0
+                if unpacked > max_bytes:
+                    raise DataError(
+                        f"archive {archive} unpacks to more than {max_bytes} bytes (member "
+                        f"{member.name[:80]!r} takes it to {unpacked}); nothing is kept: unpack "
+                        "it yourself and set the dataset's root, or raise its "
+                        "options.max_cached_bytes")
                 # no modes, owners or times from the archive: a read-only folder would stop the
                 # files after it from being written, and the data needs none of them
                 tar.extract(member, into, set_attrs=False, **_FILTER)

@@ -97,7 +97,10 @@ def make_guide_table(guide_checkpoint: str | os.PathLike, data_path: str | os.Pa
     batch_size: views per forward pass (default: 8192 on CUDA, where large batches keep a big
     GPU busy; the config's eval_batch_size elsewhere). Returns the table's record plus
     `views_per_s` (images × views per second of the build)."""
-    cfg = resolve_run_config(config or {})
+    ckpt = load_checkpoint(guide_checkpoint)
+    # The table serves runs of any student: a config without one (the command line's default)
+    # is completed with the guide's own model, which only the config's check reads.
+    cfg = resolve_run_config({"model": ckpt["model"], **(config or {})})
     device = pick_device(cfg)
     fast = fast_settings(cfg, device)
     data = load_prepared(data_path)
@@ -105,7 +108,7 @@ def make_guide_table(guide_checkpoint: str | os.PathLike, data_path: str | os.Pa
         raise TrainingError(f"{data_path} is streamed from disk; guide tables are for cached "
                             "data (set guide_tables: false)")
     normalization = cfg["normalize"] or {"mean": data.mean, "std": data.std}
-    guide = prepare_guide(load_guide(guide_checkpoint, data.meta, device),
+    guide = prepare_guide(load_guide(guide_checkpoint, data.meta, device, ckpt=ckpt),
                           fold=fast["fold_guides"], channels_last=fast["channels_last"],
                           dtype=torch.bfloat16 if fast["bf16"] else torch.float32)
     normalize = Normalizer(normalization["mean"], normalization["std"], device, torch.float32,

@@ -47,6 +47,12 @@ log = logging.getLogger("dgkd_core.training.distributed")
 COLLECTIVE_TIMEOUT_S = 1800
 
 
+# What a collective's error says when a peer process is gone (gloo names the socket's fate;
+# NCCL says the remote process exited): one line then replaces a page of transport text.
+_PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
+              "Connection refused", "remote process exited")
+
+
 def _slurm_master_addr(env: Mapping[str, str]) -> str | None:
     """The first host of the job step's node list ("node[01-04],gpu7" -> "node01"), or None."""
     nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or ""
@@ -122,6 +128,18 @@ class Distributed:
         """What a resume state and metrics.json record of the ranks: {"world_size": N} with
         several (per-rank BatchNorm makes a step depend on N), nothing with one."""
         return {"world_size": self.world_size} if self.active else {}
+
+    def peer_gone(self, err: BaseException) -> str | None:
+        """"rank N is gone (gloo: Connection reset by peer)" where `err` is a collective's
+        failure because another rank's process ended (killed, or crashed); else None."""
+        if self.backend is None or not isinstance(err, RuntimeError):
+            return None
+        cause = next((text for text in _PEER_GONE if text in str(err)), None)
+        if cause is None:
+            return None
+        others = [rank for rank in range(self.world_size) if rank != self.rank]
+        who = f"rank {others[0]}" if len(others) == 1 else "another rank"
+        return f"{who} is gone ({self.backend}: {cause})"
 
     def check_batch_size(self, batch_size: int) -> None:
         if batch_size % self.world_size:

@@ -175,6 +175,7 @@ class FusedTrainer:
             for member in self.members:
                 if member.tensorboard is not None:
                     member.tensorboard.close()
+                member.release_folder()
 
     def _log_start(self) -> None:
         log.info("training %d models as one fused group (%s)", len(self.members),

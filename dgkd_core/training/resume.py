@@ -5,6 +5,10 @@ It holds tensors and plain Python values only (dicts, lists, numbers, strings, N
 with `torch.load(weights_only=True)`, which unpickles nothing else: a crafted file cannot run
 code. It is refused and ignored like a truncated one, and the run starts from scratch.
 
+A state of another run (other settings, guides or data, or saved by another number of ranks)
+is renamed `resume.pt.other-<what>` or `resume.pt.from-<N>-ranks`, the warning says exactly
+why it does not fit, and the run starts from scratch: overwriting it would lose it.
+
 A state of this run (its identity fits) whose contents do not (a key missing, a tensor of
 another shape, a non-finite weight or optimizer buffer) is renamed `resume.pt.damaged-<reason>`
 and the run starts from scratch with a one-line warning naming both files: resuming it would
@@ -98,7 +102,8 @@ def write_resume_state(path: Path, state: TrainState, *, identity: dict,
 def read_resume_state(path: Path, identity: dict, model: nn.Module | None = None,
                       optimizer: torch.optim.Optimizer | None = None) -> dict | None:
     """The resume state at `path` if it belongs to `identity`; None (with a warning) when it
-    does not, or is unreadable: truncated, or holding anything but tensors and plain values.
+    does not (then it is set aside, `identity_mismatch`), or is unreadable: truncated, or
+    holding anything but tensors and plain values.
 
     With `model` and `optimizer`, a state that belongs to the run but is damaged (a key missing,
     a tensor of another shape, a non-finite weight or optimizer value) is renamed to
@@ -109,12 +114,17 @@ def read_resume_state(path: Path, identity: dict, model: nn.Module | None = None
     try:
         payload = load_tensor_file(path)
     except UnreadableFile as err:
+        if not path.exists():  # another rank of this run set it aside as this one read it
+            return None
         log.warning("ignoring unreadable resume state %s (it %s); starting from scratch",
                     path, err.reason)
         return None
-    if not isinstance(payload, dict) or payload.get("identity") != identity:
-        log.warning("resume state %s belongs to other settings, guides or data; starting "
-                    "from scratch", path)
+    saved = payload.get("identity") if isinstance(payload, dict) else None
+    if saved != identity:
+        problem, suffix = identity_mismatch(saved, identity)
+        aside = _set_aside(path, suffix)
+        log.warning("resume state %s %s; set aside as %s; starting from scratch", path,
+                    problem, aside)
         return None
     if model is not None and optimizer is not None:
         damage = resume_state_damage(payload, model, optimizer)
@@ -125,6 +135,32 @@ def read_resume_state(path: Path, identity: dict, model: nn.Module | None = None
                         "scratch", path, problem, aside)
             return None
     return payload
+
+
+# Each part of a resume state's identity: (its words in a warning, its set-aside suffix).
+_IDENTITY_PARTS = {"config_hash": ("settings", "settings"), "guides": ("guides", "guides"),
+                   "data_checksum": ("data", "data"),
+                   "guide_tables": ("guide-table use", "guide-tables")}
+
+
+def identity_mismatch(saved, identity: dict) -> tuple[str, str]:
+    """(why a resume state of identity `saved` does not fit this run's `identity`, the suffix
+    of the name it is set aside under). Set aside, not overwritten: it may be resumed where it
+    fits (renamed back to resume.pt), e.g. by as many ranks as saved it."""
+    if not isinstance(saved, dict):
+        return "holds no run identity", "other-run"
+    saved_ranks, ranks = saved.get("world_size", 1), identity.get("world_size", 1)
+    if saved_ranks != ranks:
+        # Per-rank BatchNorm statistics and each rank's share of a batch make a step depend
+        # on the number of ranks: the state is not this run's to go on from.
+        saved_text = f"{saved_ranks} rank{'s' * (saved_ranks != 1)}"
+        return (f"was saved by {saved_text} and this run has {ranks}, so it does not fit (a "
+                f"step depends on the number of ranks); to go on from it, rename it back to "
+                f"{RESUME_FILE} and start {saved_text}"), f"from-{saved_text.replace(' ', '-')}"
+    differ = [part for key, part in _IDENTITY_PARTS.items()
+              if saved.get(key) != identity.get(key)] or [_IDENTITY_PARTS["config_hash"]]
+    return (f"belongs to other {' and '.join(words for words, _ in differ)} than this run's",
+            f"other-{differ[0][1]}")
 
 
 _PAYLOAD_KEYS = ("model", "optimizer", "epoch", "step", "sums", "images", "train_time_s",

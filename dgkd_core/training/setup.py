@@ -21,6 +21,7 @@ from dgkd_core.method.models import build_model
 from dgkd_core.runtime import fast_settings, make_autocast, pick_device, seed_everything
 from dgkd_core.schema import ConfigError
 from dgkd_core.training.distiller import Distiller
+from dgkd_core.training.folder_lock import RunFolderLock, lock_run_folder
 from dgkd_core.training.resume import read_resume_state, restore_resume_state
 from dgkd_core.training.step import make_step
 from dgkd_core.training.tensorboard_log import open_writer
@@ -43,6 +44,8 @@ class TrainerSetup:
     """The setup of a `Trainer` (dgkd_core.training.trainer), which sets what it reads first:
     cfg, data_path, out_dir, guide_paths, table_paths, dist, resume_path, state, prepared."""
 
+    folder_lock: RunFolderLock | None = None  # held from setup() to release_folder()
+
     def setup(self) -> None:
         """Device, data, guides, student, loaders, optimizer, resume state and step function.
 
@@ -51,6 +54,8 @@ class TrainerSetup:
         self.wall_start = time.time()
         check_writable_dir(self.out_dir)
         self.device = self.dist.start(pick_device(cfg))  # this rank's device
+        # Before the resume state is read: a second run must not take a live run's state.
+        self.folder_lock = lock_run_folder(self.out_dir, self.dist)
         self.fast = self.dist.restrict_fast(fast_settings(cfg, self.device))
         seed_everything(cfg["seed"], cfg["deterministic"])
         # A fused group (dgkd_core.training.fused) hands its members one loaded copy of shared data.
@@ -73,6 +78,12 @@ class TrainerSetup:
         # Resumed: the same folder, dropping what an interrupted attempt logged from here on.
         if self.dist.is_main:
             self.tensorboard = open_writer(cfg["logging"], self.out_dir, self.state.epoch + 1)
+
+    def release_folder(self) -> None:
+        """Let another run use out_dir (at the run's end, however it ends)."""
+        if self.folder_lock is not None:
+            self.folder_lock.release()
+            self.folder_lock = None
 
     def _build_models(self) -> None:
         """The guides (tables, or prepared modules), then the student, then the Distiller."""

@@ -119,9 +119,19 @@ class Trainer(TrainerSetup, TrainerOutputs):
                 while self.state.epoch < cfg["epochs"]:
                     self.run_epoch()
             return self.finish()
+        except RuntimeError as err:  # a rank killed mid-run: one line, not gloo's page
+            gone = self.dist.peer_gone(err)
+            if gone is None:
+                raise
+            # The file, not good_resume_state: rank 0 may have written it as this rank waited.
+            then = (f"the run resumes on restart from {self.resume_path}"
+                    if self.resume_path.is_file() else
+                    "no resume state was written yet: a restart starts from scratch")
+            raise TrainingError(f"{gone}; {then}") from err
         finally:  # finished, stopped to be resumed, or failed: the events so far are kept
             if self.tensorboard is not None:
                 self.tensorboard.close()
+            self.release_folder()
             self.dist.close()
 
     def run_epoch(self) -> None:
