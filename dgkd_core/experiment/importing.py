@@ -12,7 +12,10 @@ and plain values, never arbitrary objects. Its layout is recognised by `read_sta
   pytorch-cifar, torchvision's reference scripts); its other entries (optimizer, epoch, accuracy)
   are ignored;
 
-each with the `module.` (DataParallel) and `_orig_mod.` (torch.compile) key prefixes removed.
+each with the `module.` (DataParallel) and `_orig_mod.` (torch.compile) key prefixes removed,
+and RepDistiller's and mdistiller's ResNet, WRN and VGG key names mapped onto ours
+(dgkd_core.experiment.peer_layouts). RepDistiller's `*_last.pth` also holds its options as an
+argparse.Namespace, the one class the safe loader lets through.
 The import checks the class count and then the architecture against the registry model, evaluates
 the model on the test split as training evaluates, and writes what a trained run writes:
 `model.pt` (so dgkd_core.guides.checkpoints.load_guide takes it as a guide), `metrics.json` (`"imported": true`,
@@ -37,11 +40,12 @@ from dgkd_core.data import load_prepared
 from dgkd_core.device import resolve_device
 from dgkd_core.errors import DgkdError
 from dgkd_core.experiment import paths
+from dgkd_core.experiment.peer_layouts import LayoutMismatch, peer_layout, renamed_to_ours
 from dgkd_core.experiment.plan import Plan
 from dgkd_core.guides.checkpoints import (file_fingerprint, first_non_finite, save_checkpoint,
                                           state_dict_mismatch)
 from dgkd_core.io import UnreadableFile, load_tensor_file
-from dgkd_core.method.models import build_model
+from dgkd_core.method.models import build_model, model_family
 from dgkd_core.training.evaluate import evaluate_on_test
 from dgkd_core.training.history import history_csv
 
@@ -116,9 +120,17 @@ def _classifier_weight(model: nn.Module) -> str | None:
     return f"{names[-1]}.weight" if names else None
 
 
+def _peer_classifier_weight(state: dict) -> str | None:
+    """A peer layout's classifier weight: its last 2-D tensor (their layers are in forward order)."""
+    matrices = [k for k, v in state.items() if v.dim() == 2]
+    return matrices[-1] if matrices else None
+
+
 def fitted_model(state: dict, about: dict, model_name: str, meta: dict, what: str) -> nn.Module:
     """Registry model `model_name` for the prepared data `meta`, holding `state`.
 
+    A state_dict in a peer's key layout (dgkd_core.experiment.peer_layouts: RepDistiller's and
+    mdistiller's ResNet, WRN, VGG) is renamed to ours first, and `about["layout"]` says so.
     Checks, in this order, the recorded model name, the class count (the classifier's rows,
     or the recorded count) and the architecture (every key and shape), then that every tensor
     is finite; raises ImportFailed naming `what` (the file) and the first mismatch."""
@@ -127,7 +139,9 @@ def fitted_model(state: dict, about: dict, model_name: str, meta: dict, what: st
         raise ImportFailed(f"{what} holds a {about['model']} (its recorded 'model'), not the "
                            f"{model_name} it is imported as")
     model = build_model(model_name, classes, dataset=dataset)
-    head = _classifier_weight(model)
+    peer = (None if set(state) == set(model.state_dict())
+            else peer_layout(model_family(model_name), state))
+    head = _classifier_weight(model) if peer is None else _peer_classifier_weight(state)
     if about["num_classes"] is not None:
         theirs, detail = int(about["num_classes"]), "its recorded 'num_classes'"
     elif head in state and state[head].dim() == 2:
@@ -138,6 +152,12 @@ def fitted_model(state: dict, about: dict, model_name: str, meta: dict, what: st
         raise ImportFailed(f"{what} has {theirs} classes ({detail}), but the prepared data "
                            f"'{dataset}' has {classes}; import a {model_name} trained on these "
                            "classes")
+    if peer is not None:
+        try:
+            state = renamed_to_ours(state, model.state_dict(), peer)
+        except LayoutMismatch as err:
+            raise ImportFailed(f"{what} is not a {model_name}: {err}") from None
+        about["layout"] = f"{about['layout']} with {peer} keys"
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError):  # torch's message lists every key: summarise
