@@ -1,5 +1,5 @@
-"""Command line: `python -m dgkd_core {train,train-group,guide-table,evaluate,prepare-data,bench,
-reproduction,campaign}`."""
+"""Command line: `python -m dgkd_core {train,train-group,guide-table,evaluate,import,prepare-data,
+bench,reproduction,campaign}`."""
 
 from __future__ import annotations
 
@@ -123,9 +123,9 @@ def _train_group(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from dgkd_core.training.evaluate import evaluate_checkpoint
+    from dgkd_core.experiment.import_cli import evaluate_any
 
-    print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data, device=args.device)))
+    print(json.dumps(evaluate_any(args.checkpoint, args.data, args.model, args.device)))
     return 0
 
 
@@ -251,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="top-1/top-5 of a checkpoint on a prepared test split",
                        parents=common)
-    p.add_argument("--checkpoint", required=True, help="a model.pt written by train")
+    p.add_argument("--checkpoint", required=True,
+                   help="a model.pt written by train or import; with --model, any file import takes")
+    p.add_argument("--model", help="the registry model a checkpoint from elsewhere holds")
     p.add_argument("--data", required=True, help="prepared data file (prepare-data's output)")
     p.add_argument("--device", default="auto",
                    help="auto (cuda where there is one, else cpu), cpu or cuda (default: auto)")
@@ -283,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_reproduction)
 
     from dgkd_core.campaign.cli import add_campaign_parser
+    from dgkd_core.experiment.import_cli import add_import_parser
 
+    add_import_parser(sub, common)
     add_campaign_parser(sub, common)
     return parser
 

@@ -50,7 +50,7 @@ from dgkd_core.training.evaluate import evaluate_on_test
 from dgkd_core.training.history import history_csv
 
 __all__ = ["ImportFailed", "fitted_model", "import_model", "import_planned_run",
-           "read_state_dict"]
+           "near_chance_warning", "read_state_dict", "tested_import"]
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +169,36 @@ def fitted_model(state: dict, about: dict, model_name: str, meta: dict, what: st
     return model
 
 
+def near_chance_warning(top1: float, classes: int, what: str, cfg: dict) -> str | None:
+    """A warning when an imported model scores below twice chance (top-1 in percent), else None.
+
+    A network trained elsewhere that fails this test was almost always fed other inputs than it
+    was trained on: another per-channel mean and std."""
+    if top1 >= 2 * 100.0 / classes:
+        return None
+    ours = ("this data's own train-split statistics" if cfg.get("normalize") is None
+            else f"mean {cfg['normalize']['mean']}, std {cfg['normalize']['std']}")
+    return (f"{what} scores {top1:.2f}% top-1 on {classes} classes, below twice chance "
+            f"({200.0 / classes:.1f}%): the likely cause is normalisation; it is evaluated with "
+            f"{ours}; set the run config's normalize to the mean and std it was trained with")
+
+
+def tested_import(source: str | os.PathLike, data_path: str | os.PathLike, cfg: dict,
+                  what: str) -> tuple:
+    """(model, data, about, test, device): checkpoint `source` fitted into cfg's model
+    (fitted_model) and evaluated on the test split of `data_path` as training evaluates; logs
+    near_chance_warning's warning where there is one."""
+    state, about = read_state_dict(source, what)
+    data = load_prepared(data_path)
+    model = fitted_model(state, about, cfg["model"], data.meta, what)
+    device = resolve_device(cfg["device"])
+    test = evaluate_on_test(model.to(device), data, cfg, device)
+    warning = near_chance_warning(test["top1"], int(data.meta["num_classes"]), what, cfg)
+    if warning:
+        log.warning("%s", warning)
+    return model, data, about, test, device
+
+
 def import_model(source: str | os.PathLike, data_path: str | os.PathLike,
                  out_dir: str | os.PathLike, *, cfg: dict, key: str | None = None,
                  expected_sha256: str | None = None) -> dict:
@@ -185,11 +215,7 @@ def import_model(source: str | os.PathLike, data_path: str | os.PathLike,
     if expected_sha256 is not None and sha256 != expected_sha256:
         raise ImportFailed(f"{what} changed while the workflow ran (sha256 {sha256[:12]}, "
                            f"planned {expected_sha256[:12]}); run Snakemake again")
-    state, about = read_state_dict(source, what)
-    data = load_prepared(data_path)
-    model = fitted_model(state, about, cfg["model"], data.meta, what)
-    device = resolve_device(cfg["device"])
-    test = evaluate_on_test(model.to(device), data, cfg, device)
+    model, data, about, test, device = tested_import(source, data_path, cfg, what)
     identity = {"imported": True, "source_path": str(source), "source_sha256": sha256,
                 "source_layout": about["layout"]}
     out_dir = Path(out_dir)
