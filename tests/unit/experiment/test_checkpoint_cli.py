@@ -1,4 +1,4 @@
-"""`python -m dgkd_core import` and `evaluate --model` (dgkd_core.experiment.import_cli), and the
+"""`python -m dgkd_core import` and `evaluate --model` (dgkd_core.experiment.checkpoint_cli), and the
 warning for an imported model near chance (importing.near_chance_warning)."""
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""`python -m dgkd_core import`: check a checkpoint trained elsewhere without a workflow config.
+"""The checkpoint commands: `python -m dgkd_core evaluate` and `import`.
+
+`import` checks a checkpoint trained elsewhere without a workflow config:
 
     python -m dgkd_core import --checkpoint resnet56_last.pth --model resnet56 \\
         --data results/data/cifar100.pt --out imported/resnet56
@@ -6,13 +8,14 @@
 writes what the workflow's import job writes (dgkd_core.experiment.importing.import_model):
 DIR/model.pt, which `train --set guides=DIR/model.pt`, `evaluate` and a workflow's
 `teacher_checkpoint` accept, DIR/metrics.json and DIR/history.csv; it prints the test accuracy.
+`evaluate` prints the test accuracy of a model.pt or, given --model, of any file import takes.
 """
 
 from __future__ import annotations
 
 import json
 
-__all__ = ["add_import_parser", "evaluate_any", "run_config_for"]
+__all__ = ["add_evaluate_parser", "add_import_parser", "evaluate_any", "run_config_for"]
 
 
 def run_config_for(model: str, device: str, overrides: list[str] | None) -> dict:
@@ -27,18 +30,26 @@ def run_config_for(model: str, device: str, overrides: list[str] | None) -> dict
 def evaluate_any(checkpoint: str, data: str, model: str | None, device: str) -> dict:
     """`evaluate`'s result for this project's model.pt or, given `model`, for any checkpoint
     import accepts (evaluated as import evaluates it, nothing written)."""
-    from dgkd_core.experiment.importing import ImportFailed, read_state_dict, tested_import
+    from dgkd_core.errors import TrainingError
+    from dgkd_core.experiment.importing import tested_import
     from dgkd_core.training.evaluate import evaluate_checkpoint
 
     if model is None:
-        _, about = read_state_dict(checkpoint)
-        if about["model"] is None:
-            raise ImportFailed(f"{checkpoint} is a {about['layout']}, not this project's "
-                               "model.pt; give --model NAME, the registry model it holds")
-        return evaluate_checkpoint(checkpoint, data, device=device)
+        try:
+            return evaluate_checkpoint(checkpoint, data, device=device)
+        except TrainingError as err:  # load_checkpoint's refusal of a readable foreign file
+            if not str(err).endswith("is not a dgkd_core model checkpoint"):
+                raise
+            raise TrainingError(f"{err}; for a checkpoint from elsewhere give --model NAME, "
+                                "the registry model it holds") from None
     _, _, about, test, _ = tested_import(checkpoint, data, run_config_for(model, device, None),
                                          str(checkpoint))
     return {**test, "checkpoint": str(checkpoint), "data": str(data), "layout": about["layout"]}
+
+
+def _evaluate(args) -> int:
+    print(json.dumps(evaluate_any(args.checkpoint, args.data, args.model, args.device)))
+    return 0
 
 
 def _import(args) -> int:
@@ -69,3 +80,15 @@ def add_import_parser(sub, common) -> None:
                    help="run-config override for the evaluation, e.g. "
                         "'normalize={mean: [0.507, 0.487, 0.441], std: [0.267, 0.256, 0.276]}'")
     p.set_defaults(func=_import)
+
+
+def add_evaluate_parser(sub, common) -> None:
+    p = sub.add_parser("evaluate", help="top-1/top-5 of a checkpoint on a prepared test split",
+                       parents=common)
+    p.add_argument("--checkpoint", required=True,
+                   help="a model.pt written by train or import; with --model, any file import takes")
+    p.add_argument("--model", help="the registry model a checkpoint from elsewhere holds")
+    p.add_argument("--data", required=True, help="prepared data file (prepare-data's output)")
+    p.add_argument("--device", default="auto",
+                   help="auto (cuda where there is one, else cpu), cpu or cuda (default: auto)")
+    p.set_defaults(func=_evaluate)
