@@ -1,0 +1,49 @@
+"""Missing data inputs are named in one line at workflow startup (experiment/data_inputs.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dgkd_core.experiment.data_inputs import missing_data_input, unknown_dataset
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.mark.parametrize("spec, needles", [
+    ({"source": "imagefolder", "archive": "imgs.tar"},
+     ["datasets.d.archive: there is no file imgs.tar", "working directory"]),
+    ({"source": "imagefolder", "root": "imgs"},
+     ["datasets.d.root: there is no folder imgs", "train/<class>/"]),
+    ({"source": "cifar10", "root": "dl", "download": False},
+     ["datasets.d.root: there is no folder dl", "download: true"]),
+])
+def test_a_missing_archive_or_root_is_one_line(spec, needles):
+    line = missing_data_input({"d": spec})
+    assert line is not None and "\n" not in line
+    for needle in needles:
+        assert needle in line
+
+
+@pytest.mark.parametrize("spec", [
+    {"source": "synthetic"},
+    {"source": "cifar10", "root": "dl", "download": True},  # torchvision fetches it
+])
+def test_inputs_that_need_nothing_on_disk_pass(spec):
+    assert missing_data_input({"d": spec}) is None
+
+
+def test_a_prepared_file_needs_no_root():
+    Path("results/data").mkdir(parents=True)
+    Path("results/data/d.pt").write_bytes(b"")
+    assert missing_data_input({"d": {"source": "imagefolder", "root": "gone"}}) is None
+
+
+def test_unknown_dataset_names_the_configured_ones():
+    assert unknown_dataset("cifar10", {"cifar10": {}}) is None
+    line = unknown_dataset("nope", {"cifar10": {}, "cifar100": {}})
+    assert "'nope'" in line and "(cifar10, cifar100)" in line
