@@ -245,6 +245,20 @@ def test_chain_size_warning():
     assert any("plane3 (69,866 parameters) is not larger than plane5" in w
                for w in plan.warnings)
     assert not Plan(config()).warnings
+    assert not any("expected" in w for w in plan.warnings)  # no reason: a real inversion
+
+
+def test_the_plane7_warning_comes_once_with_its_reason():
+    """REFERENCE.md's CIFAR-100 plane6 is mostly classifier: plane7 has fewer parameters."""
+    cfg = config(datasets={"cifar100": {"source": "cifar100", "root": "dl", "download": True}},
+                 chains={name: {"teacher": "plane8", "tas": ["plane7", "plane6"],
+                                "student": "plane2"} for name in ("a", "b")},
+                 methods=["nokd", "kd", "dgkd"], ablations={})
+    warnings = [w for w in Plan(cfg).warnings if "plane7" in w]
+    assert len(warnings) == 1, warnings
+    assert "chains.a, chains.b on cifar100" in warnings[0]
+    assert "expected: plane7 is deeper (7 conv layers to 6)" in warnings[0]
+    assert "of plane6's parameters are its classifier" in warnings[0]
 
 
 def test_a_config_that_is_not_a_mapping():
