@@ -12,7 +12,11 @@ from snakemake.logging import logger
 
 from dgkd_core.config import TRAINING_CODE_VERSION, semantic_settings
 from dgkd_core.experiment import paths
-from dgkd_core.experiment.data_inputs import missing_data_input, unknown_dataset
+from dgkd_core.experiment.data_inputs import (
+    missing_data_input,
+    prepared_elsewhere,
+    unknown_dataset,
+)
 from dgkd_core.experiment.fused_groups import fused_groups
 from dgkd_core.experiment.plan import Plan
 from dgkd_core.schema import ConfigError
@@ -33,6 +37,11 @@ wildcard_constraints:
 # A training job's outputs, log and benchmark as wildcard patterns (dgkd_core.experiment.paths builds them).
 RUN_WILDCARDS = ("{dataset}", "{seed}", "{method}", "{lineage}")
 SETTINGS = PLAN.config  # the config with the schema's defaults filled in
+if workflow.is_main_process:  # not again in each job's own Snakemake
+    for _name in SETTINGS["datasets"]:
+        if _stale := prepared_elsewhere(_name, PLAN.dataset_identity(_name)):
+            logger.warning(f"Warning: {_stale}")
+            os.remove(paths.data_file(_name))
 if missing := missing_data_input(SETTINGS["datasets"]):
     raise WorkflowError(f"Missing input: {missing}")
 # The lineages of imported runs go to import_model, every other one to train_model.

@@ -3,6 +3,11 @@
 A dataset whose prepared file (results/data/<name>.pt) is not there yet is prepared from its
 `archive` or `root`; a missing one is named in one line before any job starts, as a missing
 imported checkpoint is (Plan). A prepared file that is there already needs neither.
+
+A prepared file that Snakemake did not write (`python -m dgkd_core prepare-data --out
+results/data/synthetic.pt`, say) has no Snakemake record, so Snakemake would take it as it is,
+whatever it holds. `prepared_elsewhere` compares what the file records (its name, source, and
+the synthetic data's seed and sizes) with the config, so that the workflow prepares it again.
 """
 
 from __future__ import annotations
@@ -11,7 +16,10 @@ import os
 
 from dgkd_core.experiment import paths
 
-__all__ = ["missing_data_input", "unknown_dataset"]
+__all__ = ["missing_data_input", "prepared_elsewhere", "unknown_dataset"]
+
+# prepare_dataset's defaults for the synthetic sizes, which a config may leave out.
+_SYNTHETIC_DEFAULTS = {"synthetic_train": 5000, "synthetic_test": 1000}
 
 
 def _where() -> str:
@@ -46,3 +54,38 @@ def unknown_dataset(name: str, datasets: dict) -> str | None:
             f"not in the config's datasets ({', '.join(datasets)}); add it under datasets or "
             "ask for one of those")
 
+
+
+def _recorded_meta(path: str) -> dict | None:
+    """The meta of prepared data file `path`, or None where it cannot be read (loading it
+    later says why). Tensors only (weights_only), memory-mapped: the images are not read."""
+    import torch
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # corrupt or refused: load_prepared's business, with its own message
+        return None
+    meta = payload.get("meta") if isinstance(payload, dict) else None
+    return meta if isinstance(meta, dict) else None
+
+
+def prepared_elsewhere(name: str, identity: dict) -> str | None:
+    """Why results/data/<name>.pt, where it exists, does not hold what dataset `name`'s
+    identity (Plan.dataset_identity) asks for; None where it does or cannot be told."""
+    path = paths.data_file(name)
+    meta = _recorded_meta(path) if os.path.isfile(path) else None
+    if meta is None:
+        return None
+    wanted = {"name": name, "source": identity["source"]}
+    if identity["source"] == "synthetic":
+        sizes = {**_SYNTHETIC_DEFAULTS, **(identity.get("options") or {})}
+        wanted.update(seed=identity.get("seed", 0), train=sizes["synthetic_train"],
+                      test=sizes["synthetic_test"])
+    detail = meta.get("source_detail") or {}
+    recorded = {key: meta.get(key, detail.get(key)) for key in wanted}
+    differ = [f"{key} {recorded[key]!r}, the config's {wanted[key]!r}" for key in wanted
+              if recorded[key] != wanted[key]]
+    if not differ:
+        return None
+    return (f"{path} was prepared with other settings ({'; '.join(differ)}), not by this "
+            "workflow: it is prepared again")

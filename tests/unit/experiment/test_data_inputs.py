@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dgkd_core.experiment.data_inputs import missing_data_input, unknown_dataset
+from dgkd_core.experiment.data_inputs import (missing_data_input, prepared_elsewhere,
+                                             unknown_dataset)
 
 
 @pytest.fixture(autouse=True)
@@ -47,3 +48,20 @@ def test_unknown_dataset_names_the_configured_ones():
     assert unknown_dataset("cifar10", {"cifar10": {}}) is None
     line = unknown_dataset("nope", {"cifar10": {}, "cifar100": {}})
     assert "'nope'" in line and "(cifar10, cifar100)" in line
+
+
+def test_a_data_file_prepared_with_other_settings_is_named():
+    from dgkd_core.data import prepare_dataset
+
+    Path("results/data").mkdir(parents=True)
+    prepare_dataset("synthetic", "results/data/synthetic.pt", seed=0, synthetic_train=32,
+                    synthetic_test=16)
+    wanted = {"source": "synthetic", "seed": 0, "resize": None,
+              "options": {"synthetic_train": 32, "synthetic_test": 16}}
+    assert prepared_elsewhere("synthetic", wanted) is None
+    line = prepared_elsewhere("synthetic", {**wanted, "options": {"synthetic_train": 256}})
+    assert "train 32, the config's 256" in line and "test 16, the config's 1000" in line
+    assert "it is prepared again" in line and "\n" not in line
+    assert prepared_elsewhere("other", wanted) is None  # no file: nothing to compare
+    Path("results/data/other.pt").write_bytes(b"garbage")
+    assert prepared_elsewhere("other", wanted) is None  # unreadable: loading says why
