@@ -6,6 +6,7 @@ paths come only from dgkd_core.experiment.paths; its settings only from PLAN.run
 """
 
 import os
+import sys
 
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
@@ -16,6 +17,7 @@ from dgkd_core.experiment.data_inputs import (
     missing_data_input,
     prepared_elsewhere,
     unknown_dataset,
+    unknown_target_dataset,
 )
 from dgkd_core.experiment.fused_groups import fused_groups
 from dgkd_core.experiment.plan import Plan
@@ -44,6 +46,12 @@ if workflow.is_main_process:  # not again in each job's own Snakemake
             os.remove(paths.data_file(_name))
 if missing := missing_data_input(SETTINGS["datasets"]):
     raise WorkflowError(f"Missing input: {missing}")
+# Snakemake tells a Snakefile its targets only after reading it, so the command line's words are
+# looked at here; a target found otherwise gets the same line from dataset_spec.
+if workflow.is_main_process and (
+    unknown := unknown_target_dataset(sys.argv[1:], SETTINGS["datasets"])
+):
+    raise WorkflowError(unknown)
 # The lineages of imported runs go to import_model, every other one to train_model.
 IMPORTED_LINEAGE = paths.lineage_constraint(PLAN.imported_lineages(), matching=True)
 TRAINED_LINEAGE = paths.lineage_constraint(PLAN.imported_lineages(), matching=False)

@@ -13,10 +13,14 @@ the synthetic data's seed and sizes) with the config, so that the workflow prepa
 from __future__ import annotations
 
 import os
+import re
 
 from dgkd_core.experiment import paths
 
-__all__ = ["missing_data_input", "prepared_elsewhere", "unknown_dataset"]
+__all__ = ["missing_data_input", "prepared_elsewhere", "unknown_dataset", "unknown_target_dataset"]
+
+# A target's dataset: results/data/<name>.pt or results/runs/<name>/...
+_DATASET_TARGET = re.compile(rf"(?:\./)?{paths.RESULTS}/(?:data/([^/]+)\.pt|runs/([^/]+)(?:/.*)?)")
 
 # prepare_dataset's defaults for the synthetic sizes, which a config may leave out.
 _SYNTHETIC_DEFAULTS = {"synthetic_train": 5000, "synthetic_test": 1000}
@@ -54,6 +58,16 @@ def unknown_dataset(name: str, datasets: dict) -> str | None:
             f"not in the config's datasets ({', '.join(datasets)}); add it under datasets or "
             "ask for one of those")
 
+
+
+def unknown_target_dataset(words, datasets: dict) -> str | None:
+    """unknown_dataset's line for the first of `words` (command-line words) that is a target of
+    a dataset the config lacks, or None."""
+    for word in words:
+        found = _DATASET_TARGET.fullmatch(str(word))
+        if found and (line := unknown_dataset(found.group(1) or found.group(2), datasets)):
+            return line
+    return None
 
 
 def _recorded_meta(path: str) -> dict | None:

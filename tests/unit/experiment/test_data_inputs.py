@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dgkd_core.experiment.data_inputs import (missing_data_input, prepared_elsewhere,
-                                             unknown_dataset)
+                                             unknown_dataset, unknown_target_dataset)
 
 
 @pytest.fixture(autouse=True)
@@ -65,3 +65,14 @@ def test_a_data_file_prepared_with_other_settings_is_named():
     assert prepared_elsewhere("other", wanted) is None  # no file: nothing to compare
     Path("results/data/other.pt").write_bytes(b"garbage")
     assert prepared_elsewhere("other", wanted) is None  # unreadable: loading says why
+
+
+@pytest.mark.parametrize("words, unknown", [
+    (["-n", "results/data/nope.pt"], "nope"),
+    (["results/runs/nope/seed1/nokd/plane2/metrics.json", "--cores", "2"], "nope"),
+    (["./results/runs/nope"], "nope"),
+    (["results/data/cifar10.pt", "results/table1.csv", "--configfile", "c.yaml"], None),
+])
+def test_unknown_target_dataset_reads_the_command_line(words, unknown):
+    line = unknown_target_dataset(words, {"cifar10": {}})
+    assert (line is None) if unknown is None else f"dataset '{unknown}'" in line
