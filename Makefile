@@ -7,9 +7,9 @@ CORES ?= all
 
 .PHONY: setup demo test test-fast lint format bench device-prepare rehearse-gpu clean-results
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
 setup: $(BIN)/.installed

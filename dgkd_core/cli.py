@@ -1,5 +1,5 @@
-"""Command line: `python -m dgkd_core {train,train-group,guide-table,evaluate,prepare-data,bench,
-reproduction,campaign}`."""
+"""Command line: `python -m dgkd_core {train,train-group,guide-table,evaluate,import,prepare-data,
+bench,reproduction,campaign}`."""
 
 from __future__ import annotations
 
@@ -122,13 +122,6 @@ def _train_group(args) -> int:
     return 0
 
 
-def _evaluate(args) -> int:
-    from dgkd_core.training.evaluate import evaluate_checkpoint
-
-    print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data, device=args.device)))
-    return 0
-
-
 def _prepare(args) -> int:
     from dgkd_core.data import prepare_dataset
 
@@ -184,12 +177,17 @@ def _common_options(in_subcommand: bool) -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     from dgkd_core.data import DATASET_SOURCES
 
+    from dgkd_core import __version__
+    from dgkd_core.method.models import available_models
+
     parser = argparse.ArgumentParser(prog="python -m dgkd_core", description=__doc__,
                                      parents=[_common_options(False)])
+    parser.add_argument("--version", action="version", version=f"dgkd_core {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     common = [_common_options(True)]
 
     p = sub.add_parser("train", help="train one model (resumes automatically)", parents=common,
+                       description=textwrap.fill("models: " + ", ".join(available_models()), 100),
                        epilog=run_config_help(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML run config (docs/design.md) plus data, out_dir, guides")
@@ -199,14 +197,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_guide_table_parser(sub, common)
 
     _add_train_group_parser(sub, common)
-
-    p = sub.add_parser("evaluate", help="top-1/top-5 of a checkpoint on a prepared test split",
-                       parents=common)
-    p.add_argument("--checkpoint", required=True, help="a model.pt written by train")
-    p.add_argument("--data", required=True, help="prepared data file (prepare-data's output)")
-    p.add_argument("--device", default="auto",
-                   help="auto (cuda where there is one, else cpu), cpu or cuda (default: auto)")
-    p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("prepare-data", help="turn a dataset into one uint8 tensor file",
                        parents=common)
@@ -234,7 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_reproduction)
 
     from dgkd_core.campaign.cli import add_campaign_parser
+    from dgkd_core.experiment.checkpoint_cli import add_evaluate_parser, add_import_parser
 
+    add_evaluate_parser(sub, common)
+    add_import_parser(sub, common)
     add_campaign_parser(sub, common)
     return parser
 

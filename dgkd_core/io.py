@@ -61,11 +61,18 @@ class UnreadableFile(DgkdError, ValueError):
 def load_tensor_file(path: str | os.PathLike) -> Any:
     """`torch.load(path, weights_only=True)` on the CPU: tensors and plain values only, so a
     crafted pickle cannot run code. Raises UnreadableFile with a one-line reason, never torch's
-    many-line refusal (which also suggests loading the file unsafely)."""
+    many-line refusal (which also suggests loading the file unsafely).
+
+    One class more gets through, for this load only: argparse.Namespace, which RepDistiller's
+    `*_last.pth` holds under 'opt'. Unpickling it sets attributes on a plain object and calls
+    nothing else, so the file still cannot run code."""
+    import argparse
+
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or refused data
         text = str(err)
         if text.startswith("Weights only load failed") and not _is_garbage_opcode(text):

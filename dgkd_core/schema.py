@@ -8,6 +8,7 @@ Types are strict: `true` is not an integer, `4.0` is not an integer, and numbers
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 import re
 from typing import Any
@@ -104,6 +105,25 @@ def _allowed(values) -> str:
                      for v in values)
 
 
+# Keys that only a run's metrics.json holds: a config holding them was read from a metrics file,
+# which is what Snakemake does with a target written after --configfile (it takes a list).
+_METRICS_ONLY_KEYS = frozenset({"top1_last", "top1_best", "config_hash"})
+
+
+def _guess(extra: list[str], known: list[str]) -> str:
+    """' (did you mean ...?)' for unknown keys close to allowed ones, or the hint for a metrics
+    file read as a config; '' otherwise."""
+    if _METRICS_ONLY_KEYS & set(extra):
+        return (" (a run's metrics.json read as a config: a target written after --configfile? "
+                "write targets before it)")
+    guesses = {key: close[0] for key in extra
+               if (close := difflib.get_close_matches(str(key), known, n=1))}
+    if len(extra) == 1 and guesses:
+        return f" (did you mean {guesses[extra[0]]!r}?)"
+    text = ", ".join(f"{theirs!r} -> {ours!r}" for theirs, ours in guesses.items())
+    return f" (did you mean {text}?)" if guesses else ""
+
+
 def describe(error, what: str) -> str:
     """One line for a jsonschema ValidationError: where, the bad value, what is allowed."""
     path = ".".join(str(p) for p in error.absolute_path)
@@ -113,8 +133,8 @@ def describe(error, what: str) -> str:
         known = sorted(error.schema.get("properties", {}))
         extra = sorted(set(value) - set(known))
         where = f" under '{path}'" if path else ""
-        return (f"unknown {what} key {', '.join(map(repr, extra))}{where}; allowed keys here: "
-                f"{', '.join(known) or 'none'}")
+        return (f"unknown {what} key {', '.join(map(repr, extra))}{where}{_guess(extra, known)}; "
+                f"allowed keys here: {', '.join(known) or 'none'}")
     if kind == "enum":
         hint = ""
         if isinstance(value, str) and value.lower() in ("true", "false") and (

@@ -6,12 +6,19 @@ paths come only from dgkd_core.experiment.paths; its settings only from PLAN.run
 """
 
 import os
+import sys
 
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
 from dgkd_core.config import TRAINING_CODE_VERSION, semantic_settings
 from dgkd_core.experiment import paths
+from dgkd_core.experiment.data_inputs import (
+    missing_data_input,
+    prepared_elsewhere,
+    unknown_dataset,
+    unknown_target_dataset,
+)
 from dgkd_core.experiment.fused_groups import fused_groups
 from dgkd_core.experiment.plan import Plan
 from dgkd_core.schema import ConfigError
@@ -32,6 +39,19 @@ wildcard_constraints:
 # A training job's outputs, log and benchmark as wildcard patterns (dgkd_core.experiment.paths builds them).
 RUN_WILDCARDS = ("{dataset}", "{seed}", "{method}", "{lineage}")
 SETTINGS = PLAN.config  # the config with the schema's defaults filled in
+if workflow.is_main_process:  # not again in each job's own Snakemake
+    for _name in SETTINGS["datasets"]:
+        if _stale := prepared_elsewhere(_name, PLAN.dataset_identity(_name)):
+            logger.warning(f"Warning: {_stale}")
+            os.remove(paths.data_file(_name))
+if missing := missing_data_input(SETTINGS["datasets"]):
+    raise WorkflowError(f"Missing input: {missing}")
+# Snakemake tells a Snakefile its targets only after reading it, so the command line's words are
+# looked at here; a target found otherwise gets the same line from dataset_spec.
+if workflow.is_main_process and (
+    unknown := unknown_target_dataset(sys.argv[1:], SETTINGS["datasets"])
+):
+    raise WorkflowError(unknown)
 # The lineages of imported runs go to import_model, every other one to train_model.
 IMPORTED_LINEAGE = paths.lineage_constraint(PLAN.imported_lineages(), matching=True)
 TRAINED_LINEAGE = paths.lineage_constraint(PLAN.imported_lineages(), matching=False)
@@ -39,8 +59,16 @@ TRAINED_LINEAGE = paths.lineage_constraint(PLAN.imported_lineages(), matching=Fa
 FUSED_GROUPS = fused_groups(PLAN)
 
 
+def dataset_spec(name):
+    """The config's entry for dataset `name`; one line for a target of a dataset it lacks."""
+    if unknown := unknown_dataset(name, SETTINGS["datasets"]):
+        raise WorkflowError(unknown)
+    return SETTINGS["datasets"][name]
+
+
 def run_of(wildcards):
     """The run a job's wildcards name; refuses a non-canonical path."""
+    dataset_spec(wildcards.dataset)
     run = paths.run_from_wildcards(
         wildcards.dataset, wildcards.seed, wildcards.method, wildcards.lineage
     )
@@ -192,17 +220,18 @@ def get_one_gpu(wildcards):
 
 
 def get_dataset_archive(wildcards):
-    return SETTINGS["datasets"][wildcards.dataset]["archive"]
+    return dataset_spec(wildcards.dataset)["archive"]
 
 
 def get_prepare_input(wildcards):
     """The unpacked archive, for a dataset given as one; nothing otherwise."""
-    if SETTINGS["datasets"][wildcards.dataset].get("archive"):
+    if dataset_spec(wildcards.dataset).get("archive"):
         return paths.extracted_dir(wildcards.dataset)
     return []
 
 
 def get_dataset_identity(wildcards):
+    dataset_spec(wildcards.dataset)
     return PLAN.dataset_identity(wildcards.dataset)
 
 

@@ -12,7 +12,10 @@ and plain values, never arbitrary objects. Its layout is recognised by `read_sta
   pytorch-cifar, torchvision's reference scripts); its other entries (optimizer, epoch, accuracy)
   are ignored;
 
-each with the `module.` (DataParallel) and `_orig_mod.` (torch.compile) key prefixes removed.
+each with the `module.` (DataParallel) and `_orig_mod.` (torch.compile) key prefixes removed,
+and RepDistiller's and mdistiller's ResNet, WRN and VGG key names mapped onto ours
+(dgkd_core.experiment.peer_layouts). RepDistiller's `*_last.pth` also holds its options as an
+argparse.Namespace, the one class the safe loader lets through.
 The import checks the class count and then the architecture against the registry model, evaluates
 the model on the test split as training evaluates, and writes what a trained run writes:
 `model.pt` (so dgkd_core.guides.checkpoints.load_guide takes it as a guide), `metrics.json` (`"imported": true`,
@@ -36,14 +39,16 @@ from dgkd_core.config import config_hash
 from dgkd_core.data import load_prepared
 from dgkd_core.device import resolve_device
 from dgkd_core.errors import DgkdError
+from dgkd_core.experiment.peer_layouts import LayoutMismatch, peer_layout, renamed_to_ours
 from dgkd_core.guides.checkpoints import (file_fingerprint, first_non_finite, save_checkpoint,
                                           state_dict_mismatch)
 from dgkd_core.io import UnreadableFile, load_tensor_file
-from dgkd_core.method.models import build_model
+from dgkd_core.method.models import build_model, model_family
 from dgkd_core.training.evaluate import evaluate_on_test
 from dgkd_core.training.history import history_csv
 
-__all__ = ["ImportFailed", "fitted_model", "import_model", "read_state_dict"]
+__all__ = ["ImportFailed", "fitted_model", "import_model", "near_chance_warning",
+           "read_state_dict", "tested_import"]
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +118,17 @@ def _classifier_weight(model: nn.Module) -> str | None:
     return f"{names[-1]}.weight" if names else None
 
 
+def _peer_classifier_weight(state: dict) -> str | None:
+    """A peer layout's classifier weight: its last 2-D tensor (their layers are in forward order)."""
+    matrices = [k for k, v in state.items() if v.dim() == 2]
+    return matrices[-1] if matrices else None
+
+
 def fitted_model(state: dict, about: dict, model_name: str, meta: dict, what: str) -> nn.Module:
     """Registry model `model_name` for the prepared data `meta`, holding `state`.
 
+    A state_dict in a peer's key layout (dgkd_core.experiment.peer_layouts: RepDistiller's and
+    mdistiller's ResNet, WRN, VGG) is renamed to ours first, and `about["layout"]` says so.
     Checks, in this order, the recorded model name, the class count (the classifier's rows,
     or the recorded count) and the architecture (every key and shape), then that every tensor
     is finite; raises ImportFailed naming `what` (the file) and the first mismatch."""
@@ -124,7 +137,9 @@ def fitted_model(state: dict, about: dict, model_name: str, meta: dict, what: st
         raise ImportFailed(f"{what} holds a {about['model']} (its recorded 'model'), not the "
                            f"{model_name} it is imported as")
     model = build_model(model_name, classes, dataset=dataset)
-    head = _classifier_weight(model)
+    peer = (None if set(state) == set(model.state_dict())
+            else peer_layout(model_family(model_name), state))
+    head = _classifier_weight(model) if peer is None else _peer_classifier_weight(state)
     if about["num_classes"] is not None:
         theirs, detail = int(about["num_classes"]), "its recorded 'num_classes'"
     elif head in state and state[head].dim() == 2:
@@ -135,6 +150,12 @@ def fitted_model(state: dict, about: dict, model_name: str, meta: dict, what: st
         raise ImportFailed(f"{what} has {theirs} classes ({detail}), but the prepared data "
                            f"'{dataset}' has {classes}; import a {model_name} trained on these "
                            "classes")
+    if peer is not None:
+        try:
+            state = renamed_to_ours(state, model.state_dict(), peer)
+        except LayoutMismatch as err:
+            raise ImportFailed(f"{what} is not a {model_name}: {err}") from None
+        about["layout"] = f"{about['layout']} with {peer} keys"
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError):  # torch's message lists every key: summarise
@@ -144,6 +165,36 @@ def fitted_model(state: dict, about: dict, model_name: str, meta: dict, what: st
     if bad is not None:
         raise ImportFailed(f"{what} holds non-finite values (inf or NaN) in {bad!r}")
     return model
+
+
+def near_chance_warning(top1: float, classes: int, what: str, cfg: dict) -> str | None:
+    """A warning when an imported model scores below twice chance (top-1 in percent), else None.
+
+    A network trained elsewhere that fails this test was almost always fed other inputs than it
+    was trained on: another per-channel mean and std."""
+    if top1 >= 2 * 100.0 / classes:
+        return None
+    ours = ("this data's own train-split statistics" if cfg.get("normalize") is None
+            else f"mean {cfg['normalize']['mean']}, std {cfg['normalize']['std']}")
+    return (f"{what} scores {top1:.2f}% top-1 on {classes} classes, below twice chance "
+            f"({200.0 / classes:.1f}%): the likely cause is normalisation; it is evaluated with "
+            f"{ours}; set the run config's normalize to the mean and std it was trained with")
+
+
+def tested_import(source: str | os.PathLike, data_path: str | os.PathLike, cfg: dict,
+                  what: str) -> tuple:
+    """(model, data, about, test, device): checkpoint `source` fitted into cfg's model
+    (fitted_model) and evaluated on the test split of `data_path` as training evaluates; logs
+    near_chance_warning's warning where there is one."""
+    state, about = read_state_dict(source, what)
+    data = load_prepared(data_path)
+    model = fitted_model(state, about, cfg["model"], data.meta, what)
+    device = resolve_device(cfg["device"])
+    test = evaluate_on_test(model.to(device), data, cfg, device)
+    warning = near_chance_warning(test["top1"], int(data.meta["num_classes"]), what, cfg)
+    if warning:
+        log.warning("%s", warning)
+    return model, data, about, test, device
 
 
 def import_model(source: str | os.PathLike, data_path: str | os.PathLike,
@@ -162,11 +213,7 @@ def import_model(source: str | os.PathLike, data_path: str | os.PathLike,
     if expected_sha256 is not None and sha256 != expected_sha256:
         raise ImportFailed(f"{what} changed while the workflow ran (sha256 {sha256[:12]}, "
                            f"planned {expected_sha256[:12]}); run Snakemake again")
-    state, about = read_state_dict(source, what)
-    data = load_prepared(data_path)
-    model = fitted_model(state, about, cfg["model"], data.meta, what)
-    device = resolve_device(cfg["device"])
-    test = evaluate_on_test(model.to(device), data, cfg, device)
+    model, data, about, test, device = tested_import(source, data_path, cfg, what)
     identity = {"imported": True, "source_path": str(source), "source_sha256": sha256,
                 "source_layout": about["layout"]}
     out_dir = Path(out_dir)

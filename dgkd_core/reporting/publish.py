@@ -185,8 +185,8 @@ def _flatten(mapping: dict, prefix: str = "") -> dict:
 def runs_table(student_paths, guide_paths) -> pd.DataFrame:
     """One row per trained model (metrics.json paths): role (student, ta, teacher), identity
     from the path, every metric (accuracies in %, times in s, img_per_s), then every resolved
-    setting of its run config as dotted columns (`optimizer.lr`). A setting named like a
-    metric gets a `config.` prefix (`config.device`: asked for; `device`: what ran)."""
+    setting of its run config as a dotted column under one prefix, `config.` (`config.optimizer.lr`,
+    `config.batch_size`; `config.device`: asked for, `device`: what ran)."""
     rows = []
     for is_student, metrics_paths in ((True, student_paths), (False, guide_paths)):
         for path in metrics_paths:
@@ -204,7 +204,7 @@ def runs_table(student_paths, guide_paths) -> pd.DataFrame:
                                         if k not in ("config", "reported")}).items():
                 row.setdefault(key, value)  # dataset/model/seed/method: the path's, the same
             for key, value in _flatten(settings).items():
-                row[f"config.{key}" if key in metrics else key] = value
+                row[f"config.{key}"] = value
             rows.append(row)
     return pd.DataFrame(rows)
 

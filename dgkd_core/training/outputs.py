@@ -32,6 +32,8 @@ class TrainerOutputs:
                              "top1_last": metrics["top1_last"]})
             io.atomic_write_text(history_csv(self.state.history), out_dir / "history.csv")
             io.atomic_write_json(metrics, out_dir / "metrics.json")
+            if self.tensorboard is not None:  # its HParams: the settings beside the curves
+                self.tensorboard.write_hparams(cfg)
             if remove_resume_state:
                 self.resume_path.unlink(missing_ok=True)
         self.dist.barrier()

@@ -5,6 +5,10 @@ The tensorboard package is optional (`pip install 'dgkd-core[tensorboard]'`); `c
 says so in one line before a run starts. A resumed run writes into the same folder with
 `purge_step` = its next epoch, so that TensorBoard drops what an interrupted attempt wrote for
 the epochs it reruns and every curve holds each epoch once.
+
+A finished run also writes its settings for TensorBoard's HParams tab (`write_hparams`): every
+resolved run-config key, dotted, with the last epoch's test/top1, test/top5 and test/loss as the
+metrics, read from the curves the run already wrote.
 """
 
 from __future__ import annotations
@@ -15,14 +19,34 @@ from pathlib import Path
 from dgkd_core.errors import TrainingError
 from dgkd_core.schema import ConfigError
 
-__all__ = ["MISSING_PACKAGE", "EpochWriter", "check_available", "open_writer", "resolve_dir",
-           "tag_for"]
+__all__ = ["HPARAM_METRIC_TAGS", "MISSING_PACKAGE", "EpochWriter", "check_available",
+           "hparam_values", "open_writer", "resolve_dir", "tag_for"]
 
 MISSING_PACKAGE = ("logging.tensorboard is on but the tensorboard package is not installed: "
                    "pip install 'dgkd-core[tensorboard]' or set logging.tensorboard: false")
 
 # history.csv columns that are not `train_*`/`test_*`, and their tags.
 _OTHER_TAGS = {"lr": "train/lr", "img_s": "speed/img_per_s", "time_s": "speed/train_time_s"}
+
+
+# The HParams tab's metrics: scalar tags every run writes, shown at their last epoch's value.
+HPARAM_METRIC_TAGS = ("test/top1", "test/top5", "test/loss")
+
+
+def hparam_values(cfg: dict, prefix: str = "") -> dict:
+    """A run config as HParams values: dotted keys, each an int, float, bool or text (a list
+    as its JSON text, null as "null"), which is what TensorBoard's HParams tab takes."""
+    import json
+
+    out: dict = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            out.update(hparam_values(value, f"{prefix}{key}."))
+        elif isinstance(value, (bool, int, float, str)):
+            out[f"{prefix}{key}"] = value
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value)
+    return out
 
 
 def check_available(logging_cfg: dict) -> None:
@@ -75,6 +99,16 @@ class EpochWriter:
         for column, value in row.items():
             if column != "epoch":
                 self.writer.add_scalar(tag_for(column), float(value), global_step=step)
+        self.writer.flush()
+
+    def write_hparams(self, cfg: dict) -> None:
+        """The run's settings (`hparam_values(cfg)`) for the HParams tab, into the run's own
+        folder, with HPARAM_METRIC_TAGS as its metrics."""
+        from torch.utils.tensorboard.summary import hparams
+
+        summaries = hparams(hparam_values(cfg), dict.fromkeys(HPARAM_METRIC_TAGS, 0.0))
+        for summary in summaries:  # experiment, session start, session end
+            self.writer.file_writer.add_summary(summary)
         self.writer.flush()
 
     def close(self) -> None:

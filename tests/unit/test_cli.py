@@ -74,13 +74,41 @@ def test_train_help_lists_every_run_config_key(capsys):
     assert re.search(r"^  python -m dgkd_core train --set \S+", text, re.M), "no example command"
 
 
+def test_version(capsys):
+    from dgkd_core import __version__
+
+    assert help_of(["--version"], capsys).strip() == f"dgkd_core {__version__}"
+
+
+def test_train_help_lists_the_model_names(capsys):
+    from dgkd_core.method.models import available_models
+
+    text = " ".join(help_of(["train", "--help"], capsys).split())
+    assert "models: " + ", ".join(available_models()) in text
+
+
+@pytest.mark.parametrize("run, needle", [
+    ({"model": "plane2", "epoch": 3}, "unknown run-config key 'epoch' (did you mean 'epochs'?)"),
+    ({"model": "plane2", "loss": {"temprature": 3}}, "(did you mean 'temperature'?)"),
+    ({"model": "plane2", "top1_last": 50.0}, "a target written after --configfile?"),
+])
+def test_unknown_keys_get_a_guess(run, needle):
+    from dgkd_core.config import resolve_run_config
+    from dgkd_core.schema import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        resolve_run_config(run)
+    assert needle in str(raised.value) and len(str(raised.value).splitlines()) == 1
+
+
 def subcommand_parsers() -> dict[str, argparse.ArgumentParser]:
     parser = build_parser()
     action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return dict(action.choices)
 
 
-@pytest.mark.parametrize("name", ["evaluate", "train", "prepare-data", "bench", "reproduction"])
+@pytest.mark.parametrize("name", ["evaluate", "train", "prepare-data", "bench", "reproduction",
+                                  "import"])
 def test_every_option_has_help(name):
     parser = subcommand_parsers()[name]
     missing = [a.option_strings[0] for a in parser._actions

@@ -61,3 +61,19 @@ def test_config_readme_explains_every_schema_key():
     assert not missing, f"config/README.md does not explain {missing}"
     for key in schema["properties"]:  # each top-level key has a section
         assert f"## `{key}`" in readme, key
+
+
+def test_dependencies_are_ranges_and_the_exact_pins_live_in_constraints_txt():
+    """pip install into a cluster's environment must keep its torch (issue 24)."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    exact = [d for d in project["dependencies"] if "==" in d]
+    assert not exact, f"exact pins in [project]: {exact}; they belong in constraints.txt"
+    torch = next(d for d in project["dependencies"] if re.match(r"torch\b(?!vision)", d))
+    assert "<3" in torch
+    pins = dict(line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines()
+                if line and not line.startswith("#"))
+    assert {"torch", "torchvision"} <= pins.keys()
+    assert "-c constraints.txt" in (REPO / "Makefile").read_text()
+    assert "-c constraints.txt" in (REPO / "environment.yml").read_text()

@@ -302,7 +302,7 @@ def test_tiny_workflow_table_and_figures(finished):
     runs = pd.read_csv(results / "runs.csv")
     assert len(runs) == 10 + 8  # every model Table 1 reads: 5 students, 4 guides, 2 seeds
     assert runs["role"].value_counts().to_dict() == {"student": 10, "ta": 6, "teacher": 2}
-    assert (runs["optimizer.lr"] == 0.05).all() and (runs["device"] == "cpu").all()
+    assert (runs["config.optimizer.lr"] == 0.05).all() and (runs["device"] == "cpu").all()
     resolved = yaml.safe_load((results / "config.yaml").read_text())
     assert resolved["seeds"] == TINY["seeds"]
     assert resolved["chains"]["plain"]["tas"] == TINY["chains"]["plain"]["tas"]

@@ -205,7 +205,8 @@ def set_in(cfg: dict, dotted: str, value) -> dict:
     ("ablations.num_tas.ta_counts", [0, 3], ["ta_counts [3] exceed the 2 TAs"]),
     ("ablations.num_tas.dataset", "nope", ["ablations.num_tas.dataset is 'nope'"]),
     ("ablations.keep_prob.chain", "nope", ["ablations.keep_prob.chain is 'nope'"]),
-    ("resources.runtime_minutes", {"teacher": 1}, ["runtime_minutes", "'ta'", "required"]),
+    ("resources.runtime_minutes", {"teacher": 0}, ["runtime_minutes.teacher", ">= 1"]),
+    ("resources.runtime_minutes", {"techer": 5}, ["'techer'", "did you mean 'teacher'?"]),
 ])
 def test_config_errors_name_the_key(where, value, needles):
     with pytest.raises(ConfigError) as err:
@@ -250,6 +251,20 @@ def test_chain_size_warning():
     assert any("plane3 (69,866 parameters) is not larger than plane5" in w
                for w in plan.warnings)
     assert not Plan(config()).check().warnings
+    assert not any("expected" in w for w in plan.warnings)  # no reason: a real inversion
+
+
+def test_the_plane7_warning_comes_once_with_its_reason():
+    """REFERENCE.md's CIFAR-100 plane6 is mostly classifier: plane7 has fewer parameters."""
+    cfg = config(datasets={"cifar100": {"source": "cifar100", "root": "dl", "download": True}},
+                 chains={name: {"teacher": "plane8", "tas": ["plane7", "plane6"],
+                                "student": "plane2"} for name in ("a", "b")},
+                 methods=["nokd", "kd", "dgkd"], ablations={})
+    warnings = [w for w in Plan(cfg).check().warnings if "plane7" in w]
+    assert len(warnings) == 1, warnings
+    assert "chains.a, chains.b on cifar100" in warnings[0]
+    assert "expected: plane7 is deeper (7 conv layers to 6)" in warnings[0]
+    assert "of plane6's parameters are its classifier" in warnings[0]
 
 
 def test_a_config_that_is_not_a_mapping():
@@ -309,3 +324,18 @@ def test_convention_ablation_needs_a_chain_with_tas_for_ta_methods():
                      "dataset": "synthetic", "chain": "direct", "methods": ["kd", "dgkd"]}})
     with pytest.raises(ConfigError, match="ablations.convention.chain 'direct' has no TA"):
         Plan(cfg)
+
+
+@pytest.mark.parametrize("resources", [None, {"threads": 2}, {"runtime_minutes": {"ta": 30}}])
+def test_resources_have_defaults_for_a_local_run(resources):
+    """A local run needs no resources; SLURM's runtime_minutes defaults per role too."""
+    cfg = config()
+    del cfg["resources"]
+    if resources is not None:
+        cfg["resources"] = resources
+    filled = Plan(cfg).config["resources"]
+    assert filled["mem_mb"] == 4000 and filled["gpus_per_job"]["default"] == 1
+    assert filled["threads"] == (resources or {}).get("threads", 1)
+    assert filled["runtime_minutes"] == {"teacher": 720, "student": 480,
+                                         "ta": 30 if resources and "runtime_minutes" in resources
+                                         else 480}

@@ -131,16 +131,18 @@ def test_runs_table_has_every_model_with_flattened_settings(runs, tmp_path):
     assert table["role"].value_counts().to_dict() == {"student": 20, "teacher": 2, "ta": 2}
     for column in ("dataset", "method", "keep_prob", "lineage", "model", "seed", "top1_last",
                    "top5_last", "top1_best", "best_epoch", "epochs", "wall_time_s",
-                   "img_per_s", "device", "versions.torch", "optimizer.lr",
-                   "optimizer.momentum", "schedule.name", "loss.temperature", "batch_size",
-                   "config.device"):
+                   "img_per_s", "device", "versions.torch", "config.optimizer.lr",
+                   "config.optimizer.momentum", "config.schedule.name",
+                   "config.loss.temperature", "config.batch_size", "config.device"):
         assert column in table.columns, column
     assert "config" not in table.columns and "reported" not in table.columns
+    # One prefix for every setting: no bare setting beside config.model (issue 24)
+    assert not {"batch_size", "optimizer.lr", "loss.temperature"} & set(table.columns)
     dgkd = table[(table["method"] == "dgkd") & (table["dataset"] == "cifar100")]
-    assert dgkd["optimizer.lr"].tolist() == [0.1, 0.1]
+    assert dgkd["config.optimizer.lr"].tolist() == [0.1, 0.1]
     assert dgkd["device"].tolist() == ["cuda:0"] * 2  # what ran ...
     assert dgkd["config.device"].tolist() == ["auto"] * 2  # ... and what was asked for
-    assert json.loads(dgkd["schedule.milestones"].iloc[0]) == [0.5, 0.75]
+    assert json.loads(dgkd["config.schedule.milestones"].iloc[0]) == [0.5, 0.75]
     assert table.loc[table["method"] == "sdgkd", "keep_prob"].eq(0.75).all()
 
 

@@ -179,6 +179,31 @@ def test_cli_writes_events_into_out_dir_tensorboard(tiny_data, tmp_path):
                  "--set", "logging.tensorboard=true"]) == 0
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert_events_match_history(out / "tensorboard", read_history(out))
+    assert_hparams_are_the_run_config(out)
+
+
+def assert_hparams_are_the_run_config(out: Path) -> None:
+    """The HParams tab's session: every resolved setting, and the test curves as metrics."""
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_start_info"]).session_start_info
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/experiment"]).experiment
+    cfg = json.loads((out / "metrics.json").read_text())["config"]
+    assert start.hparams["model"].string_value == "plane2"
+    assert start.hparams["batch_size"].number_value == 128
+    assert start.hparams["optimizer.lr"].number_value == pytest.approx(cfg["optimizer"]["lr"])
+    assert start.hparams["schedule.milestones"].string_value == json.dumps(
+        cfg["schedule"]["milestones"])
+    assert [m.name.tag for m in experiment.metric_infos] == ["test/top1", "test/top5",
+                                                             "test/loss"]
 
 
 @needs_tensorboard
