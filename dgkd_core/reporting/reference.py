@@ -1,4 +1,4 @@
-"""Published numbers to compare with (../shared/REFERENCE.md): the only place they are written.
+"""Published numbers to compare with (sourced in docs/paper.md): the only place they are written.
 
 Student top-1 accuracy (%) by dataset, method and lineage (teacher, TAs, student). A value
 matches a run only when the whole lineage matches: a DGKD result with other TAs, another teacher,
@@ -33,7 +33,7 @@ _DGKD = "DGKD (ICCV 2021)"
 _DGKD_ABLATION = "DGKD (ICCV 2021), 7-TA study"
 _TAKD_AUTHOR = "TAKD author's report"
 _TAKD_PAPER_80 = "TAKD paper (AAAI 2020), 80 epochs"
-# The recipe behind each source (REFERENCE.md; docs/recipe.md). Neither is this project's default
+# The recipe behind each source (docs/paper.md; docs/recipe.md). Neither is this project's default
 # recipe (augmentation, the paper's loss, last-epoch numbers), so a difference is not only noise.
 RECIPES = {
     _DGKD: "the paper's recipe is not fully known; its released code keeps the best test epoch, "
