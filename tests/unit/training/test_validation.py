@@ -1,0 +1,56 @@
+"""A run with `validation_images`: trained without the held-out images, val_top1 per epoch, the
+best-validation epoch beside the last, and the same split on every attempt of the run."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from dgkd_core.config import config_hash, resolve_run_config
+from dgkd_core.data import load_prepared
+from dgkd_core.data.validation import hold_out
+from dgkd_core.training.trainer import Trainer, train
+from helpers import run_config
+
+
+def test_a_validation_run_records_val_top1_and_the_best_validation_epoch(tiny_data, tmp_path):
+    metrics = train(run_config(validation_images=64), tiny_data, tmp_path, progress=False)
+    with open(tmp_path / "history.csv") as fh:
+        history = list(csv.DictReader(fh))
+    assert len(history) == 2 and all(h["val_top1"] for h in history)
+    best = max(history, key=lambda h: float(h["val_top1"]))
+    assert metrics["best_val_epoch"] == int(best["epoch"])
+    assert metrics["top1_at_best_val"] == pytest.approx(float(best["test_top1"]))
+    assert metrics["val_top1_last"] == pytest.approx(float(history[-1]["val_top1"]))
+    # The reported number is still the last epoch's test top-1.
+    assert metrics["top1_last"] == pytest.approx(float(history[-1]["test_top1"]))
+
+
+def test_the_run_trains_without_the_held_out_images(tiny_data, tmp_path):
+    trainer = Trainer(resolve_run_config(run_config(validation_images=64)), tiny_data, tmp_path,
+                      progress=False)
+    trainer.setup()
+    data = load_prepared(tiny_data)
+    train_data, val = hold_out(data, 64, seed=3)
+    assert len(train_data.train_labels) == 512 - 64 and len(val.test_labels) == 64
+    assert len(trainer.train_loader) == (512 - 64) // 64  # drop_last batches of the rest
+    assert len(trainer.val_loader) == 1  # the 64 held-out images, one evaluation batch
+    held = {tuple(img.flatten()[:48].tolist()) for img in val.test_images}
+    kept = {tuple(img.flatten()[:48].tolist()) for img in train_data.train_images}
+    assert not held & kept
+
+
+def test_a_resumed_run_holds_out_the_same_images(tiny_data):
+    """The split is recomputed on every attempt from (labels, n, seed) alone."""
+    data = load_prepared(tiny_data)
+    first, again = hold_out(data, 64, seed=3)[1], hold_out(load_prepared(tiny_data), 64, 3)[1]
+    assert (first.test_labels == again.test_labels).all()
+    assert (first.test_images == again.test_images).all()
+
+
+def test_validation_images_is_part_of_the_runs_identity_only_when_set():
+    plain = resolve_run_config(run_config())
+    before = {k: v for k, v in plain.items() if k != "validation_images"}  # the key's absence
+    assert config_hash(plain) == config_hash(before)
+    assert config_hash(plain) != config_hash({**plain, "validation_images": 64})
