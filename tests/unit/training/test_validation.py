@@ -54,3 +54,30 @@ def test_validation_images_is_part_of_the_runs_identity_only_when_set():
     before = {k: v for k, v in plain.items() if k != "validation_images"}  # the key's absence
     assert config_hash(plain) == config_hash(before)
     assert config_hash(plain) != config_hash({**plain, "validation_images": 64})
+
+
+def test_a_run_resumed_mid_way_matches_a_straight_one(tiny_data, tmp_path, monkeypatch):
+    """Stopped in epoch 2 (a non-finite loss keeps the resume state) and resumed: the same
+    held-out images, so the same val_top1 per epoch and the same weights as a straight run."""
+    import dgkd_core.training.distiller as distiller_mod
+    from dgkd_core.errors import TrainingError
+    from helpers import EAGER_ON_CUDA, assert_same_weights, history_without_timing
+
+    cfg = run_config(validation_images=64, fast=EAGER_ON_CUDA)
+    train(cfg, tiny_data, tmp_path / "straight", progress=False)
+    real_loss, calls = distiller_mod.dgkd_loss, {"n": 0}
+
+    def fail_in_epoch_2(*args, **kwargs):
+        calls["n"] += 1
+        total, terms = real_loss(*args, **kwargs)
+        return (total * float("nan") if calls["n"] == (512 - 64) // 64 + 1 else total), terms
+
+    monkeypatch.setattr(distiller_mod, "dgkd_loss", fail_in_epoch_2)
+    with pytest.raises(TrainingError):
+        train(cfg, tiny_data, tmp_path / "cut", progress=False)
+    assert (tmp_path / "cut" / "resume.pt").exists()
+    monkeypatch.setattr(distiller_mod, "dgkd_loss", real_loss)
+    assert train(cfg, tiny_data, tmp_path / "cut", progress=False)["resumed"]
+    assert_same_weights(tmp_path / "straight" / "model.pt", tmp_path / "cut" / "model.pt")
+    straight, cut = (history_without_timing(tmp_path / d) for d in ("straight", "cut"))
+    assert [h["val_top1"] for h in straight] == [h["val_top1"] for h in cut]
