@@ -81,3 +81,21 @@ def test_a_run_resumed_mid_way_matches_a_straight_one(tiny_data, tmp_path, monke
     assert_same_weights(tmp_path / "straight" / "model.pt", tmp_path / "cut" / "model.pt")
     straight, cut = (history_without_timing(tmp_path / d) for d in ("straight", "cut"))
     assert [h["val_top1"] for h in straight] == [h["val_top1"] for h in cut]
+
+
+def test_the_plan_gives_no_guide_table_to_a_validation_run():
+    """A guide table is indexed by the whole training split; a validation run trains on less."""
+    import yaml
+
+    from pathlib import Path
+
+    from dgkd_core.experiment.plan import Plan
+
+    repo = Path(__file__).resolve().parents[3]
+    config = yaml.safe_load((repo / "config" / "test_tiny.yaml").read_text())
+    config.update(chains={"plain": {"teacher": "plane4", "tas": ["plane3"], "student": "plane2"}},
+                  methods=["kd", "dgkd"], seeds=[1], ablations={}, guide_tables=True)
+    assert any(Plan(config).uses_table(r) for r in Plan(config).runs())
+    config["hyperparameters"]["defaults"]["validation_images"] = 16
+    plan = Plan(config)
+    assert not any(plan.uses_table(r) for r in plan.runs())
