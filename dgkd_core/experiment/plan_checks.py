@@ -70,16 +70,16 @@ class PlanChecks:
                 raise ConfigError(f"ablations.num_tas.ta_counts {too_many} exceed the "
                                   f"{len(ab['tas'])} TAs listed in ablations.num_tas.tas")
         chains = self.config["chains"]
-        for name in ("keep_prob", "convention"):
+        for name in ("keep_prob", "convention", "grid"):
             if name not in self.ablations:
                 continue
             chain = self.ablations[name]["chain"]
             if chain not in chains:
                 raise ConfigError(f"ablations.{name}.chain is '{chain}'; chains defined: "
                                   f"{', '.join(chains)}")
-            needing = (["sdgkd"] if name == "keep_prob" else
-                       [m for m in self.ablations[name]["methods"]
-                        if registry.get_method(m).needs_tas])
+            methods = {"keep_prob": ["sdgkd"], "grid": [self.ablations[name].get("method")]}
+            needing = [m for m in methods.get(name, self.ablations[name].get("methods", []))
+                       if registry.get_method(m).needs_tas]
             if needing and not chains[chain].get("tas"):
                 raise ConfigError(f"ablations.{name}.chain '{chain}' has no TA, which "
                                   f"{', '.join(needing)} need")

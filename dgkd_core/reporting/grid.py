@@ -5,7 +5,7 @@ TAKD chose λ, T and the seed by test accuracy (docs/paper.md). Here each grid r
 validation split (`validation_images`), the setting with the best mean validation top-1 over
 seeds (at the last epoch, the model that is reported) is chosen, and the test top-1 is shown
 for that setting alone, once: the test set plays no part in the choice. Planning the grid's
-runs in the workflow (`ablations.grid`) is not built yet; this module reports runs given to it.
+runs: `ablations.grid` (dgkd_core.experiment.plan), rule ablation_grid.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pandas as pd  # noqa: E402
 
 from dgkd_core.reporting.tables import ReportError, read_metrics  # noqa: E402
 
-__all__ = ["grid_runs", "grid_table", "heatmap_figure", "select_on_validation"]
+__all__ = ["grid_runs", "grid_table", "heatmap_figure", "select_on_validation", "write_grid"]
 
 KEYS = ["lam", "temperature"]
 
@@ -88,3 +88,23 @@ def heatmap_figure(table: pd.DataFrame, out_paths):
         fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)
     return fig
+
+
+def write_grid(table: pd.DataFrame, csv_path, md_path) -> None:
+    """The grid's table as CSV and Markdown (each written atomically)."""
+    from dgkd_core.io import atomic_write_text
+
+    atomic_write_text(table.to_csv(index=False), csv_path)
+    lines = ["# Ablation: the λ × T grid, chosen on validation", "",
+             "Validation: held-out training images, top-1 % at the last epoch, mean ± std over "
+             "seeds. The test top-1 is given for the chosen setting only: the test set plays "
+             "no part in the choice.", "",
+             "| λ | T | Seeds | Validation top-1 % | Chosen | Test top-1 % |", "|---" * 6 + "|"]
+    for r in table.itertuples():
+        val = f"{r.val_top1_mean:.2f}" + ("" if math.isnan(r.val_top1_std)
+                                           else f" ± {r.val_top1_std:.2f}")
+        test = "" if not r.selected else f"{r.test_top1_mean:.2f}" + (
+            "" if math.isnan(r.test_top1_std) else f" ± {r.test_top1_std:.2f}")
+        lines.append(f"| {r.lam:g} | {r.temperature:g} | {r.n_seeds} | {val} | "
+                     f"{'**yes**' if r.selected else ''} | {test} |")
+    atomic_write_text("\n".join(lines) + "\n", md_path)
