@@ -331,6 +331,8 @@ def markdown(table: pd.DataFrame, title: str, note: str = "") -> str:
     if "paper_top1" in has:
         columns += [("Paper", paper_text),
                     ("Δ vs paper (last epoch)", lambda r: _number(r.diff_vs_paper, signed=True))]
+        if "paper_source" in has:  # the row's own published experiment, named
+            columns.append(("Paper's experiment", lambda r: r.paper_source or ""))
     if "diff_vs_paper_best" in has:
         columns.append(("Δ vs paper (best epoch; reference only)",
                         lambda r: _number(r.diff_vs_paper_best, signed=True)))
