@@ -99,3 +99,18 @@ def test_the_plan_gives_no_guide_table_to_a_validation_run():
     config["hyperparameters"]["defaults"]["validation_images"] = 16
     plan = Plan(config)
     assert not any(plan.uses_table(r) for r in plan.runs())
+
+
+def test_a_fused_member_with_a_validation_split_matches_its_solo_run(tiny_data, tmp_path):
+    """A fused group's member is a whole Trainer: its split and val_top1 are the solo run's."""
+    from dgkd_core.training.fused import train_fused
+    from helpers import history_without_timing
+
+    specs = [{"config": run_config(seed=3, validation_images=64), "out_dir": tmp_path / "val",
+              "data": tiny_data},
+             {"config": run_config(seed=4), "out_dir": tmp_path / "plain", "data": tiny_data}]
+    fused = train_fused(specs, progress=False)
+    assert "best_val_epoch" in fused[0] and "best_val_epoch" not in fused[1]
+    train(specs[0]["config"], tiny_data, tmp_path / "solo", progress=False)
+    solo, member = (history_without_timing(tmp_path / d) for d in ("solo", "val"))
+    assert [h["val_top1"] for h in solo] == [h["val_top1"] for h in member]
