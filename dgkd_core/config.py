@@ -70,6 +70,10 @@ RUN_CONFIG_SCHEMA: dict[str, Any] = {
             "drop_teacher": {"type": "boolean", "default": False},
             "drop_num": {"type": "integer", "minimum": 0, "default": 0}}},
         "augment": {"type": "boolean", "default": True},
+        "validation_images": {
+            "type": "integer", "minimum": 0, "default": 0,
+            "description": "training images held out as a validation set (seeded, the same "
+                           "number per class; val_top1 per epoch, best_val_epoch in metrics.json)"},
         "sync_bn": {"type": "boolean", "default": False,
                     "description": "data-parallel runs: BatchNorm over the global batch "
                                    "(SyncBatchNorm) instead of each rank's share of it"},
@@ -251,7 +255,10 @@ def semantic_settings(cfg: dict) -> dict:
     """The settings that determine what a run computes: `cfg` without those that change only how
     fast or where it runs (device, time budget, evaluation batch size, data workers) or what it
     logs (logging). They identify a run in its hash and in the workflow's rerun params."""
-    return {k: v for k, v in cfg.items() if k not in _NON_SEMANTIC_KEYS}
+    # validation_images: 0, the default, computes what a config without the key computed: left
+    # out, so that runs recorded before the key existed keep their hash.
+    return {k: v for k, v in cfg.items() if k not in _NON_SEMANTIC_KEYS
+            and not (k == "validation_images" and not v)}
 
 
 def config_hash(cfg: dict) -> str:

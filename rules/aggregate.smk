@@ -7,6 +7,7 @@ localrules:
     ablation_num_tas,
     ablation_keep_prob,
     ablation_convention,
+    ablation_grid,
 
 
 rule table1:
@@ -133,3 +134,27 @@ rule ablation_convention:
         "../environment.yml"
     script:
         "../workflow_scripts/ablation_convention.py"
+
+
+rule ablation_grid:
+    input:
+        students=get_ablation_metrics("grid"),
+    output:
+        table=report(
+            paths.table_file("ablations/grid", "csv"),
+            caption="../report/ablation_grid.rst",
+            category="Ablations",
+        ),
+        table_md=paths.table_file("ablations/grid", "md"),
+        figure_png=report(
+            paths.figure_file("ablation_grid", "png"),
+            caption="../report/ablation_grid.rst",
+            category="Ablations",
+        ),
+        figure_pdf=paths.figure_file("ablation_grid", "pdf"),
+    log:
+        paths.log_file("ablation_grid"),
+    conda:
+        "../environment.yml"
+    script:
+        "../workflow_scripts/ablation_grid.py"

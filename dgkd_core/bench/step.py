@@ -11,7 +11,7 @@ against two baselines, then the guide-table build (`guide_table_build`, images x
 second) and (unless --skip-workflow) the demo workflow's wall time. It writes
 results/benchmarks/step.json and prints a table with the device name.
 
-The released-code baseline follows REFERENCE.md ("The reference training loop"): a torch
+The released-code baseline follows docs/paper.md ("The released code's training loop"): a torch
 DataLoader over a CIFAR-style dataset decoded per sample through PIL transforms
 (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, Normalize), num_workers =
 os.cpu_count(), pin_memory, fp32, NCHW, guides in eval mode with autograd on (as released),

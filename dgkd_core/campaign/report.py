@@ -17,7 +17,7 @@ from dgkd_core.experiment import paths
 from dgkd_core.experiment.plan import Plan
 from dgkd_core.io import atomic_write_text
 from dgkd_core.reporting import tables
-from dgkd_core.reporting.reference import RECIPES, paper_value, published_80_epochs
+from dgkd_core.reporting.reference import RECIPES, published_for_rows
 from dgkd_core.reporting.reproduction import paired_difference
 
 __all__ = ["README_BEGIN", "README_END", "campaign_report", "readme_box", "write_report"]
@@ -99,34 +99,33 @@ def _table_lines(rows, plan: Plan) -> list[str]:
     lines = ["| Method | Lineage | Seeds | Top-1 % per seed | Mean ± std | Published |",
              "|---" * 6 + "|"]
     sources = set()
+    published = _published(rows, plan.config["methods"])
     for method in plan.config["methods"]:
         got = rows[rows["method"] == method].sort_values("seed")
         if sorted(got["seed"]) != seeds:
             lines.append(f"| {_label(method)} | | {len(got)} of {len(seeds)} | "
                          "(waiting for every seed) | | |")
             continue
-        first = got.iloc[0]
-        published = _published(first)
-        if published is not None:
-            sources.add(published.source)
+        first, value = got.iloc[0], published.get(method)
+        if value is not None:
+            sources.add(value.protocol.name)
         values = list(got["top1_last"])
         std = statistics.stdev(values) if len(values) > 1 else float("nan")
         lines.append(f"| {_label(method, first.keep_prob, first.drop_num)} | {first.lineage} | "
                      f"{len(values)} | {', '.join(f'{v:.2f}' for v in values)} | "
                      f"{tables.mean_std(statistics.fmean(values), std)} | "
-                     f"{published.label() + ' (' + published.source + ')' if published else '–'}"
+                     f"{value.label() + ' (' + value.protocol.name + ')' if value else '–'}"
                      " |")
     return lines + [""] + [f"- {s}: {RECIPES[s]}." for s in sorted(sources)]
 
 
-def _published(row):
-    """The published value of a run's experiment at this protocol, labelled with its source."""
-    lineage = row.lineage.split("-")
-    if len(lineage) > 1:
-        found = published_80_epochs(row.dataset, lineage[0], lineage[-1]).get(row.method)
-        if found is not None:
-            return found
-    return paper_value(row.dataset, row.method, lineage, row.keep_prob)
+def _published(rows, methods) -> dict:
+    """Method -> the published value of its run's experiment, one experiment for the whole
+    chain (reference.published_for_rows)."""
+    firsts = [rows[rows["method"] == m].iloc[0] for m in methods if (rows["method"] == m).any()]
+    keys = [(r.dataset, r.method, r.lineage.split("-"),
+             None if r.keep_prob != r.keep_prob else r.keep_prob) for r in firsts]
+    return {r.method: v for r, v in zip(firsts, published_for_rows(keys)) if v is not None}
 
 
 def _difference_lines(rows) -> tuple[list[str], dict]:

@@ -32,6 +32,9 @@ _LINEAGE_SEP = "-"
 _KEEP_PREFIX = "-p"
 _DROP_PREFIX = "-d"
 _CONVENTION_SEP = "+"  # `dgkd+released_code`: a run of the convention ablation
+# `dgkd@lam0.5_T4_val5000`: a run of the grid ablation (λ, T, validation images).
+_GRID_SEP = "@"
+_GRID_RE = re.compile(r"lam([0-9.e-]+)_T([0-9.e-]+)_val([0-9]+)")
 
 # Regular expressions for the rules' wildcard_constraints. A stochastic method's directory
 # carries its dropping: a keep probability (`sdgkd-p0.75`) or a number dropped (`sdgkd-d1`); a
@@ -42,7 +45,8 @@ WILDCARD_CONSTRAINTS = {
     "method": "(" + "|".join(
         f"{m.name}({re.escape(_KEEP_PREFIX)}[0-9.e-]+|{re.escape(_DROP_PREFIX)}[0-9]+)"
         if m.stochastic else m.name for m in REGISTRY.values())
-    + rf")({re.escape(_CONVENTION_SEP)}[a-z_]+)?",
+    + rf")({re.escape(_CONVENTION_SEP)}[a-z_]+)?"
+    + rf"({re.escape(_GRID_SEP)}lam[0-9.e-]+_T[0-9.e-]+_val[0-9]+)?",
     "lineage": r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*",
 }
 
@@ -71,6 +75,7 @@ class Run:
     keep_prob: float | None = None  # stochastic (sdgkd) only: each guide kept with it
     drop_num: int | None = None  # stochastic only, instead: exactly this many guides dropped
     convention: str | None = None  # the loss convention, where it is not the config's own
+    grid: tuple[float, float, int] | None = None  # grid ablation: (λ, T, validation images)
 
     @property
     def model(self) -> str:
@@ -78,7 +83,8 @@ class Run:
 
     @property
     def method_dir(self) -> str:
-        return method_dir(self.method, self.keep_prob, self.drop_num, self.convention)
+        return method_dir(self.method, self.keep_prob, self.drop_num, self.convention,
+                          self.grid)
 
     @property
     def lineage_str(self) -> str:
@@ -97,7 +103,8 @@ class Run:
 
 
 def make_run(dataset: str, seed: int, method: str, lineage, keep_prob: float | None = None,
-             drop_num: int | None = None, convention: str | None = None) -> Run:
+             drop_num: int | None = None, convention: str | None = None,
+             grid: tuple[float, float, int] | None = None) -> Run:
     """The canonical run for a method and lineage.
 
     A TAKD or DGKD model guided by the teacher alone is `kd`; a stochastic (sdgkd) run has
@@ -116,9 +123,12 @@ def make_run(dataset: str, seed: int, method: str, lineage, keep_prob: float | N
                          "other run has either")
     if convention is not None and method == "nokd":
         convention = None  # cross-entropy alone: every convention is the same loss
+    if grid is not None and method == "nokd":
+        raise ValueError("a grid run sets the KD weight and temperature; nokd has neither")
     return Run(dataset, int(seed), method, lineage,
                None if keep_prob is None else float(keep_prob),
-               None if drop_num is None else int(drop_num), convention)
+               None if drop_num is None else int(drop_num), convention,
+               None if grid is None else (float(grid[0]), float(grid[1]), int(grid[2])))
 
 
 def _check_guide_count(method: str, lineage: tuple[str, ...]) -> None:
@@ -145,14 +155,17 @@ def lineage_text(lineage) -> str:
 
 
 def method_dir(method: str, keep_prob: float | None = None, drop_num: int | None = None,
-               convention: str | None = None) -> str:
+               convention: str | None = None, grid=None) -> str:
     """`sdgkd-p0.75` or `sdgkd-d1` for stochastic DGKD, the method's name otherwise; then
     `+<convention>` for a run of the convention ablation."""
     if keep_prob is not None:
         text = f"{method}{_KEEP_PREFIX}{keep_prob:g}"
     else:
         text = method if drop_num is None else f"{method}{_DROP_PREFIX}{drop_num}"
-    return text if convention is None else f"{text}{_CONVENTION_SEP}{convention}"
+    text = text if convention is None else f"{text}{_CONVENTION_SEP}{convention}"
+    if grid is None:
+        return text
+    return f"{text}{_GRID_SEP}lam{grid[0]:g}_T{grid[1]:g}_val{grid[2]}"
 
 
 def parse_method_dir(text: str) -> tuple[str, float | None, int | None, str | None]:
@@ -167,11 +180,21 @@ def parse_method_dir(text: str) -> tuple[str, float | None, int | None, str | No
     return method, None, (int(k) if sep else None), convention
 
 
+def parse_grid(text: str) -> tuple[str, tuple[float, float, int] | None]:
+    """`dgkd@lam0.5_T4_val500` -> ("dgkd", (0.5, 4.0, 500)); text without `@` -> (text, None)."""
+    text, sep, grid = text.partition(_GRID_SEP)
+    match = _GRID_RE.fullmatch(grid) if sep else None
+    if sep and match is None:
+        raise ValueError(f"bad grid setting {grid!r}: expected lam<λ>_T<T>_val<images>")
+    return text, (float(match[1]), float(match[2]), int(match[3])) if match else None
+
+
 def run_from_wildcards(dataset: str, seed, method: str, lineage: str) -> Run:
     """The Run that a rule's wildcards name (method directory and lineage as in the path)."""
+    method, grid = parse_grid(method)
     name, keep_prob, drop_num, convention = parse_method_dir(method)
     return make_run(dataset, int(seed), name, lineage.split(_LINEAGE_SEP), keep_prob, drop_num,
-                    convention)
+                    convention, grid)
 
 
 _RUN_RE = re.compile(

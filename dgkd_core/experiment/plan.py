@@ -40,7 +40,7 @@ __all__ = ["ABLATIONS", "Plan", "ROLES", "default_schema_path", "evenly_spaced",
            "keep_prob_methods", "load_workflow_schema"]
 
 ROLES = ("teacher", "ta", "student")
-ABLATIONS = ("num_tas", "keep_prob", "convention")
+ABLATIONS = ("num_tas", "keep_prob", "convention", "grid")
 
 
 def default_schema_path() -> Path:
@@ -171,7 +171,7 @@ class Plan(PlanChecks):
         if name not in self.ablations:
             raise ConfigError(f"ablations.{name} is not configured in the config file")
         planners = {"num_tas": self._num_tas_runs, "keep_prob": self._keep_prob_runs,
-                    "convention": self._convention_runs}
+                    "convention": self._convention_runs, "grid": self._grid_runs}
         return list(dict.fromkeys(planners[name]()))
 
     def role(self, run: Run) -> str:
@@ -197,6 +197,10 @@ class Plan(PlanChecks):
         ]
         if run.convention is not None:
             layers.append({"loss": {"convention": run.convention}})
+        if run.grid is not None:  # the grid ablation's λ, T and validation split
+            lam, temperature, validation_images = run.grid
+            layers.append({"loss": {"lam": lam, "temperature": temperature},
+                           "validation_images": validation_images})
         partial: dict = {}
         for layer in layers:
             partial = deep_update(partial, layer)
@@ -299,7 +303,7 @@ class Plan(PlanChecks):
         runs = self.table1_runs()
         if "num_tas" in self.ablations:
             runs += self._num_tas_runs()
-        for name in ("keep_prob", "convention"):
+        for name in ("keep_prob", "convention", "grid"):
             if name in self.ablations:
                 runs += self.ablation_runs(name)
         return runs
@@ -337,6 +341,21 @@ class Plan(PlanChecks):
                         run = paths.make_run(run.dataset, run.seed, run.method, run.lineage,
                                              run.keep_prob, run.drop_num, convention)
                     runs.append(run)
+        return runs
+
+    def _grid_runs(self) -> list[Run]:
+        """The chain's student by one method at every (λ, T) and seed, each holding out
+        `validation_images` (dgkd_core.reporting.grid chooses on it); guided by the usual runs."""
+        ab = self.ablations["grid"]
+        chain = self.config["chains"][ab["chain"]]
+        runs = []
+        for lam in ab["lams"]:
+            for temperature in ab["temperatures"]:
+                for seed in ab.get("seeds", self.config["seeds"]):
+                    run = self._student_run(ab["dataset"], seed, ab["method"], chain)
+                    runs.append(paths.make_run(
+                        run.dataset, run.seed, run.method, run.lineage, run.keep_prob,
+                        run.drop_num, grid=(lam, temperature, ab["validation_images"])))
         return runs
 
     def _all_chains(self) -> list[tuple[str, dict]]:

@@ -100,16 +100,17 @@ class PlanChecks:
                 raise ConfigError(f"ablations.num_tas.ta_counts {too_many} exceed the "
                                   f"{len(ab['tas'])} TAs listed in ablations.num_tas.tas")
         chains = self.config["chains"]
-        for name in ("keep_prob", "convention"):
+        for name in ("keep_prob", "convention", "grid"):
             if name not in self.ablations:
                 continue
             chain = self.ablations[name]["chain"]
             if chain not in chains:
                 raise ConfigError(f"ablations.{name}.chain is '{chain}'; chains defined: "
                                   f"{', '.join(chains)}")
-            methods = ([m for m in registry.METHODS if registry.get_method(m).stochastic]
-                       if name == "keep_prob" else self.ablations[name]["methods"])
-            needing = [m for m in methods if registry.get_method(m).needs_tas]
+            stochastic = [m for m in registry.METHODS if registry.get_method(m).stochastic]
+            methods = {"keep_prob": stochastic, "grid": [self.ablations[name].get("method")]}
+            needing = [m for m in methods.get(name, self.ablations[name].get("methods", []))
+                       if registry.get_method(m).needs_tas]
             if needing and not chains[chain].get("tas"):
                 raise ConfigError(f"ablations.{name}.chain '{chain}' has no TA, which "
                                   f"{', '.join(needing)} need")

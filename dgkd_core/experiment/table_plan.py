@@ -56,7 +56,8 @@ def plan_guide_tables(runs: list[Run], guides_of, run_config, datasets: dict, mo
         if not guides or not dataset_is_cached(datasets[run.dataset]):
             continue
         configs[run] = run_config(run)
-        if configs[run]["augment"]:
+        # A table is indexed by the whole training split; a validation run trains on a subset.
+        if configs[run]["augment"] and not configs[run].get("validation_images"):
             for guide in guides:
                 users.setdefault(guide, []).append(run)
     tables = {}

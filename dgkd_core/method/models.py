@@ -4,8 +4,8 @@ Every CIFAR model takes a normalised float batch ``[B, 3, 32, 32]`` and returns 
 ``[B, num_classes]``; ``resnet18``/``resnet24``/``resnet34`` (torchvision's ResNet) take
 ``[B, 3, H, W]`` with H, W >= 32 (224 for ImageNet). All models accept ``torch.channels_last`` inputs.
 
-Layouts and parameter counts follow ``REFERENCE.md`` ("Architectures"); ``tests/unit/method/test_models.py``
-pins the counts.
+Layouts and parameter counts follow the released codes (``docs/paper.md``, "Architectures");
+``tests/unit/method/test_models.py`` pins the counts.
 """
 
 from __future__ import annotations
@@ -166,8 +166,9 @@ class CifarVGG(nn.Module):
 
 # --------------------------------------------------------------------------- plain CNNs
 
-# REFERENCE.md's table: (CIFAR-10 layout, CIFAR-100 layout). "C<w>": conv+BN+ReLU, "MP": 2x2
-# max-pool, "FC<w>": hidden Linear+ReLU; the final Linear(num_classes) is always appended.
+# The released codes' layouts (docs/paper.md): (CIFAR-10 layout, CIFAR-100 layout).
+# "C<w>": conv+BN+ReLU, "MP": 2x2 max-pool, "FC<w>": hidden Linear+ReLU; the final
+# Linear(num_classes) is always appended.
 _C = "C32 C32 MP C64 C64 MP C128 C128 MP"
 _PLANE_LAYOUTS: dict[str, tuple[str, str]] = {
     "plane2": ("C16 MP C16 MP", "C32 MP C32 MP"),
@@ -278,7 +279,7 @@ _REGISTRY: dict[str, tuple[str, _Builder]] = {
 
 
 # The initialisation each family gets by default (`init: auto`): what the released DGKD code
-# does (REFERENCE.md): PyTorch's default layers for the plain CNNs, Kaiming-normal for the ResNets
+# does (docs/paper.md): PyTorch's default layers for the plain CNNs, Kaiming-normal for the ResNets
 # (and RepDistiller's WRN and VGG); torchvision's own for its ImageNet ResNets.
 INITS = ("auto", "torch_default", "kaiming_normal", "torchvision")
 _FAMILY_INIT = {"resnet": "kaiming_normal", "plane": "torch_default", "wrn": "kaiming_normal",
@@ -333,8 +334,8 @@ def build_model(name: str, num_classes: int, dataset: str | None = None,
     """Build a freshly initialised model returning logits ``[B, num_classes]``.
 
     CIFAR models take normalised float ``[B, 3, 32, 32]``. ``dataset`` only selects the plain-CNN
-    layout: "cifar10" gives REFERENCE.md's CIFAR-10 column, anything else (cifar100, None,
-    synthetic, imagefolder, ...) the CIFAR-100 column. ``num_classes`` always sets the output size.
+    layout: "cifar10" gives the codes' CIFAR-10 column (docs/paper.md), anything else
+    (cifar100, None, synthetic, imagefolder, ...) the CIFAR-100 column. ``num_classes`` always sets the output size.
     ``init``: one of ``INITS``; auto is the family's default (:func:`default_init`).
     """
     _, builder = _lookup(name)

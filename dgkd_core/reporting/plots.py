@@ -21,6 +21,7 @@ from dgkd_core.reporting.tables import method_label  # noqa: E402
 
 PAPER_STYLE = {"marker": "x", "color": "black", "linestyle": "none", "markersize": 8,
                "markeredgewidth": 2}
+_PUBLISHED_MARKERS = ("x", "+", "1", "*")  # one per published experiment in a panel
 MIN_SPAN_PP = 2.0  # percentage points: the narrowest accuracy axis
 STD_FACTOR = 4.0  # ... and at least this many of the largest seed std
 
@@ -103,6 +104,19 @@ def _seed_values(runs: pd.DataFrame | None, row) -> np.ndarray:
     return runs.loc[mask, "top1_last"].to_numpy(dtype=float)
 
 
+def _published_marks(ax, xs, part) -> None:
+    """The published values of the rows at xs, one marker and legend entry per experiment
+    (its protocol's name, `paper_source`), so that two experiments are never one series."""
+    xs = np.asarray(xs)
+    has = part["paper_top1"].notna().to_numpy()
+    names = (part["paper_source"] if "paper_source" in part else pd.Series("", index=part.index))
+    for i, name in enumerate(dict.fromkeys(names[has])):
+        mine = has & (names == name).to_numpy()
+        style = {**PAPER_STYLE, "marker": _PUBLISHED_MARKERS[i % len(_PUBLISHED_MARKERS)]}
+        ax.plot(xs[mine], part["paper_top1"].to_numpy()[mine],
+                label=f"published: {name}" if name else "published", **style)
+
+
 def methods_figure(table1: pd.DataFrame, out_paths, runs: pd.DataFrame | None = None):
     """Student top-1 (%, last epoch) per method: mean ± std over seeds, each seed a dot beside
     it (from `runs`, report.load_runs of the students), x the paper's. Returns the Figure."""
@@ -119,7 +133,7 @@ def methods_figure(table1: pd.DataFrame, out_paths, runs: pd.DataFrame | None = 
                 ax.scatter(np.full(len(seeds), xi + 0.22), seeds, s=16, alpha=0.7,
                            color=colour(row.method), edgecolors="none", zorder=3)
         if part["paper_top1"].notna().any():
-            ax.plot(x, part["paper_top1"], label="paper", **PAPER_STYLE)
+            _published_marks(ax, x, part)
             ax.legend(loc="lower right", fontsize=8)
         ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
         ax.set_xlim(-0.6, len(part) - 0.4)
@@ -198,9 +212,7 @@ def num_tas_figure(table: pd.DataFrame, out_paths):
             ax.errorbar(line["n_tas"], line["top1_last_mean"], yerr=_errors(line["top1_last_std"]),
                         marker="o", capsize=4, label=method_label(method),
                         color=colour(method))
-        paper = part.dropna(subset=["paper_top1"])
-        if not paper.empty:
-            ax.plot(paper["n_tas"], paper["paper_top1"], label="paper", **PAPER_STYLE)
+        _published_marks(ax, part["n_tas"], part)
         ax.set_xticks(sorted(part["n_tas"].unique()))
         _label_ablation_panel(ax, part, "number of TAs")
 
@@ -222,9 +234,7 @@ def keep_prob_figure(table: pd.DataFrame, out_paths):
                 ax.axhspan(row.top1_last_mean - row.top1_last_std,
                            row.top1_last_mean + row.top1_last_std,
                            color=colour("dgkd"), alpha=0.1)
-        paper = sweep.dropna(subset=["paper_top1"])
-        if not paper.empty:
-            ax.plot(paper["keep_prob"], paper["paper_top1"], label="paper", **PAPER_STYLE)
+        _published_marks(ax, sweep["keep_prob"], sweep)
         ax.set_xlim(min(sweep["keep_prob"].min(), 1.0) - 0.05, 1.02)
         _label_ablation_panel(ax, part, "keep probability p")
 

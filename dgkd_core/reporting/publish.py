@@ -124,6 +124,7 @@ def _details(table1: pd.DataFrame) -> pd.DataFrame:
             table1["top1_last_mean"], table1["top1_last_std"])],
         "Top-1 % (best epoch, mean; reference only)": table1["top1_best_epoch_mean"],
         "Paper": paper, "Δ vs paper (last epoch)": table1["diff_vs_paper"],
+        "Paper's experiment": table1["paper_source"],
     })
 
 

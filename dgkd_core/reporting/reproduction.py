@@ -22,7 +22,7 @@ from dgkd_core.errors import DgkdError
 from dgkd_core.experiment.plan import Plan
 from dgkd_core.io import atomic_write_text, load_yaml_file
 from dgkd_core.reporting import tables
-from dgkd_core.reporting.reference import RECIPES, paper_value
+from dgkd_core.reporting.reference import RECIPES, chain_protocol, paper_value
 from dgkd_core.schema import ConfigError
 
 __all__ = ["DIFFERENCES", "T_975", "ReproductionError", "merged_config", "paired_difference",
@@ -40,7 +40,6 @@ DIFFERENCES = (("dgkd", "takd"), ("dgkd", "kd"), ("kd", "nokd"), ("sdgkd", "dgkd
 # The paper's ordering of the means: (lower, higher, strictly lower).
 ORDERING = (("nokd", "kd", True), ("kd", "takd", True), ("takd", "dgkd", True),
             ("dgkd", "sdgkd", False))
-PAPER_EPOCHS = 160  # the paper's schedule length (docs/recipe.md)
 REPO = Path(__file__).resolve().parents[2]
 _label = tables.method_label
 
@@ -110,7 +109,7 @@ def _table_lines(rows: pd.DataFrame) -> list[str]:
                  paper, diff]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     sources = sorted({s for s in table["paper_source"] if s})
-    return lines + [""] + [f"- Paper, {s}: {RECIPES[s]}. ≈: approximate." for s in sources]
+    return lines + [""] + [f"- Published, {s}: {RECIPES[s]}. ≈: approximate." for s in sources]
 
 
 def _interval_text(d: dict) -> str:
@@ -159,21 +158,24 @@ def _gap_lines(rows: pd.DataFrame, found: dict) -> list[str]:
     d = found["dgkd", "takd"]
     if not d["seeds"]:
         return ["DGKD − TAKD vs the paper: not measured (both methods are needed)."]
-    paper = [paper_value(rows["dataset"].iloc[0], m,
-                         rows[rows["method"] == m]["lineage"].iloc[0].split("-"))
-             for m in ("dgkd", "takd")]
+    dataset = rows["dataset"].iloc[0]
+    lineages = [rows[rows["method"] == m]["lineage"].iloc[0].split("-") for m in ("dgkd", "takd")]
+    # Both values from the chain's one published experiment, never one from each of two.
+    protocol = chain_protocol(dataset, lineages[0])
+    paper = [paper_value(dataset, m, lineage, protocol=protocol)
+             for m, lineage in zip(("dgkd", "takd"), lineages)] if protocol else [None]
     if None in paper:
-        return [f"DGKD − TAKD: {d['mean']:+.2f} here; the paper has no value for this dataset "
-                "and chain."]
+        return [f"DGKD − TAKD: {d['mean']:+.2f} here; no published experiment has both for "
+                "this dataset and chain."]
     gap = paper[0].top1 - paper[1].top1
     text = (f"DGKD − TAKD: {d['mean']:+.2f} here (paired, {len(d['seeds'])} seeds) against "
-            f"the paper's {gap:+.2f} ({paper[0].top1:.2f} − {paper[1].top1:.2f}, "
-            f"{paper[0].source}): {d['mean'] - gap:+.2f} from it.")
+            f"the published {gap:+.2f} ({paper[0].top1:.2f} − {paper[1].top1:.2f}; "
+            f"{protocol.name}): {d['mean'] - gap:+.2f} from it.")
     if d["half_width"] is not None:
         low, high = d["mean"] - d["half_width"], d["mean"] + d["half_width"]
         where = "inside" if low <= gap <= high else "above" if gap > high else "below"
         zero = "excludes 0" if low > 0 or high < 0 else "includes 0"
-        text += f" The paper's gap lies {where} the 95 % interval {_interval_text(d)}, " \
+        text += f" The published gap lies {where} the 95 % interval {_interval_text(d)}, " \
                 f"which {zero}."
     return [text]
 
@@ -203,8 +205,6 @@ def _schedule_text(metrics: dict) -> str:
                if name == "step" else "")
     text = (f"{metrics['epochs']} epoch{'s' * (metrics['epochs'] != 1)}, lr "
             f"{cfg.get('optimizer', {}).get('lr')} {name}{details}, batch {cfg.get('batch_size')}")
-    if metrics["epochs"] != PAPER_EPOCHS:
-        text += f" (the paper's is {PAPER_EPOCHS} epochs: expect lower absolute numbers)"
     return text
 
 

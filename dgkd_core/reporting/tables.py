@@ -18,7 +18,7 @@ from dgkd_core.errors import DgkdError
 from dgkd_core.experiment import paths
 from dgkd_core.method import registry
 from dgkd_core.method.models import model_family
-from dgkd_core.reporting.reference import RECIPES, paper_value
+from dgkd_core.reporting.reference import RECIPES, published_for_rows
 
 ARROW = " → "
 
@@ -160,14 +160,13 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _with_paper(table: pd.DataFrame) -> pd.DataFrame:
-    values = [
-        paper_value(row.dataset, row.method, row.lineage.split("-"),
-                    None if pd.isna(row.keep_prob) else row.keep_prob)
-        for row in table.itertuples()
-    ]
+    # One published experiment per chain (reference.published_for_rows), named per row.
+    values = published_for_rows(
+        (row.dataset, row.method, row.lineage.split("-"),
+         None if pd.isna(row.keep_prob) else row.keep_prob) for row in table.itertuples())
     table["paper_top1"] = [v.top1 if v else math.nan for v in values]
     table["paper_approximate"] = [v.approximate if v else None for v in values]
-    table["paper_source"] = [v.source if v else "" for v in values]
+    table["paper_source"] = [v.protocol.name if v else "" for v in values]
     table["paper_recipe"] = [v.recipe if v else "" for v in values]
     # Both differences, labelled: the paper's numbers are probably best-epoch numbers, while
     # this project reports the last epoch (the best is never used to pick a model).
@@ -332,6 +331,8 @@ def markdown(table: pd.DataFrame, title: str, note: str = "") -> str:
     if "paper_top1" in has:
         columns += [("Paper", paper_text),
                     ("Δ vs paper (last epoch)", lambda r: _number(r.diff_vs_paper, signed=True))]
+        if "paper_source" in has:  # the row's own published experiment, named
+            columns.append(("Paper's experiment", lambda r: r.paper_source or ""))
     if "diff_vs_paper_best" in has:
         columns.append(("Δ vs paper (best epoch; reference only)",
                         lambda r: _number(r.diff_vs_paper_best, signed=True)))
@@ -345,7 +346,8 @@ def markdown(table: pd.DataFrame, title: str, note: str = "") -> str:
         lines.append("| " + " | ".join(cells) + " |")
     sources = sorted({s for s in table.get("paper_source", []) if s})
     if sources:
-        lines += ["", "Paper values: " + "; ".join(sources) + ". ≈: approximate or unconfirmed."]
+        lines += ["", "Published values, each row only its own experiment's: " + "; ".join(sources)
+                  + ". ≈: approximate or unconfirmed."]
         lines += [f"- {source}: {RECIPES[source]}." for source in sources]
     return "\n".join(lines) + "\n"
 

@@ -65,6 +65,7 @@ class TrainerOutputs:
             "top5_best": best["test_top5"],
             "best_epoch": best["epoch"],
             "reported": "last epoch (top1_last); best-epoch values are for reference only",
+            **_validation_metrics(history),
             "wall_time_s": time.time() - self.wall_start,
             "train_time_s": total_train_s,
             "img_per_s": total_images / max(total_train_s, 1e-9),
@@ -84,3 +85,13 @@ class TrainerOutputs:
             **({"fused_group": self.fused_group} if self.fused_group is not None else {}),
             **self.dist.identity(),
         }
+
+
+def _validation_metrics(history: list[dict]) -> dict:
+    """Where the run held out a validation split: its last and best top-1, the best-validation
+    epoch (the first of equals) and the test top-1 there, beside the last epoch's. {} otherwise."""
+    if "val_top1" not in history[-1]:
+        return {}
+    best = max(history, key=lambda h: h["val_top1"])
+    return {"val_top1_last": history[-1]["val_top1"], "val_top1_best": best["val_top1"],
+            "best_val_epoch": best["epoch"], "top1_at_best_val": best["test_top1"]}

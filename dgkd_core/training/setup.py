@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from dgkd_core.config import config_hash
 from dgkd_core.data import CROP_PAD, load_prepared, make_loaders
+from dgkd_core.data.validation import hold_out
 from dgkd_core.errors import TrainingError
 from dgkd_core.guides.checkpoints import check_writable_dir, file_fingerprint, load_guide
 from dgkd_core.guides.prepared import prepare_guide
@@ -117,13 +118,13 @@ class TrainerSetup:
 
     def _build_loaders_and_optimizer(self) -> None:
         cfg, device = self.cfg, self.device
+        common = dict(batch_size=cfg["batch_size"], eval_batch_size=cfg["eval_batch_size"],
+                      device=device, seed=cfg["seed"], augment=cfg["augment"],
+                      channels_last=self.fast["channels_last"], normalization=cfg["normalize"],
+                      shard=self.dist.shard, num_workers=cfg["data_workers"])
+        data, self.val_loader = self._validation_split(common)
         self.train_loader, self.test_loader = make_loaders(
-            self.data, batch_size=cfg["batch_size"], eval_batch_size=cfg["eval_batch_size"],
-            device=device, seed=cfg["seed"], augment=cfg["augment"],
-            channels_last=self.fast["channels_last"], normalization=cfg["normalize"],
-            with_views=any(t is not None for t in self.table_paths),
-            shard=self.dist.shard, num_workers=cfg["data_workers"],
-        )
+            data, with_views=any(t is not None for t in self.table_paths), **common)
         if len(self.train_loader) == 0:
             raise TrainingError(f"batch_size {cfg['batch_size']} is larger than the training set "
                                 f"({len(self.data.train_labels)} images); lower batch_size")
@@ -133,6 +134,18 @@ class TrainerSetup:
             weight_decay=opt["weight_decay"], nesterov=opt["nesterov"],
             **({"fused": True} if device.type == "cuda" else {"foreach": True}),
         )
+
+    def _validation_split(self, common: dict):
+        """(training data, validation loader or None): `validation_images` held out of the
+        training split (dgkd_core.data.validation), the same on every attempt of the run."""
+        n = self.cfg["validation_images"]
+        if not n:
+            return self.data, None
+        if any(t is not None for t in self.table_paths):
+            raise ConfigError("guide tables are indexed by the whole training split; this run "
+                              f"holds out validation_images {n}: set guide_tables: false")
+        data, val = hold_out(self.data, n, self.cfg["seed"])
+        return data, make_loaders(val, **common)[1]
 
     def _resume(self) -> None:
         s = self.state

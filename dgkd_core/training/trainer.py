@@ -220,6 +220,10 @@ class Trainer(TrainerSetup, TrainerOutputs):
         self.epoch_walls.append(s.train_time_s + time.perf_counter() - eval_start)
         row = history_row(s.epoch + 1, lr, s.sums, s.images, self.term_names, test,
                           s.train_time_s)
+        if self.val_loader is not None:  # held-out training images (validation_images)
+            row["val_top1"] = evaluate(self.model, self.val_loader, bf16=self.fast["bf16"],
+                                       sum_over_ranks=self.dist.sum_ if self.dist.active
+                                       else None)["top1"]
         s.history.append(row)
         s.epoch_times.append(s.train_time_s)
         if self.tensorboard is not None:

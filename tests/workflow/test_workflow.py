@@ -154,7 +154,7 @@ def test_job_count_of_a_three_ta_chain(tmp_path):
 
 def test_paper_config_dag(tmp_path):
     """The default config (Table 1) plans 2 datasets x 3 seeds x (11 plain + 9 resnet) jobs,
-    plus the ablations; the paper's settings reach the right jobs."""
+    plus the ablations; the released code's settings reach the right jobs."""
     proc = subprocess.run(
         [SNAKEMAKE, "-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
          "--cores", "2", "results/table1.csv"], capture_output=True, text=True, timeout=300)

@@ -1,6 +1,6 @@
 """The experiment plan (dgkd_core.experiment.plan) on small config dicts: no Snakemake, no subprocess.
 
-Expected guides are written out by hand from the paper's definitions (REFERENCE.md), not
+Expected guides are written out by hand from the paper's definitions (docs/paper.md), not
 computed with the code under test."""
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""Model registry: parameter counts from REFERENCE.md, output shapes, errors."""
+"""Model registry: parameter counts (docs/paper.md), output shapes, errors."""
 
 import pytest
 import torch
 
 from dgkd_core.method.models import available_models, build_model, count_parameters, model_family
 
-# (name, dataset, num_classes, parameters) -- numbers copied from REFERENCE.md "Architectures".
+# (name, dataset, num_classes, parameters) -- from docs/paper.md "Architectures" (the codes' layouts).
 REFERENCE_COUNTS = [
     ("resnet8", "cifar10", 10, 78_042),
     ("resnet8", "cifar100", 100, 83_892),
@@ -162,7 +162,7 @@ def _second_conv(model):
 
 def test_plain_cnns_start_from_pytorchs_default_init_as_in_the_released_code():
     """A 32->32 3x3 conv: PyTorch's default draws U(±1/sqrt(fan_in)), std 1/sqrt(3*288) = 0.0340;
-    Kaiming-normal (fan_out) has std sqrt(2/288) = 0.0833 and zero bias (REFERENCE.md)."""
+    Kaiming-normal (fan_out) has std sqrt(2/288) = 0.0833 and zero bias (docs/paper.md)."""
     torch.manual_seed(0)
     conv = _second_conv(build_model("plane2", 100))  # CIFAR-100 layout: C32 MP C32
     assert conv.in_channels == conv.out_channels == 32
