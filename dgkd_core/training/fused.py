@@ -24,8 +24,9 @@ The mechanism (docs/performance.md, "Fused training"): `cuda_streams` on CUDA, w
 member's work, its captured CUDA-graph step included, runs on a CUDA stream of its own, so
 kernels of different members overlap on the GPU; `sequential` on a CPU (or when asked for): the
 members' steps one after another on one stream, bit-identical to training each alone;
-`horizontal` (when asked for): members of one architecture stacked into one model, their steps
-one step of K-times-wider kernels (dgkd_core.training.horizontal), each within float rounding of alone.
+`horizontal`: members of one architecture stacked into one model, their steps
+one step of K-times-wider kernels (dgkd_core.training.horizontal), each within float rounding of alone;
+`auto` picks one per device kind from measurements (dgkd_core.training.fuse_choice).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ import torch
 from dgkd_core.data import load_prepared
 from dgkd_core.runtime import StopFlag
 from dgkd_core.schema import ConfigError
-from dgkd_core.training.horizontal import HorizontalGroup
+from dgkd_core.training.fuse_choice import auto_mechanism
+from dgkd_core.training.horizontal import HorizontalGroup, check_stackable
 from dgkd_core.training.trainer import Trainer, TrainingInterrupted
 
 __all__ = ["MECHANISMS", "FusedTrainer", "train_fused"]
@@ -83,11 +85,12 @@ class MemberStreams:
 class FusedTrainer:
     """Train `members` (Trainers not yet set up, with distinct out_dirs) together.
 
-    mechanism: auto (cuda_streams where every member runs on CUDA, else sequential),
-    cuda_streams, sequential or horizontal. watch_pid: as `train()`'s, for the whole group."""
+    mechanism: auto (per device kind, dgkd_core.training.fuse_choice), cuda_streams, sequential
+    or horizontal. compile: torch.compile the horizontal step (opt-in; HorizontalGroup).
+    watch_pid: as `train()`'s, for the whole group."""
 
     def __init__(self, members: Sequence[Trainer], *, mechanism: str = "auto",
-                 watch_pid: int | None = None):
+                 watch_pid: int | None = None, compile: bool = False):
         if not members:
             raise ConfigError("a fused group needs at least one member")
         if mechanism not in MECHANISMS:
@@ -100,6 +103,7 @@ class FusedTrainer:
                               "its own")
         self.members = list(members)
         self.requested = mechanism
+        self.compile = compile
         self.watch_pid = watch_pid
         self.streams: MemberStreams | None = None
         self.horizontal: HorizontalGroup | None = None  # the stacked step (`horizontal`)
@@ -117,18 +121,30 @@ class FusedTrainer:
                 loaded[key] = load_prepared(member.data_path)
             member.prepared = loaded[key]
             member.setup()
-        mechanism = self._mechanism()
+        self.set_mechanism(self._mechanism())
+
+    def set_mechanism(self, mechanism: str) -> None:
+        """Step the set-up members by `mechanism` (not auto) from now on (the bench switches)."""
+        if self.horizontal is not None:
+            self.horizontal.write_back()
+        self.horizontal = None
         if mechanism == "horizontal":  # refuses members of different architectures
-            self.horizontal = HorizontalGroup(self.members)
+            self.horizontal = HorizontalGroup(self.members, compile=self.compile)
         self.streams = MemberStreams(len(self.members), mechanism)
         record = {"members": [str(m.out_dir) for m in self.members], "mechanism": mechanism}
         for member in self.members:
             member.fused_group = record
 
     def _mechanism(self) -> str:
-        on_cuda = all(m.device.type == "cuda" for m in self.members)
+        kinds = {m.device.type for m in self.members}
+        on_cuda = kinds == {"cuda"}
         if self.requested == "auto":
-            return "cuda_streams" if on_cuda else "sequential"
+            try:
+                check_stackable(self.members)
+                stackable = True
+            except ConfigError:
+                stackable = False
+            return auto_mechanism(kinds.pop() if len(kinds) == 1 else "mixed", stackable)
         if self.requested == "cuda_streams" and not on_cuda:
             raise ConfigError("fused mechanism cuda_streams needs every member on CUDA; use "
                               "auto or sequential")
@@ -168,25 +184,33 @@ class FusedTrainer:
     def run_round(self) -> None:
         """The rest of every unfinished member's current epoch, steps interleaved; each member
         ends its epoch (evaluation, history, resume state) when its loader runs out."""
-        if self.horizontal is not None:
-            return self.horizontal.run_round(self)
         active = self._unfinished()
         lrs = {i: self.members[i].begin_epoch() for i in active}
         self.streams.fork(active)
         batches = {i: iter(self.members[i].train_loader) for i in active}
         stepping = list(active)
         while stepping:
-            stepped: list[tuple[int, float]] = []
-            for i in list(stepping):
-                member = self.members[i]
-                with self.streams.on(i):
-                    batch = next(batches[i], None)
-                    if batch is not None:
-                        stepped.append((i, member.run_step(batch, lrs[i])))
-                if batch is None:
-                    stepping.remove(i)
-                    self._end_epoch(i, lrs[i])
-            self._stop_if_asked(stepped)
+            self._stop_if_asked(self.step_once(stepping, batches, lrs))
+
+    def step_once(self, stepping: list[int], batches: dict, lrs: dict[int, float]
+                  ) -> list[tuple[int, float]]:
+        """One step of each member in `stepping` on its next batch (batches[i]: an iterator
+        over its train loader) at lrs[i]; a member whose loader ran out ends its epoch and
+        leaves `stepping`. Returns (index, segment seconds so far) of each member that
+        stepped. The loop `run_round` runs, and what `bench --fused` times."""
+        if self.horizontal is not None:
+            return self.horizontal.step_once(self, stepping, batches, lrs)
+        stepped: list[tuple[int, float]] = []
+        for i in list(stepping):
+            member = self.members[i]
+            with self.streams.on(i):
+                batch = next(batches[i], None)
+                if batch is not None:
+                    stepped.append((i, member.run_step(batch, lrs[i])))
+            if batch is None:
+                stepping.remove(i)
+                self._end_epoch(i, lrs[i])
+        return stepped
 
     def _end_epoch(self, index: int, lr: float) -> None:
         self.streams.join([index])
@@ -234,9 +258,11 @@ class FusedTrainer:
 
 
 def train_fused(members: Sequence[dict], progress: bool | None = None, *,
-                mechanism: str = "auto", watch_pid: int | None = None) -> list[dict]:
+                mechanism: str = "auto", watch_pid: int | None = None,
+                compile: bool = False) -> list[dict]:
     """Train the members together; each a mapping {config, data, out_dir, guides (optional),
-    guide_tables (optional)} with `train()`'s meanings. Returns their metrics.json contents, in order.
+    guide_tables (optional)} with `train()`'s meanings; mechanism and compile: FusedTrainer's.
+    Returns their metrics.json contents, in order.
 
     Raises ConfigError / TrainingError on bad input before training, TrainingInterrupted
     (exit status 75) after saving every member's resume state on a stop."""
@@ -248,4 +274,5 @@ def train_fused(members: Sequence[dict], progress: bool | None = None, *,
         trainers.append(Trainer(spec["config"], spec["data"], Path(spec["out_dir"]),
                                 spec.get("guides", ()), progress, watch_pid=watch_pid,
                                 guide_tables=spec.get("guide_tables", ())))
-    return FusedTrainer(trainers, mechanism=mechanism, watch_pid=watch_pid).run()
+    return FusedTrainer(trainers, mechanism=mechanism, watch_pid=watch_pid,
+                        compile=compile).run()
