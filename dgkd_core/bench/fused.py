@@ -8,7 +8,8 @@ speed does not depend on the weights or the logits):
     seed 20, then the same for seeds 31 and 55 (the first K of those 15);
   - teachers_resnet26_k<T>, T = --teachers (default 3; 0 skips it): resnet26 teachers, NoKD.
 
-Mechanisms (--mechanisms, default all, timed in this order): `solo` (each member's steps
+Mechanisms (--mechanisms, default all; timed in the order given, each for every workload
+before the next, so a call cut short by a time cap has the first ones everywhere): `solo` (each member's steps
 alone, one member after another: K solo runs), `sequential`, `cuda_streams` (CUDA only),
 `horizontal` and `horizontal_compile` (horizontal with `torch.compile`; its compilation falls
 in the warm-up rounds). Every member is a real `Trainer` set up by a real `FusedTrainer`, and
@@ -159,20 +160,21 @@ def _measure(fused: FusedTrainer, mechanism: str, steps: int, warmup: int,
 
 
 def _entry(workload: str, members: list[tuple], mechanism: str, runs_s: list[float],
-           steps: int, solo_img_s: float | None) -> dict:
+           steps: int) -> dict:
     k = len(members)
     img_s = steps * BATCH_SIZE * k / statistics.median(runs_s)
     return {"workload": workload, "model": members[0][0], "members": k, "mechanism": mechanism,
             "aggregate_img_s": round(img_s, 1), "per_model_img_s": round(img_s / k, 1),
-            "ratio_to_solo": round(img_s / solo_img_s, 2) if solo_img_s else None,
+            "ratio_to_solo": None,
             "repeats_s": [round(s, 4) for s in runs_s]}
 
 
 def run_fused(device: torch.device, steps: int, warmup: int, *, ks=(1, 3, 5, 15),
               teachers: int = 3, mechanisms=MECHANISMS, repeat: int = 3,
               train_images: int = 50_000, report=None) -> list[dict]:
-    """One entry per workload and mechanism (a skipped one: its `skipped` reason). report:
-    called with the entries so far after each one (to write and print them)."""
+    """One entry per mechanism and workload, mechanism by mechanism in the order given, so
+    that a call cut short has the first mechanisms of every workload (a skipped one: its
+    `skipped` reason). report: called with the entries so far after each one."""
     unknown = [m for m in mechanisms if m not in MECHANISMS]
     if unknown:
         raise SystemExit(f"bench --fused: unknown mechanism {unknown[0]!r}; use "
@@ -185,28 +187,36 @@ def run_fused(device: torch.device, steps: int, warmup: int, *, ks=(1, 3, 5, 15)
         prepare_dataset("synthetic", data_path, seed=0, synthetic_train=train_images,
                         synthetic_test=BATCH_SIZE)
         guides = _guides(data_path, Path(tmp), device)
-        for workload, members in workloads(list(ks), teachers).items():
-            fused = _group(members, data_path, Path(tmp) / workload, device, guides)
-            solo_img_s = None
-            for mechanism in [m for m in MECHANISMS if m in mechanisms]:
-                entry = _one(fused, workload, members, mechanism, steps, warmup, repeat,
-                             solo_img_s)
-                if mechanism == "solo" and "aggregate_img_s" in entry:
-                    solo_img_s = entry["aggregate_img_s"]
-                entries.append(entry)
+        groups = {workload: (members, _group(members, data_path, Path(tmp) / workload, device,
+                                             guides))
+                  for workload, members in workloads(list(ks), teachers).items()}
+        for mechanism in mechanisms:
+            for workload, (members, fused) in groups.items():
+                entries.append(_one(fused, workload, members, mechanism, steps, warmup,
+                                    repeat))
+                _fill_ratios(entries)
                 if report is not None:
                     report(entries)
-            del fused
     return entries
 
 
-def _one(fused, workload, members, mechanism, steps, warmup, repeat, solo_img_s) -> dict:
+def _fill_ratios(entries: list[dict]) -> None:
+    """Each measured entry's ratio of aggregate img/s to its workload's solo runs (None until
+    those are measured)."""
+    solo = {e["workload"]: e["aggregate_img_s"] for e in entries
+            if e["mechanism"] == "solo" and "aggregate_img_s" in e}
+    for e in entries:
+        if "aggregate_img_s" in e and e["mechanism"] != "solo" and e["workload"] in solo:
+            e["ratio_to_solo"] = round(e["aggregate_img_s"] / solo[e["workload"]], 2)
+
+
+def _one(fused, workload, members, mechanism, steps, warmup, repeat) -> dict:
     device = fused.members[0].device
     reason = _skip_reason(mechanism, device)
     if reason is None:
         try:
             runs_s = _measure(fused, mechanism, steps, warmup, repeat)
-            return _entry(workload, members, mechanism, runs_s, steps, solo_img_s)
+            return _entry(workload, members, mechanism, runs_s, steps)
         except Exception as err:  # noqa: BLE001 - e.g. a compiler missing: reported, not fatal
             if mechanism != "horizontal_compile":
                 raise

@@ -43,9 +43,10 @@ def test_bench_fused_times_each_mechanism_and_writes_fused_json(tmp_path):
     result = json.loads((out.parent / "fused.json").read_text())
     assert result["repeat"] == 2 and result["timed_steps"] == 1
     entries = result["workloads"]
+    # mechanism by mechanism, in the order given, each for every workload
     assert [(e["workload"], e["mechanism"]) for e in entries] == [
-        (w, m) for w in ("students_resnet8_k1", "students_resnet8_k2")
-        for m in ("solo", "sequential", "cuda_streams", "horizontal")]
+        (w, m) for m in ("solo", "sequential", "cuda_streams", "horizontal")
+        for w in ("students_resnet8_k1", "students_resnet8_k2")]
     for e in entries:
         if e["mechanism"] == "cuda_streams":
             assert "needs CUDA" in e["skipped"]
