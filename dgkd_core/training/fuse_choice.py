@@ -3,8 +3,10 @@ made (dgkd_core.training.fused asks `auto_mechanism`).
 
 The choice follows measurements of `python -m dgkd_core bench --fused`, recorded in
 `CHOICES` with their device, date and command (the figures themselves are in
-docs/performance.md, "Horizontal fusion"). A kind not yet measured says so and carries the
-issue's expectation until a GPU window measures it; update its entry then.
+docs/performance.md, "Horizontal fusion"). A kind switches to `horizontal` only where it wins
+clearly: its members end within float rounding of their solo runs, not bit-identical, so a tie
+keeps the exact mechanism. A kind not yet measured says so and carries the issue's
+expectation until a GPU window measures it; update its entry then.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ class MechanismChoice:
 CHOICES: dict[str, MechanismChoice] = {
     "cpu": MechanismChoice(
         "sequential", "sequential", measured=True,
-        evidence="2026-12-04, 2-core x86_64 CPU, torch 2.14.1: `python -m dgkd_core bench "
-                 "--fused --device cpu --k 3 --teachers 0 --steps 4` : horizontal 0.6-0.7x "
-                 "sequential for K = 3 resnet8 students (a CPU step is not launch-bound, and "
-                 "BatchNorm under vmap costs more there)"),
+        evidence="2026-12-04, 2-core x86_64 CPU under load, torch 2.14.1: `python -m dgkd_core "
+                 "bench --fused --device cpu --k 1,3 --teachers 0 --steps 5` and `--k 3,5 "
+                 "--steps 3`: horizontal 0.69-1.16x sequential for K = 1-5 resnet8 students "
+                 "with tables, within the load's noise (a CPU step is not launch-bound); "
+                 "sequential also keeps solo's maths bit for bit"),
     "cuda": MechanismChoice(
         "horizontal", "cuda_streams", measured=False,
         evidence="not measured yet (no GPU window since horizontal was built): issue 22 "

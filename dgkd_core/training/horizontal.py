@@ -22,8 +22,9 @@ Members must share the student architecture (layer for layer), the device, the f
 the optimizer's momentum, weight decay and Nesterov flag (ConfigError otherwise: use
 `sequential`). The lr may differ per member. Numerics: a grouped convolution sums in another
 order than a convolution alone, so a member ends within float rounding (1e-5 after a few steps,
-tests/test_horizontal.py) of its solo weights, not bit-identical; a horizontal group is
-deterministic on a CPU, and its resume is bit-identical to an uninterrupted group.
+tests/unit/training/test_horizontal.py) of its solo weights, not bit-identical; a horizontal
+group is deterministic on a CPU, and its resume is bit-identical to an uninterrupted group
+(eager; with `compile`, not proven: see HorizontalGroup).
 """
 
 from __future__ import annotations
