@@ -4,7 +4,8 @@
 #   0. preamble, fail-fast: install the carried wheels into a target folder, PYTHONPATH = the
 #      repository and that folder, import jsonschema, snakemake, dgkd_core and torch.cuda (and
 #      see a GPU, unless REHEARSAL=1); on failure exit 2 with a one-line reason;
-#   1. the CUDA tests: tests/gpu/test_cuda.py and the CUDA cases of the fused and table tests;
+#   1. the CUDA tests: tests/gpu/test_cuda.py and the CUDA cases of the fused, horizontal and
+#      table tests;
 #   2. `bench`, every step workload, each loop timed 3 times (the median reported);
 #   3. `bench --fused`: K = 15 and 1 resnet8 students and 3 resnet26 teachers, sequential and
 #      horizontal first, then solo, cuda_streams and horizontal + torch.compile (fused.json is
@@ -112,7 +113,8 @@ fi
 
 stage "1. CUDA tests"
 timeout "$(cap "$TEST_CAP")" "$PY" -m pytest -q -rs -p no:cacheprovider -m "not slurm" \
-    tests/gpu/test_cuda.py tests/unit/training/test_fused.py tests/unit/guides/test_guide_tables.py -k cuda \
+    tests/gpu/test_cuda.py tests/unit/training/test_fused.py tests/unit/training/test_horizontal.py \
+    tests/unit/guides/test_guide_tables.py -k cuda \
     >"$WORK/tests.txt" 2>&1
 rc=$?
 tail -12 "$WORK/tests.txt" >>"$S"

@@ -20,7 +20,8 @@ Each figure: `warmup` untimed rounds, then `steps` timed rounds (one step of eac
 repeated `repeat` times; the median of the repeats' seconds. Reported per workload and
 mechanism: aggregate img/s (K x steps x 128 images / s), per-model img/s and the ratio of
 aggregate img/s to the K solo runs'. fused.json is rewritten after every figure, so a call cut
-short by a time cap keeps what it measured.
+short by a time cap keeps what it measured; a mechanism that raises is recorded as `failed`
+(its error; the traceback on stderr) and the other figures are still taken.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import datetime
 import statistics
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -211,18 +213,21 @@ def _fill_ratios(entries: list[dict]) -> None:
 
 
 def _one(fused, workload, members, mechanism, steps, warmup, repeat) -> dict:
-    device = fused.members[0].device
-    reason = _skip_reason(mechanism, device)
-    if reason is None:
-        try:
-            runs_s = _measure(fused, mechanism, steps, warmup, repeat)
-            return _entry(workload, members, mechanism, runs_s, steps)
-        except Exception as err:  # noqa: BLE001 - e.g. a compiler missing: reported, not fatal
-            if mechanism != "horizontal_compile":
-                raise
-            reason = f"torch.compile failed: {type(err).__name__}: {str(err).splitlines()[0]}"
-    return {"workload": workload, "model": members[0][0], "members": len(members),
-            "mechanism": mechanism, "skipped": reason}
+    """The entry of one mechanism on one workload: measured, `skipped` (cannot run here) or
+    `failed` (raised: its traceback goes to stderr, and the other figures are still taken,
+    since a GPU window is too short to lose them to one mechanism)."""
+    head = {"workload": workload, "model": members[0][0], "members": len(members),
+            "mechanism": mechanism}
+    reason = _skip_reason(mechanism, fused.members[0].device)
+    if reason is not None:
+        return {**head, "skipped": reason}
+    try:
+        runs_s = _measure(fused, mechanism, steps, warmup, repeat)
+    except Exception as err:  # noqa: BLE001 - reported in the entry, not fatal
+        traceback.print_exc()
+        lines = str(err).strip().splitlines() or [""]
+        return {**head, "failed": f"{type(err).__name__}: {lines[0][:300]}"}
+    return _entry(workload, members, mechanism, runs_s, steps)
 
 
 def format_table(result: dict) -> str:
@@ -235,6 +240,9 @@ def format_table(result: dict) -> str:
         head = f"{e['workload']:26s} {e['members']:3d} {e['mechanism']:19s}"
         if "skipped" in e:
             lines.append(f"{head} skipped: {e['skipped']}")
+            continue
+        if "failed" in e:
+            lines.append(f"{head} FAILED: {e['failed']}")
             continue
         ratio = "" if e["ratio_to_solo"] is None else f"{e['ratio_to_solo']:.2f}x"
         lines.append(f"{head} {e['aggregate_img_s']:16.1f} {e['per_model_img_s']:16.1f} "
@@ -262,8 +270,8 @@ def main(args, device: torch.device, device_name: str) -> int:
         result["workloads"] = entries
         io.atomic_write_json(result, out)
         e = entries[-1]
-        print(e["workload"], e["mechanism"], e.get("aggregate_img_s", e.get("skipped")),
-              flush=True)
+        print(e["workload"], e["mechanism"],
+              e.get("aggregate_img_s", e.get("skipped", e.get("failed"))), flush=True)
 
     run_fused(device, steps, warmup, ks=ks, teachers=args.teachers, mechanisms=mechanisms,
               repeat=repeat, report=report,

@@ -57,3 +57,26 @@ def test_bench_fused_times_each_mechanism_and_writes_fused_json(tmp_path):
                                                       rel=0.02)
         assert (e["ratio_to_solo"] is None) == (e["mechanism"] == "solo")
     assert "students_resnet8_k2" in res.stdout and "horizontal" in res.stdout
+
+
+def test_a_mechanism_that_raises_is_recorded_and_the_bench_goes_on(monkeypatch, capsys):
+    import types
+
+    import torch
+
+    import dgkd_core.bench.fused as bench
+
+    def measure(fused, mechanism, *args):
+        raise RuntimeError("no deterministic kernel for this op\nmore detail")
+
+    monkeypatch.setattr(bench, "_measure", measure)
+    fused = types.SimpleNamespace(members=[types.SimpleNamespace(device=torch.device("cpu"))])
+    members = [("resnet8", "nokd", 20, [], None)]
+    entry = bench._one(fused, "students_resnet8_k1", members, "horizontal", 1, 1, 1)
+    assert entry["failed"] == "RuntimeError: no deterministic kernel for this op"
+    assert "Traceback" in capsys.readouterr().err
+    skipped = bench._one(fused, "students_resnet8_k1", members, "cuda_streams", 1, 1, 1)
+    assert "needs CUDA" in skipped["skipped"]
+    table = bench.format_table({"device": "cpu", "torch": "x", "timed_steps": 1, "warmup": 1,
+                                "repeat": 1, "workloads": [entry, skipped]})
+    assert "FAILED: RuntimeError" in table and "skipped: cuda_streams needs CUDA" in table

@@ -333,3 +333,33 @@ def test_compiled_horizontal_group_ends_near_the_eager_groups_weights(small_data
     train_fused(compiled, progress=False, mechanism="horizontal", compile=True)
     for a, b in zip(eager, compiled):
         assert max_difference(a["out_dir"], b["out_dir"]) < 1e-4
+
+
+def test_train_group_takes_the_compile_setting():
+    from dgkd_core.cli import build_parser
+
+    args = build_parser().parse_args(["train-group", "--member", "a.yaml", "--mechanism",
+                                      "horizontal", "--compile"])
+    assert args.compile is True and args.mechanism == "horizontal"
+    assert build_parser().parse_args(["train-group", "--member", "a.yaml"]).compile is False
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_horizontal_group_ends_near_its_solo_runs(small_data, teacher, second_guide,
+                                                       teacher_table, tmp_path):
+    """On CUDA, fp32 without the fast path (no bf16: its rounding would hide a mix-up less
+    well): each member within 1e-3 of its solo run (TF32 and grouped-convolution sums apart),
+    while the members differ from each other by more than 1e-2 (the CPU test)."""
+    from dgkd_core.runtime import FAST_OFF
+
+    specs = members(tmp_path / "group", teacher, second_guide, teacher_table)
+    for spec in specs:
+        spec["config"] = {**spec["config"], "device": "cuda", "fast": FAST_OFF}
+    metrics = train_fused([{**s, "data": small_data} for s in specs], progress=False,
+                          mechanism="horizontal")
+    assert all(m["fused_group"]["mechanism"] == "horizontal" for m in metrics)
+    for spec in specs:
+        solo = tmp_path / "solo" / spec["out_dir"].name
+        train(spec["config"], small_data, solo, spec.get("guides", ()), progress=False,
+              guide_tables=spec.get("guide_tables", ()))
+        assert max_difference(solo, spec["out_dir"]) < 1e-3, spec["out_dir"].name
