@@ -189,13 +189,14 @@ def run_fused(device: torch.device, steps: int, warmup: int, *, ks=(1, 3, 5, 15)
         prepare_dataset("synthetic", data_path, seed=0, synthetic_train=train_images,
                         synthetic_test=BATCH_SIZE)
         guides = _guides(data_path, Path(tmp), device)
-        groups = {workload: (members, _group(members, data_path, Path(tmp) / workload, device,
-                                             guides))
-                  for workload, members in workloads(list(ks), teachers).items()}
+        groups: dict[str, FusedTrainer] = {}  # set up at first use: the first figure sooner
         for mechanism in mechanisms:
-            for workload, (members, fused) in groups.items():
-                entries.append(_one(fused, workload, members, mechanism, steps, warmup,
-                                    repeat))
+            for workload, members in workloads(list(ks), teachers).items():
+                if workload not in groups:
+                    groups[workload] = _group(members, data_path, Path(tmp) / workload, device,
+                                              guides)
+                entries.append(_one(groups[workload], workload, members, mechanism, steps,
+                                    warmup, repeat))
                 _fill_ratios(entries)
                 if report is not None:
                     report(entries)
