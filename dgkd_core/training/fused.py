@@ -121,7 +121,11 @@ class FusedTrainer:
                 loaded[key] = load_prepared(member.data_path)
             member.prepared = loaded[key]
             member.setup()
-        self.set_mechanism(self._mechanism())
+        mechanism = self._mechanism()
+        if self.compile and mechanism != "horizontal":
+            raise ConfigError(f"compile is a setting of the horizontal mechanism; this group "
+                              f"runs {mechanism} (ask for --mechanism horizontal)")
+        self.set_mechanism(mechanism)
 
     def set_mechanism(self, mechanism: str) -> None:
         """Step the set-up members by `mechanism` (not auto) from now on (the bench switches)."""
