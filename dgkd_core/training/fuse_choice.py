@@ -31,11 +31,12 @@ class MechanismChoice:
 CHOICES: dict[str, MechanismChoice] = {
     "cpu": MechanismChoice(
         "sequential", "sequential", measured=True,
-        evidence="2026-12-04, 2-core x86_64 CPU under load, torch 2.14.1: `python -m dgkd_core "
-                 "bench --fused --device cpu --k 1,3 --teachers 0 --steps 5` and `--k 3,5 "
-                 "--steps 3`: horizontal 0.69-1.16x sequential for K = 1-5 resnet8 students "
-                 "with tables, within the load's noise (a CPU step is not launch-bound); "
-                 "sequential also keeps solo's maths bit for bit"),
+        evidence="2026-12-04, 2-core x86_64 CPU shared with other jobs, torch 2.14.1: "
+                 "`python -m dgkd_core bench --fused --device cpu --k 1,3,5 --teachers 0 "
+                 "--steps 5 --mechanisms sequential,horizontal,solo`: horizontal 0.18-0.76x "
+                 "sequential for K = 1-5 resnet8 students with tables (0.69-1.16x in two runs "
+                 "under heavier load); a CPU step is not launch-bound, and sequential keeps "
+                 "solo's maths bit for bit"),
     "cuda": MechanismChoice(
         "horizontal", "cuda_streams", measured=False,
         evidence="not measured yet (no GPU window since horizontal was built): issue 22 "
