@@ -4,9 +4,12 @@
 #   0. preamble, fail-fast: install the carried wheels into a target folder, PYTHONPATH = the
 #      repository and that folder, import jsonschema, snakemake, dgkd_core and torch.cuda (and
 #      see a GPU, unless REHEARSAL=1); on failure exit 2 with a one-line reason;
-#   1. the CUDA tests: tests/gpu/test_cuda.py and the CUDA cases of the fused and table tests;
+#   1. the CUDA tests: tests/gpu/test_cuda.py and the CUDA cases of the fused, horizontal and
+#      table tests;
 #   2. `bench`, every step workload, each loop timed 3 times (the median reported);
-#   3. `bench --fused`, every fused mechanism;
+#   3. `bench --fused`: K = 15 and 1 resnet8 students and 3 resnet26 teachers, sequential and
+#      horizontal first, then solo, cuda_streams and horizontal + torch.compile (fused.json is
+#      rewritten after each figure, so the cap keeps the first ones);
 #   4. all the time left: the reproduction campaign (ci/campaign_continue.sh), whose state
 #      comes back as one file.
 # Everything comes back in at most 8 files under OUT: summary.txt (its last lines a short
@@ -95,16 +98,23 @@ if [ "$REHEARSAL" = 1 ]; then
     PACK_RESERVE_S=8 CAMPAIGN_PACK_RESERVE_S=8
     export MIN_TRAIN_S=5
     BENCH_ARGS=(--device cpu --steps 1 --train-images 256)
+    FUSED_ARGS=(--device cpu --steps 1 --k 1 --teachers 0 --repeat 1
+        --mechanisms sequential,horizontal)
     REPEAT=1
 else
     TEST_CAP=${TEST_CAP:-110} BENCH_CAP=${BENCH_CAP:-85} FUSED_CAP=${FUSED_CAP:-45}
     BENCH_ARGS=(--steps 60)
+    # Issue 22's key figure first (K = 15 students, horizontal vs sequential and solo); 20
+    # rounds x 3 repeats of K = 15 is 900 member-steps per mechanism, seconds on the GPU.
+    FUSED_ARGS=(--k 15,1 --teachers 3 --steps 20 --repeat 3 --train-images 8192
+        --mechanisms sequential,horizontal,solo,cuda_streams,horizontal_compile)
     REPEAT=3
 fi
 
 stage "1. CUDA tests"
 timeout "$(cap "$TEST_CAP")" "$PY" -m pytest -q -rs -p no:cacheprovider -m "not slurm" \
-    tests/gpu/test_cuda.py tests/unit/training/test_fused.py tests/unit/guides/test_guide_tables.py -k cuda \
+    tests/gpu/test_cuda.py tests/unit/training/test_fused.py tests/unit/training/test_horizontal.py \
+    tests/unit/guides/test_guide_tables.py -k cuda \
     >"$WORK/tests.txt" 2>&1
 rc=$?
 tail -12 "$WORK/tests.txt" >>"$S"
@@ -119,7 +129,7 @@ row "2 bench" "exit $rc$(grep -E '^dgkd_student_tables' "$WORK/logs/bench.log" |
     awk '{print ": tables " $4 " img/s, " $5 " vs released"}')"
 
 stage "3. bench --fused"
-timeout "$(cap "$FUSED_CAP")" "$PY" -m dgkd_core bench --fused "${BENCH_ARGS[@]}" \
+timeout "$(cap "$FUSED_CAP")" "$PY" -m dgkd_core bench --fused "${FUSED_ARGS[@]}" \
     --out "$OUT/step.json" >"$WORK/logs/fused.log" 2>&1
 rc=$?
 "$PY" - "$OUT/fused.json" >>"$S" 2>/dev/null <<'EOF'
@@ -127,7 +137,14 @@ import json, sys
 for e in json.load(open(sys.argv[1]))["workloads"]:
     print(" ".join(f"{k}={v}" for k, v in e.items() if not isinstance(v, (list, dict))))
 EOF
-row "3 bench --fused" "exit $rc"
+figures=$("$PY" - "$OUT/fused.json" 2>/dev/null <<'EOF'
+import json, sys
+done = [e for e in json.load(open(sys.argv[1]))["workloads"] if "aggregate_img_s" in e]
+k15 = {e["mechanism"]: e["aggregate_img_s"] for e in done if e["workload"].endswith("_k15")}
+print(f": {len(done)} figures; K=15 img/s " + ", ".join(f"{m} {v:.0f}" for m, v in k15.items()))
+EOF
+)
+row "3 bench --fused" "exit $rc$figures"
 
 stage "4. campaign $CAMPAIGN"
 if [ -f ci/campaign_continue.sh ]; then

@@ -116,7 +116,8 @@ def _train_group(args) -> int:
         specs.append({"config": run, "data": where["data"], "out_dir": where["out_dir"],
                       "guides": guide_list(where["guides"]),
                       "guide_tables": table_list(where["guide_tables"])})
-    for spec, metrics in zip(specs, train_fused(specs, mechanism=args.mechanism)):
+    for spec, metrics in zip(specs, train_fused(specs, mechanism=args.mechanism,
+                                                   compile=args.compile)):
         print(json.dumps({"out_dir": str(spec["out_dir"]),
                           **{k: metrics[k] for k in ("model", "top1_last", "wall_time_s")}}))
     return 0
@@ -241,8 +242,11 @@ def _add_train_group_parser(sub, common) -> None:
                    "guides and run-config keys); repeat for each member")
     p.add_argument("--mechanism", default="auto",  # checked by dgkd_core.training.fused
                    help="auto, cuda_streams, sequential or horizontal (members of one architecture "
-                   "stacked into one model); auto: each member on its own CUDA stream on a GPU, "
-                   "one after another on a CPU (default: %(default)s)")
+                   "stacked into one model); auto: per device kind, as measured "
+                   "(dgkd_core/training/fuse_choice.py; default: %(default)s)")
+    p.add_argument("--compile", action="store_true",
+                   help="horizontal only: torch.compile the stacked step (opt-in: its first "
+                   "steps compile; bit-identical resume not yet proven with it)")
     p.set_defaults(func=_train_group)
 
 
@@ -253,14 +257,24 @@ def _add_bench_parser(sub, common) -> None:
                    help="the JSON result (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per workload")
-    p.add_argument("--repeat", type=int, default=1,
-                   help="time each loop this many times and report the median (default: 1)")
+    p.add_argument("--repeat", type=int, default=None,
+                   help="time each loop this many times and report the median (default: 1; "
+                   "3 with --fused)")
     p.add_argument("--skip-workflow", action="store_true", help="skip the demo workflow timing")
-    p.add_argument("--train-images", type=int, default=50_000,
-                   help="size of the synthetic training set the loops read (CIFAR's: 50000)")
+    p.add_argument("--train-images", type=int, default=None,
+                   help="size of the synthetic training set the loops read (default: CIFAR's "
+                   "50000; with --fused 10000 on CUDA, on a CPU what the timed rounds need)")
     p.add_argument("--fused", action="store_true",
                    help="instead: the fused-training workloads (K models as one group against "
                    "K solo runs; writes fused.json next to --out)")
+    p.add_argument("--k", default="1,3,5,15",
+                   help="--fused: the resnet8 student group sizes (default: %(default)s)")
+    p.add_argument("--teachers", type=int, default=3,
+                   help="--fused: the resnet26 teacher group size; 0 skips it (default: "
+                   "%(default)s)")
+    p.add_argument("--mechanisms", default=None,
+                   help="--fused: which of solo, sequential, cuda_streams, horizontal, "
+                   "horizontal_compile, in this order (default: all)")
     p.add_argument("--parity", action="store_true",
                    help="instead: accuracy of the fast path vs plain fp32 eager over 3 seeds")
     p.add_argument("--parity-data", help="prepared data file for --parity (default: synthetic)")

@@ -1,79 +1,113 @@
-"""Fused-training benchmark: K models stepped as one fused group against the same K trained one
-after another, in one call (`python -m dgkd_core bench --fused`).
+"""Fused-training benchmark (`python -m dgkd_core bench --fused`): K same-shape trainings by each
+fused mechanism against the same K trained alone, in one call.
 
-Workloads (batch 128, synthetic CIFAR-sized data, untrained guides: speed does not depend on
-the weights):
-  - fused_students_resnet8_k5: the five resnet8 students of one seed (NoKD; KD from resnet26;
-    TAKD from resnet14; DGKD and stochastic DGKD from resnet26, resnet20, resnet14);
-  - fused_seeds_resnet26_k3: the resnet26 teacher for three seeds.
-The members are the product's fused group (dgkd_core.training.fused.FusedTrainer, each member a
-`Trainer` set up as `train()` sets it up), stepped through the group's own step
-(`FusedTrainer.step_member`): "solo" times each member's steps alone, "fused" times rounds of
-one step of each member (each on its own CUDA stream on a GPU), and "horizontal" times rounds of
-the members stacked into one model (the group's dgkd_core.training.horizontal step: one step of
-K-times-wider kernels).
-Reported: aggregate img/s, per-model img/s and their ratio to the K solo runs.
+Workloads (batch 128, synthetic CIFAR-sized data; untrained guides and random guide tables:
+speed does not depend on the weights or the logits):
+  - students_resnet8_k<K>, K in --k (default 1, 3, 5, 15): Table 1's resnet8 students with
+    guide tables, methods DGKD, stochastic DGKD, KD (resnet26), TAKD (resnet14), NoKD for
+    seed 20, then the same for seeds 31 and 55 (the first K of those 15);
+  - teachers_resnet26_k<T>, T = --teachers (default 3; 0 skips it): resnet26 teachers, NoKD.
+
+Mechanisms (--mechanisms, default all; timed in the order given, each for every workload
+before the next, so a call cut short by a time cap has the first ones everywhere): `solo` (each member's steps
+alone, one member after another: K solo runs), `sequential`, `cuda_streams` (CUDA only),
+`horizontal` and `horizontal_compile` (horizontal with `torch.compile`; its compilation falls
+in the warm-up rounds). Every member is a real `Trainer` set up by a real `FusedTrainer`, and
+what is timed is the product's own fused loop, `FusedTrainer.step_once` (dgkd_core.training.fused),
+switched between mechanisms by `FusedTrainer.set_mechanism`: no copy of the training loop.
+
+Each figure: `warmup` untimed rounds, then `steps` timed rounds (one step of each member),
+repeated `repeat` times; the median of the repeats' seconds. Reported per workload and
+mechanism: aggregate img/s (K x steps x 128 images / s), per-model img/s and the ratio of
+aggregate img/s to the K solo runs'. fused.json is rewritten after every figure, so a call cut
+short by a time cap keeps what it measured; a mechanism that raises is recorded as `failed`
+(its error; the traceback on stderr) and the other figures are still taken.
 """
 
 from __future__ import annotations
 
+import datetime
+import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+import traceback
 from pathlib import Path
 
 import torch
 
+from dgkd_core import io
 from dgkd_core.config import resolve_run_config
-from dgkd_core.data import load_prepared, prepare_dataset
+from dgkd_core.data import CROP_PAD, load_prepared, prepare_dataset, views_per_image
 from dgkd_core.guides.checkpoints import save_checkpoint
+from dgkd_core.guides.tables import save_guide_table
 from dgkd_core.method.models import build_model
+from dgkd_core.runtime import fast_settings
 from dgkd_core.training.fused import FusedTrainer
 
-__all__ = ["FUSED_WORKLOADS", "run_fused"]
+__all__ = ["MECHANISMS", "main", "run_fused", "workloads"]
 
-_CHAIN = ["resnet26", "resnet20", "resnet14"]
-# workload -> members: (model, method, seed, guides, keep_prob)
-FUSED_WORKLOADS = {
-    "fused_students_resnet8_k5": [
-        ("resnet8", "nokd", 20, [], None),
-        ("resnet8", "kd", 20, ["resnet26"], None),
-        ("resnet8", "takd", 20, ["resnet14"], None),
-        ("resnet8", "dgkd", 20, _CHAIN, None),
-        ("resnet8", "sdgkd", 20, _CHAIN, 0.75),
-    ],
-    "fused_seeds_resnet26_k3": [("resnet26", "nokd", seed, [], None) for seed in (20, 31, 55)],
-}
+MECHANISMS = ("solo", "sequential", "cuda_streams", "horizontal", "horizontal_compile")
 BATCH_SIZE = 128
+_CHAIN = ["resnet26", "resnet20", "resnet14"]
+# method, guides, keep_prob: one seed's five Table 1 students, the costliest first
+_STUDENTS = [("dgkd", _CHAIN, None), ("sdgkd", _CHAIN, 0.75), ("kd", ["resnet26"], None),
+             ("takd", ["resnet14"], None), ("nokd", [], None)]
 
 
-def _guide_files(data_path: Path, root: Path) -> dict[str, str]:
-    """An untrained checkpoint of each guide architecture, on this data."""
-    meta = load_prepared(data_path).meta
+def _seed(i: int) -> int:
+    return (20, 31, 55)[i] if i < 3 else 100 + i
+
+
+def workloads(ks: list[int], teachers: int) -> dict[str, list[tuple]]:
+    """name -> members: (model, method, seed, guides, keep_prob)."""
+    students = [("resnet8", method, _seed(s), guides, keep)
+                for s in range(max(ks, default=0) // len(_STUDENTS) + 1)
+                for method, guides, keep in _STUDENTS]
+    found = {f"students_resnet8_k{k}": students[:k] for k in ks}
+    if teachers > 0:
+        found[f"teachers_resnet26_k{teachers}"] = [("resnet26", "nokd", _seed(i), [], None)
+                                                   for i in range(teachers)]
+    return found
+
+
+def _guides(data_path: Path, root: Path, device: torch.device) -> dict[str, tuple[str, str]]:
+    """guide model -> (an untrained checkpoint, a guide table of random logits for it), in the
+    dtype training reads (bf16 where the fast path is, float32 otherwise)."""
+    data = load_prepared(data_path)
+    meta = data.meta
+    fast = fast_settings(resolve_run_config({"model": "resnet26", "device": device.type}),
+                         device)
+    dtype = torch.bfloat16 if fast["bf16"] else torch.float32
+    gen = torch.Generator().manual_seed(0)
     files = {}
     for name in _CHAIN:
-        path = root / f"guide_{name}.pt"
-        save_checkpoint(path, build_model(name, int(meta["num_classes"])),
+        checkpoint, table_path = root / f"guide_{name}.pt", root / f"table_{name}.pt"
+        save_checkpoint(checkpoint, build_model(name, int(meta["num_classes"])),
                         resolve_run_config({"model": name}), meta,
                         {"method": "nokd", "guides": [], "top1_last": 0.0})
-        files[name] = str(path)
+        table = torch.randn(int(meta["num_train"]), views_per_image(), int(meta["num_classes"]),
+                            generator=gen).to(dtype)
+        save_guide_table(table_path, table, guide_checkpoint=str(checkpoint), data_meta=meta,
+                         normalization={"mean": data.mean, "std": data.std}, pad=CROP_PAD,
+                         build_s=0.0)
+        files[name] = (str(checkpoint), str(table_path))
     return files
 
 
-def _group(workload: str, data_path: Path, root: Path, device: str,
-           mechanism: str) -> FusedTrainer:
-    """The workload's members as the product's fused group (dgkd_core.training.fused), set up."""
-    guides = _guide_files(data_path, root)
+def _group(members: list[tuple], data_path: Path, root: Path, device: torch.device,
+           guides: dict) -> FusedTrainer:
+    """The members as the product's fused group, set up (sequential to start with)."""
     specs = []
-    for i, (model, method, seed, guide_models, keep_prob) in enumerate(FUSED_WORKLOADS[workload]):
+    for i, (model, method, seed, guide_models, keep_prob) in enumerate(members):
         cfg = {"model": model, "method": method, "seed": seed, "epochs": 1000,
-               "batch_size": BATCH_SIZE, "device": device, "optimizer": {"lr": 0.1},
+               "batch_size": BATCH_SIZE, "device": device.type, "optimizer": {"lr": 0.1},
                "loss": {"keep_prob": keep_prob}}
         specs.append({"config": cfg, "data": data_path, "out_dir": root / f"member{i}",
-                      "guides": [guides[g] for g in guide_models]})
-    group = FusedTrainer(specs, progress=False, mechanism=mechanism)
-    group.setup()
-    return group
+                      "guides": [guides[g][0] for g in guide_models],
+                      "guide_tables": [guides[g][1] for g in guide_models]})
+    fused = FusedTrainer(specs, progress=False, mechanism="sequential")
+    fused.setup()
+    return fused
 
 
 def _sync(device: torch.device) -> None:
@@ -81,81 +115,167 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _endless_batches(member) -> Iterator:
-    """A set-up member's batches, epoch after epoch; a new epoch's bookkeeping is not what is
-    timed, and its epoch count stays (so does its lr). Call `begin_epoch()` first."""
-    while True:
-        yield from member.train_loader
-        member.state.step = 0
-        member.begin_epoch()
-
-
-def _time_horizontal(group: FusedTrainer, steps: int, warmup: int) -> float:
-    """Seconds for `steps` rounds of the members stepped as one stack (dgkd_core.training.horizontal)."""
-    device = group.members[0].device
-    lrs = {i: m.begin_epoch() for i, m in enumerate(group.members)}
-    batches = [_endless_batches(m) for m in group.members]
-    for n in range(warmup + steps):
-        if n == warmup:
-            _sync(device)
-            t0 = time.perf_counter()
-        group.horizontal.step({i: next(b) for i, b in enumerate(batches)}, lrs)
-    _sync(device)
-    return time.perf_counter() - t0
-
-
-def _time(group: FusedTrainer, steps: int, warmup: int, fused: bool) -> float:
-    """Seconds for `steps` steps of every member through the group's own step
-    (FusedTrainer.step_member): rounds of one step each (fused), or each member's steps on
-    their own, one member after another (solo)."""
-    members, streams = group.members, group.streams
-    device = members[0].device
-    lrs = [m.begin_epoch() for m in members]
-    batches = [_endless_batches(m) for m in members]
-    order = ([list(range(len(members)))] if fused else [[i] for i in range(len(members))])
-    total = 0.0
-    for indices in order:
+def _seconds(fused: FusedTrainer, phases: list[list[int]], steps: int, warmup: int) -> float:
+    """Seconds of `steps` rounds of `fused.step_once` over each phase's members (after
+    `warmup` untimed rounds), the phases one after another; each member starts an epoch at
+    step 0 (untimed) that outlasts the rounds."""
+    device, total = fused.members[0].device, 0.0
+    for stepping in phases:
+        lrs = {}
+        for i in stepping:
+            fused.members[i].state.step = 0
+            lrs[i] = fused.members[i].begin_epoch()
+        fused.streams.fork(stepping)
+        batches = {i: iter(fused.members[i].train_loader) for i in stepping}
+        live = list(stepping)
         for n in range(warmup + steps):
             if n == warmup:
-                streams.join(indices)
+                fused.streams.join(stepping)
                 _sync(device)
-                t0 = time.perf_counter()
-            streams.fork(indices)
-            for i in indices:
-                group.step_member(i, batches[i], lrs[i])
-        streams.join(indices)
+                start = time.perf_counter()
+            fused.step_once(live, batches, lrs)
+        fused.streams.join(stepping)
         _sync(device)
-        total += time.perf_counter() - t0
+        total += time.perf_counter() - start
+        assert live == stepping, "an epoch ran out inside the timed rounds"
     return total
 
 
-def run_fused(device: torch.device, steps: int, warmup: int,
-              train_images: int = 50_000) -> list[dict]:
-    """The fused workloads' entries: aggregate and per-model img/s, fused and solo."""
-    entries = []
+def _skip_reason(mechanism: str, device: torch.device) -> str | None:
+    if mechanism == "cuda_streams" and device.type != "cuda":
+        return "cuda_streams needs CUDA (on a CPU there are no streams to overlap)"
+    if mechanism == "horizontal_compile" and not hasattr(torch, "compile"):
+        return f"this torch ({torch.__version__}) has no torch.compile"
+    return None
+
+
+def _measure(fused: FusedTrainer, mechanism: str, steps: int, warmup: int,
+             repeat: int) -> list[float]:
+    """Each repeat's seconds for the members by `mechanism`."""
+    k = len(fused.members)
+    fused.compile = mechanism == "horizontal_compile"
+    fused.set_mechanism({"solo": "sequential", "horizontal_compile": "horizontal"}
+                        .get(mechanism, mechanism))
+    phases = [[i] for i in range(k)] if mechanism == "solo" else [list(range(k))]
+    return [_seconds(fused, phases, steps, warmup) for _ in range(repeat)]
+
+
+def _entry(workload: str, members: list[tuple], mechanism: str, runs_s: list[float],
+           steps: int) -> dict:
+    k = len(members)
+    img_s = steps * BATCH_SIZE * k / statistics.median(runs_s)
+    return {"workload": workload, "model": members[0][0], "members": k, "mechanism": mechanism,
+            "aggregate_img_s": round(img_s, 1), "per_model_img_s": round(img_s / k, 1),
+            "ratio_to_solo": None,
+            "repeats_s": [round(s, 4) for s in runs_s]}
+
+
+def run_fused(device: torch.device, steps: int, warmup: int, *, ks=(1, 3, 5, 15),
+              teachers: int = 3, mechanisms=MECHANISMS, repeat: int = 3,
+              train_images: int = 50_000, report=None) -> list[dict]:
+    """One entry per mechanism and workload, mechanism by mechanism in the order given, so
+    that a call cut short has the first mechanisms of every workload (a skipped one: its
+    `skipped` reason). report: called with the entries so far after each one."""
+    unknown = [m for m in mechanisms if m not in MECHANISMS]
+    if unknown:
+        raise SystemExit(f"bench --fused: unknown mechanism {unknown[0]!r}; use "
+                         f"{', '.join(MECHANISMS)}")
+    entries: list[dict] = []
+    # every timed round within one epoch: no epoch end (evaluation, saving) inside the timing
+    train_images = max(train_images, (warmup + steps) * BATCH_SIZE)
     with tempfile.TemporaryDirectory() as tmp:
         data_path = Path(tmp) / "bench.pt"
         prepare_dataset("synthetic", data_path, seed=0, synthetic_train=train_images,
-                        synthetic_test=1_000)
-        for workload in FUSED_WORKLOADS:
-            root = Path(tmp) / workload
-            k = len(FUSED_WORKLOADS[workload])
-            mechanism = "cuda_streams" if device.type == "cuda" else "sequential"
-            images = steps * BATCH_SIZE * k
-
-            def group(name, mechanism):
-                return _group(workload, data_path, root / name, str(device), mechanism)
-
-            solo_s = _time(group("solo", "sequential"), steps, warmup, fused=False)
-            fused_s = _time(group("fused", mechanism), steps, warmup, fused=True)
-            horizontal_s = _time_horizontal(group("horizontal", "horizontal"), steps, warmup)
-            entries.append({"workload": workload, "members": k, "mechanism": mechanism,
-                            "batch_size": BATCH_SIZE,
-                            "fused_aggregate_img_s": round(images / fused_s, 1),
-                            "fused_per_model_img_s": round(images / fused_s / k, 1),
-                            "solo_aggregate_img_s": round(images / solo_s, 1),
-                            "ratio_to_solo": round(solo_s / fused_s, 2),
-                            "horizontal_aggregate_img_s": round(images / horizontal_s, 1),
-                            "horizontal_per_model_img_s": round(images / horizontal_s / k, 1),
-                            "horizontal_ratio_to_solo": round(solo_s / horizontal_s, 2)})
+                        synthetic_test=BATCH_SIZE)
+        guides = _guides(data_path, Path(tmp), device)
+        groups: dict[str, FusedTrainer] = {}  # set up at first use: the first figure sooner
+        for mechanism in mechanisms:
+            for workload, members in workloads(list(ks), teachers).items():
+                if workload not in groups:
+                    groups[workload] = _group(members, data_path, Path(tmp) / workload, device,
+                                              guides)
+                entries.append(_one(groups[workload], workload, members, mechanism, steps,
+                                    warmup, repeat))
+                _fill_ratios(entries)
+                if report is not None:
+                    report(entries)
     return entries
+
+
+def _fill_ratios(entries: list[dict]) -> None:
+    """Each measured entry's ratio of aggregate img/s to its workload's solo runs (None until
+    those are measured)."""
+    solo = {e["workload"]: e["aggregate_img_s"] for e in entries
+            if e["mechanism"] == "solo" and "aggregate_img_s" in e}
+    for e in entries:
+        if "aggregate_img_s" in e and e["mechanism"] != "solo" and e["workload"] in solo:
+            e["ratio_to_solo"] = round(e["aggregate_img_s"] / solo[e["workload"]], 2)
+
+
+def _one(fused, workload, members, mechanism, steps, warmup, repeat) -> dict:
+    """The entry of one mechanism on one workload: measured, `skipped` (cannot run here) or
+    `failed` (raised: its traceback goes to stderr, and the other figures are still taken,
+    since a GPU window is too short to lose them to one mechanism)."""
+    head = {"workload": workload, "model": members[0][0], "members": len(members),
+            "mechanism": mechanism}
+    reason = _skip_reason(mechanism, fused.members[0].device)
+    if reason is not None:
+        return {**head, "skipped": reason}
+    try:
+        runs_s = _measure(fused, mechanism, steps, warmup, repeat)
+    except Exception as err:  # noqa: BLE001 - reported in the entry, not fatal
+        traceback.print_exc()
+        lines = str(err).strip().splitlines() or [""]
+        return {**head, "failed": f"{type(err).__name__}: {lines[0][:300]}"}
+    return _entry(workload, members, mechanism, runs_s, steps)
+
+
+def format_table(result: dict) -> str:
+    lines = [f"device: {result['device']}  (torch {result['torch']}, batch {BATCH_SIZE}, "
+             f"{result['timed_steps']} timed rounds after {result['warmup']}, median of "
+             f"{result['repeat']})",
+             f"{'workload':26s} {'K':>3s} {'mechanism':19s} {'aggregate img/s':>16s} "
+             f"{'per-model img/s':>16s} {'vs solo':>8s}"]
+    for e in result["workloads"]:
+        head = f"{e['workload']:26s} {e['members']:3d} {e['mechanism']:19s}"
+        if "skipped" in e:
+            lines.append(f"{head} skipped: {e['skipped']}")
+            continue
+        if "failed" in e:
+            lines.append(f"{head} FAILED: {e['failed']}")
+            continue
+        ratio = "" if e["ratio_to_solo"] is None else f"{e['ratio_to_solo']:.2f}x"
+        lines.append(f"{head} {e['aggregate_img_s']:16.1f} {e['per_model_img_s']:16.1f} "
+                     f"{ratio:>8s}")
+    return "\n".join(lines)
+
+
+def main(args, device: torch.device, device_name: str) -> int:
+    """`bench --fused` (the bench command's args) on `device`, named `device_name` in the
+    result: writes fused.json next to --out after every figure, prints the table."""
+    steps = args.steps or (50 if device.type == "cuda" else 5)
+    warmup = 5 if device.type == "cuda" else 2
+    repeat = 3 if args.repeat is None else args.repeat
+    ks = [int(k) for k in str(args.k).split(",") if k.strip()]
+    mechanisms = (MECHANISMS if not args.mechanisms
+                  else tuple(m.strip() for m in args.mechanisms.split(",")))
+    if repeat < 1 or steps < 1 or any(k < 1 for k in ks):
+        raise SystemExit("bench --fused: --repeat, --steps and each --k must be at least 1")
+    out = Path(args.out).with_name("fused.json")
+    result = {"date": datetime.date.today().isoformat(), "device": device_name,
+              "torch": torch.__version__, "timed_steps": steps, "warmup": warmup,
+              "repeat": repeat, "batch_size": BATCH_SIZE, "workloads": []}
+
+    def report(entries: list[dict]) -> None:
+        result["workloads"] = entries
+        io.atomic_write_json(result, out)
+        e = entries[-1]
+        print(e["workload"], e["mechanism"],
+              e.get("aggregate_img_s", e.get("skipped", e.get("failed"))), flush=True)
+
+    run_fused(device, steps, warmup, ks=ks, teachers=args.teachers, mechanisms=mechanisms,
+              repeat=repeat, report=report,
+              train_images=args.train_images or (10_000 if device.type == "cuda" else 0))
+    print(format_table(result))
+    print(f"written: {out}")
+    return 0

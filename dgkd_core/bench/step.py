@@ -374,27 +374,18 @@ def main(args) -> int:
         io.atomic_write_json(result, out)
         print(json.dumps(result, indent=1))
         return 0
+    if getattr(args, "fused", False):  # the fused-training workloads (dgkd_core.bench.fused)
+        from dgkd_core.bench.fused import main as fused_main
+
+        return fused_main(args, device, _device_name(device))
     steps = args.steps or (400 if device.type == "cuda" else 15)
     warmup = 20 if device.type == "cuda" else 3
-    if getattr(args, "fused", False):  # the fused-training workloads (dgkd_core.bench.fused)
-        return _fused_main(args, device, steps, warmup)
-    if args.repeat < 1:
-        raise SystemExit(f"bench: --repeat {args.repeat} must be at least 1")
-    result = run(device, steps, warmup, not args.skip_workflow, args.train_images, args.repeat)
+    repeat = 1 if args.repeat is None else args.repeat
+    if repeat < 1:
+        raise SystemExit(f"bench: --repeat {repeat} must be at least 1")
+    result = run(device, steps, warmup, not args.skip_workflow,
+                 args.train_images or 50_000, repeat)
     io.atomic_write_json(result, Path(args.out))
     print(format_table(result))
     print(f"written: {args.out}")
-    return 0
-
-
-def _fused_main(args, device, steps: int, warmup: int) -> int:
-    from dgkd_core.bench.fused import run_fused
-
-    entries = run_fused(device, steps, warmup, args.train_images)
-    result = {"date": datetime.date.today().isoformat(), "device": _device_name(device),
-              "torch": torch.__version__, "timed_steps": steps, "workloads": entries}
-    out = Path(args.out).with_name("fused.json")
-    io.atomic_write_json(result, out)
-    print(json.dumps(result, indent=1))
-    print(f"written: {out}")
     return 0

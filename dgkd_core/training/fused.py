@@ -24,8 +24,9 @@ The mechanism (docs/performance.md, "Fused training"): `cuda_streams` on CUDA, w
 member's work, its captured CUDA-graph step included, runs on a CUDA stream of its own, so
 kernels of different members overlap on the GPU; `sequential` on a CPU (or when asked for): the
 members' steps one after another on one stream, bit-identical to training each alone;
-`horizontal` (when asked for): members of one architecture stacked into one model, their steps
-one step of K-times-wider kernels (dgkd_core.training.horizontal), each within float rounding of alone.
+`horizontal`: members of one architecture stacked into one model, their steps
+one step of K-times-wider kernels (dgkd_core.training.horizontal), each within float rounding of alone;
+`auto` picks one per device kind from measurements (dgkd_core.training.fuse_choice).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ from dgkd_core.config import resolve_run_config
 from dgkd_core.data import PreparedData, load_prepared
 from dgkd_core.runtime import StopFlag, pick_device
 from dgkd_core.schema import ConfigError
-from dgkd_core.training.horizontal import HorizontalGroup
+from dgkd_core.training.fuse_choice import auto_mechanism
+from dgkd_core.training.horizontal import HorizontalGroup, check_stackable
 from dgkd_core.training.resume import TrainState
 from dgkd_core.training.trainer import Trainer, TrainingInterrupted
 
@@ -112,11 +114,12 @@ class FusedTrainer:
     """Train `members` together: each a mapping {config, data, out_dir, guides (optional),
     guide_tables (optional)} with `train()`'s meanings, out_dirs distinct.
 
-    mechanism: auto (cuda_streams where every member runs on CUDA, else sequential),
-    cuda_streams, sequential or horizontal. watch_pid: as `train()`'s, for the whole group."""
+    mechanism: auto (per device kind, dgkd_core.training.fuse_choice), cuda_streams, sequential
+    or horizontal. compile: torch.compile the horizontal step (opt-in; HorizontalGroup).
+    watch_pid: as `train()`'s, for the whole group."""
 
     def __init__(self, members: Sequence[dict], progress: bool | None = None, *,
-                 mechanism: str = "auto", watch_pid: int | None = None):
+                 mechanism: str = "auto", watch_pid: int | None = None, compile: bool = False):
         if not members:
             raise ConfigError("a fused group needs at least one member")
         if mechanism not in MECHANISMS:
@@ -132,10 +135,12 @@ class FusedTrainer:
             raise ConfigError(f"fused members share the out_dir {twice[0]}; give each member "
                               "its own")
         devices = [pick_device(resolve_run_config(spec["config"])) for spec in members]
-        self.mechanism = _mechanism(mechanism, devices)
+        self.requested = _checked_request(mechanism, devices)
+        self.compile = compile
         self.stop = StopFlag(watch_pid=watch_pid)
-        record = {"members": [str(Path(spec["out_dir"])) for spec in members],
-                  "mechanism": self.mechanism}
+        # metrics.json's record of the group; its mechanism is set once the members are set up
+        self.record = {"members": [str(Path(spec["out_dir"])) for spec in members],
+                       "mechanism": self.requested}
         loaded: dict[str, PreparedData] = {}  # one loaded copy of each data file
         self.members: list[FusedMember] = []
         for spec in members:
@@ -145,7 +150,7 @@ class FusedTrainer:
             self.members.append(Trainer(
                 spec["config"], spec["data"], Path(spec["out_dir"]), spec.get("guides", ()),
                 progress, guide_tables=spec.get("guide_tables", ()), prepared=loaded[key],
-                stop=self.stop, fused_group=record))
+                stop=self.stop, fused_group=self.record))
         self.streams: MemberStreams | None = None
         self.horizontal: HorizontalGroup | None = None  # the stacked step (`horizontal`)
 
@@ -156,9 +161,33 @@ class FusedTrainer:
         its models, as alone)."""
         for member in self.members:
             member.setup()
-        if self.mechanism == "horizontal":  # refuses members of different architectures
-            self.horizontal = HorizontalGroup(self.members)
-        self.streams = MemberStreams(len(self.members), self.mechanism)
+        mechanism = self._resolved_mechanism()
+        if self.compile and mechanism != "horizontal":
+            raise ConfigError(f"compile is a setting of the horizontal mechanism; this group "
+                              f"runs {mechanism} (ask for --mechanism horizontal)")
+        self.set_mechanism(mechanism)
+
+    def set_mechanism(self, mechanism: str) -> None:
+        """Step the set-up members by `mechanism` (not auto) from now on (the bench switches)."""
+        if self.horizontal is not None:
+            self.horizontal.write_back()
+        self.horizontal = None
+        if mechanism == "horizontal":  # refuses members of different architectures
+            self.horizontal = HorizontalGroup(self.members, compile=self.compile)
+        self.streams = MemberStreams(len(self.members), mechanism)
+        self.record["mechanism"] = mechanism  # every member holds this record
+
+    def _resolved_mechanism(self) -> str:
+        """What `auto` runs for these set-up members (dgkd_core.training.fuse_choice)."""
+        if self.requested != "auto":
+            return self.requested
+        kinds = {m.device.type for m in self.members}
+        try:
+            check_stackable(self.members)
+            stackable = True
+        except ConfigError:
+            stackable = False
+        return auto_mechanism(kinds.pop() if len(kinds) == 1 else "mixed", stackable)
 
     def run(self) -> list[dict]:
         """Set up, train every member's remaining epochs, write every member's outputs; the
@@ -193,23 +222,31 @@ class FusedTrainer:
     def run_round(self) -> None:
         """The rest of every unfinished member's current epoch, steps interleaved; each member
         ends its epoch (evaluation, history, resume state) when its loader runs out."""
-        if self.horizontal is not None:
-            return self.horizontal.run_round(self)
         active = self._unfinished()
         lrs = {i: self.members[i].begin_epoch() for i in active}
         self.streams.fork(active)
         batches = {i: iter(self.members[i].train_loader) for i in active}
         stepping = list(active)
         while stepping:
-            stepped: list[tuple[int, float]] = []
-            for i in list(stepping):
-                elapsed = self.step_member(i, batches[i], lrs[i])
-                if elapsed is None:
-                    stepping.remove(i)
-                    self._end_epoch(i, lrs[i])
-                else:
-                    stepped.append((i, elapsed))
-            self._stop_if_asked(stepped)
+            self._stop_if_asked(self.step_once(stepping, batches, lrs))
+
+    def step_once(self, stepping: list[int], batches: dict, lrs: dict[int, float]
+                  ) -> list[tuple[int, float]]:
+        """One step of each member in `stepping` on its next batch (batches[i]: an iterator
+        over its train loader) at lrs[i]; a member whose loader ran out ends its epoch and
+        leaves `stepping`. Returns (index, segment seconds so far) of each member that
+        stepped. The loop `run_round` runs, and what `bench --fused` times."""
+        if self.horizontal is not None:
+            return self.horizontal.step_once(self, stepping, batches, lrs)
+        stepped: list[tuple[int, float]] = []
+        for i in list(stepping):
+            elapsed = self.step_member(i, batches[i], lrs[i])
+            if elapsed is None:
+                stepping.remove(i)
+                self._end_epoch(i, lrs[i])
+            else:
+                stepped.append((i, elapsed))
+        return stepped
 
     def step_member(self, index: int, batches: Iterator, lr: float) -> float | None:
         """Member `index`'s next step, on its stream, from its epoch's `batches`: the segment's
@@ -263,11 +300,9 @@ class FusedTrainer:
         return metrics
 
 
-def _mechanism(requested: str, devices: Sequence[torch.device]) -> str:
-    """The mechanism `requested` picks for members on `devices`."""
+def _checked_request(requested: str, devices: Sequence[torch.device]) -> str:
+    """`requested`, refused in one line where it cannot run on `devices`."""
     on_cuda = all(device.type == "cuda" for device in devices)
-    if requested == "auto":
-        return "cuda_streams" if on_cuda else "sequential"
     if requested == "cuda_streams" and not on_cuda:
         raise ConfigError("fused mechanism cuda_streams needs every member on CUDA; use "
                           "auto or sequential")
@@ -275,9 +310,12 @@ def _mechanism(requested: str, devices: Sequence[torch.device]) -> str:
 
 
 def train_fused(members: Sequence[dict], progress: bool | None = None, *,
-                mechanism: str = "auto", watch_pid: int | None = None) -> list[dict]:
-    """Train the members together (FusedTrainer). Returns their metrics.json contents, in order.
+                mechanism: str = "auto", watch_pid: int | None = None,
+                compile: bool = False) -> list[dict]:
+    """Train the members together (FusedTrainer; mechanism and compile: its). Returns their
+    metrics.json contents, in order.
 
     Raises ConfigError / TrainingError on bad input before training, TrainingInterrupted
     (exit status 75) after saving every member's resume state on a stop."""
-    return FusedTrainer(members, progress, mechanism=mechanism, watch_pid=watch_pid).run()
+    return FusedTrainer(members, progress, mechanism=mechanism, watch_pid=watch_pid,
+                        compile=compile).run()
