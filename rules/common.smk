@@ -39,11 +39,18 @@ wildcard_constraints:
 # A training job's outputs, log and benchmark as wildcard patterns (dgkd_core.experiment.paths builds them).
 RUN_WILDCARDS = ("{dataset}", "{seed}", "{method}", "{lineage}")
 SETTINGS = PLAN.config  # the config with the schema's defaults filled in
+# A dry run (its flag read from the command line, as the targets below) changes no file.
+DRY_RUN = any(
+    word in ("--dry-run", "--dryrun")
+    or (word[:1] == "-" and word[1:2] != "-" and word[1:].isalpha() and "n" in word[1:])
+    for word in sys.argv[1:]
+)
 if workflow.is_main_process:  # not again in each job's own Snakemake
     for _name in SETTINGS["datasets"]:
         if _stale := prepared_elsewhere(_name, PLAN.dataset_identity(_name)):
             logger.warning(f"Warning: {_stale}")
-            os.remove(paths.data_file(_name))
+            if not DRY_RUN:
+                os.remove(paths.data_file(_name))
 if missing := missing_data_input(SETTINGS["datasets"]):
     raise WorkflowError(f"Missing input: {missing}")
 # Snakemake tells a Snakefile its targets only after reading it, so the command line's words are
