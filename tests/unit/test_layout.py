@@ -121,3 +121,10 @@ def test_modules_and_functions_are_short():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{name}.{node.name}: {lines} lines")
     assert not long, "over the limits:\n" + "\n".join(long)
+
+
+def test_test_files_have_distinct_names():
+    """pytest imports test files by basename (rootdir, no packages): two files of one name stop
+    the whole run at collection."""
+    names = [p.name for p in (PACKAGE.parent / "tests").rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
