@@ -264,7 +264,7 @@ def read_history(path) -> pd.DataFrame:
 
 def learning_curves(runs: pd.DataFrame) -> pd.DataFrame:
     """Test top-1 per epoch, mean and std over seeds: dataset, family, method, keep_prob,
-    lineage, epoch, top1_mean, top1_std."""
+    lineage, epoch, top1_mean, top1_std, n_seeds (the seeds that reached that epoch)."""
     frames = []
     for row in runs.itertuples():
         history = read_history(row.history)
@@ -274,7 +274,7 @@ def learning_curves(runs: pd.DataFrame) -> pd.DataFrame:
     curves = pd.concat(frames, ignore_index=True)
     keys = ["dataset", "family", "method", "keep_prob", "lineage", "epoch"]
     return (curves.groupby(keys, sort=False, dropna=False)["test_top1"]
-            .agg(top1_mean="mean", top1_std="std").reset_index())
+            .agg(top1_mean="mean", top1_std="std", n_seeds="count").reset_index())
 
 
 # ------------------------------------------------------------------------- writing
