@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from dgkd_core.method.registry import METHODS, colour  # noqa: E402
-from dgkd_core.reporting.tables import method_label  # noqa: E402
+from dgkd_core.reporting.tables import method_label, seed_values  # noqa: E402
 
 PAPER_STYLE = {"marker": "x", "color": "black", "linestyle": "none", "markersize": 8,
                "markeredgewidth": 2}
@@ -108,20 +108,6 @@ def _errors(std: pd.Series) -> np.ndarray:
     return pd.Series(std, dtype=float).to_numpy()
 
 
-_RUN_KEYS = ("dataset", "family", "method", "keep_prob", "drop_num", "teacher", "tas")
-
-
-def _seed_values(runs: pd.DataFrame | None, row) -> np.ndarray:
-    """top1_last (%) of each seed behind a Table 1 row (`runs`: report.load_runs)."""
-    if runs is None or runs.empty:
-        return np.array([])
-    mask = runs["model"] == row.student
-    for key in _RUN_KEYS:
-        value = getattr(row, key)
-        mask &= runs[key].isna() if pd.isna(value) else runs[key] == value
-    return runs.loc[mask, "top1_last"].to_numpy(dtype=float)
-
-
 def _published_marks(ax, xs, part) -> None:
     """The published values of the rows at xs, one marker and legend entry per experiment
     (its protocol's name, `paper_source`), so that two experiments are never one series."""
@@ -145,7 +131,7 @@ def methods_figure(table1: pd.DataFrame, out_paths, runs: pd.DataFrame | None = 
         for xi, row in zip(x, part.itertuples()):
             ax.errorbar(xi, row.top1_last_mean, yerr=_errors([row.top1_last_std]),
                         marker="o", markersize=7, capsize=5, color=colour(row.method))
-            seeds = _seed_values(runs, row)
+            seeds = seed_values(runs, row).to_numpy()
             if len(seeds):
                 ax.scatter(np.full(len(seeds), xi + 0.22), seeds, s=16, alpha=0.7,
                            color=colour(row.method), edgecolors="none", zorder=3)

@@ -25,8 +25,9 @@ from dgkd_core.reporting import tables
 from dgkd_core.reporting.reference import RECIPES, chain_protocol, paper_value
 from dgkd_core.schema import ConfigError
 
-__all__ = ["DIFFERENCES", "T_975", "ReproductionError", "merged_config", "paired_difference",
-           "reproduction_report", "t_interval", "table1_metrics_paths", "write_from_config"]
+__all__ = ["DIFFERENCES", "T_975", "ReproductionError", "excludes_zero", "merged_config",
+           "paired_difference", "reproduction_report", "seed_paired_difference", "t_interval",
+           "table1_metrics_paths", "write_from_config"]
 
 # Student's t quantile t_{0.975, df} for df = 1..30 (two-sided 95 %), from the standard t
 # tables (NIST/SEMATECH e-Handbook of Statistical Methods, 1.3.6.7.2); checked against a
@@ -68,12 +69,23 @@ def paired_difference(runs: pd.DataFrame, first: str, second: str) -> dict:
     runs: tables.load_runs rows of one dataset and chain."""
     a = runs[runs["method"] == first].set_index("seed")["top1_last"]
     b = runs[runs["method"] == second].set_index("seed")["top1_last"]
+    return {"first": first, "second": second, **seed_paired_difference(a, b)}
+
+
+def seed_paired_difference(a: pd.Series, b: pd.Series) -> dict:
+    """a − b per seed (Series of top1_last indexed by seed) over the seeds both have, with its
+    95 % interval: seeds, values, mean, half_width (None: see why_no_interval), unpaired."""
     seeds = sorted(set(a.index) & set(b.index))
     values = [float(a[s] - b[s]) for s in seeds]
     mean, half, why = t_interval(values)
-    return {"first": first, "second": second, "seeds": seeds, "values": values, "mean": mean,
-            "half_width": half, "why_no_interval": why,
-            "unpaired": sorted(set(a.index) ^ set(b.index))}
+    return {"seeds": seeds, "values": values, "mean": mean, "half_width": half,
+            "why_no_interval": why, "unpaired": sorted(set(a.index) ^ set(b.index))}
+
+
+def excludes_zero(difference: dict) -> bool:
+    """Whether a paired difference's 95 % interval lies wholly above or below 0."""
+    half = difference["half_width"]
+    return half is not None and abs(difference["mean"]) > half
 
 
 def _chain_groups(runs: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
@@ -174,7 +186,7 @@ def _gap_lines(rows: pd.DataFrame, found: dict) -> list[str]:
     if d["half_width"] is not None:
         low, high = d["mean"] - d["half_width"], d["mean"] + d["half_width"]
         where = "inside" if low <= gap <= high else "above" if gap > high else "below"
-        zero = "excludes 0" if low > 0 or high < 0 else "includes 0"
+        zero = "excludes 0" if excludes_zero(d) else "includes 0"
         text += f" The published gap lies {where} the 95 % interval {_interval_text(d)}, " \
                 f"which {zero}."
     return [text]

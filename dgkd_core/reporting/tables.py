@@ -139,6 +139,20 @@ def load_runs(metrics_paths) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+_ROW_KEYS = ("dataset", "family", "method", "keep_prob", "drop_num", "teacher", "tas")
+
+
+def seed_values(runs: pd.DataFrame | None, row) -> pd.Series:
+    """top1_last (%) of each seed behind a Table 1 row, indexed by seed (`runs`: load_runs)."""
+    if runs is None or runs.empty:
+        return pd.Series(dtype=float)
+    mask = runs["model"] == row.student
+    for key in _ROW_KEYS:
+        value = getattr(row, key)
+        mask &= runs[key].isna() if pd.isna(value) else runs[key] == value
+    return runs.loc[mask].set_index("seed")["top1_last"].astype(float)
+
+
 _IDENTITY = ["dataset", "family", "method", "keep_prob", "drop_num", "convention", "lineage",
              "teacher", "tas", "n_tas", "model"]
 
