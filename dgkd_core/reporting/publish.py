@@ -289,12 +289,16 @@ def write_runs(student_paths, guide_paths, path) -> None:
     atomic_write_text(runs_table(student_paths, guide_paths).to_csv(index=False), path)
 
 
+def config_yaml(config: dict) -> str:
+    """The workflow config as Snakemake resolved it (`snakemake.config`), as YAML text."""
+    return yaml.safe_dump(_plain(config), sort_keys=False)
+
+
 def write_config(config: dict, path) -> None:
-    """The workflow config as Snakemake resolved it (`snakemake.config`), as YAML."""
     header = ("# The workflow config as Snakemake resolved it (every --configfile merged in "
               "order,\n# then --config), when Table 1 was last written; config/schema.yaml's "
               "defaults\n# apply to the keys it leaves out.\n")
-    atomic_write_text(header + yaml.safe_dump(_plain(config), sort_keys=False), path)
+    atomic_write_text(header + config_yaml(config), path)
 
 
 def _plain(value):
