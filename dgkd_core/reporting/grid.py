@@ -86,6 +86,7 @@ def heatmap_figure(table: pd.DataFrame, out_paths):
     ax.set_title("validation top-1 % (last epoch, mean over seeds); red: chosen")
     plots.title_seeds(fig, "Ablation: λ × T grid", table["n_seeds"])
     fig.colorbar(image, ax=ax)
+    fig.tight_layout()  # room for the figure's title above the axes' own
     for path in out_paths:
         fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)
