@@ -149,7 +149,9 @@ def seed_values(runs: pd.DataFrame | None, row) -> pd.Series:
     mask = runs["model"] == row.student
     for key in _ROW_KEYS:
         value = getattr(row, key)
-        mask &= runs[key].isna() if pd.isna(value) else runs[key] == value
+        # no teacher/TAs is "" in memory and NaN from a CSV: either matches either
+        mask &= (runs[key].isna() | (runs[key] == "")) if pd.isna(value) or value == "" \
+            else runs[key] == value
     return runs.loc[mask].set_index("seed")["top1_last"].astype(float)
 
 

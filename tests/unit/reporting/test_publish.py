@@ -145,6 +145,17 @@ def test_a_best_within_seed_noise_of_the_runner_up_is_a_tie(runs):
     assert md.count("**") == 2 * 3 and "† A tie" in md
 
 
+def test_marks_are_the_same_from_table1_csv(runs, tmp_path):
+    students, _ = runs
+    seeds = tables.load_runs([p for p in students if "/nokd/" in p or "/kd/" in p])
+    table = tables.table1(seeds)
+    tables.write_table(table, tmp_path / "t.csv", tmp_path / "t.md", "Table 1")
+    from_csv = pd.read_csv(tmp_path / "t.csv")  # no teacher/TAs: NaN, not ""
+    marks = publish.table1_marks(table, seeds)
+    assert list(marks["KD"]) == ["best", "best"]  # KD is NoKD + 2 on every seed
+    assert publish.table1_marks(from_csv, seeds).equals(marks)
+
+
 def test_one_seed_gives_no_interval_so_the_best_two_tie(runs):
     students, _ = runs
     one_seed = tables.load_runs([p for p in students if "/seed20/" in p])
