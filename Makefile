@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= all
+SUMMARY := results/summary.html
 
-.PHONY: setup demo test test-fast lint format bench device-prepare rehearse-gpu clean-results
+.PHONY: setup demo summary test test-fast lint format bench device-prepare rehearse-gpu clean-results
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +17,12 @@ setup: $(BIN)/.installed
 
 demo: setup  ## the main job: the demo workflow on embedded synthetic data -> results/
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES) --configfile config/demo.yaml
+	@printf "\nThe summary page: %s\n\n" "$(CURDIR)/$(SUMMARY)"
+	@sed -n '/^| Dataset | Chain /,/^Bold: /p' results/table1.md
+
+summary: setup  ## only the summary page (and what it needs) -> results/summary.html
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES) $(SUMMARY) --configfile config/demo.yaml
+	@printf "\nThe summary page: %s\n" "$(CURDIR)/$(SUMMARY)"
 
 test: setup  ## the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q -rs

@@ -10,9 +10,10 @@ from dgkd_core.reporting import plots, publish, tables
 inp, out = snakemake.input, snakemake.output
 students = tables.load_runs(inp.students)
 table1 = tables.table1(students)
-tables.write_table(table1, out.table, out.table_md, "Table 1: student top-1 accuracy")
-publish.write_table1_html(table1, out.table_html)
-publish.write_table1_latex(table1, out.table_tex)
+tables.write_table(table1, out.table, out.table_md, "Table 1: student top-1 accuracy",
+                   note=publish.table1_pivot_markdown(table1, students))
+publish.write_table1_html(table1, students, out.table_html)
+publish.write_table1_latex(table1, students, out.table_tex)
 tables.write_table(tables.guides_table(tables.load_runs(inp.guides)), out.guides,
                    out.guides_md, "Teachers and teacher assistants: top-1 accuracy")
 publish.write_runs(inp.students, inp.guides, out.runs)

@@ -283,6 +283,11 @@ def figure_file(name: str, ext: str) -> str:
     return f"{RESULTS}/figures/{name}.{ext}"
 
 
+def summary_file() -> str:
+    """`results/summary.html`: the one page to show (dgkd_core.reporting.summary)."""
+    return f"{RESULTS}/summary.html"
+
+
 def table1_targets() -> list[str]:
     """Table 1's outputs: its table (CSV, Markdown, HTML, LaTeX), the guides' table (CSV,
     Markdown), every trained model's settings and numbers, the resolved config, its figures."""

@@ -207,8 +207,9 @@ class Plan(PlanChecks):
         return resolve_run_config(partial)
 
     def targets(self) -> list[str]:
-        """What `snakemake` builds by default: Table 1 and every configured ablation."""
-        targets = paths.table1_targets()
+        """What `snakemake` builds by default: the summary page, Table 1 and every configured
+        ablation."""
+        targets = [paths.summary_file(), *paths.table1_targets()]
         for name in ABLATIONS:
             if name in self.ablations:
                 targets += paths.ablation_targets(name)

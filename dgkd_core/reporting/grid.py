@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from dgkd_core.reporting import plots  # noqa: E402
 from dgkd_core.reporting.tables import ReportError, read_metrics  # noqa: E402
 
 __all__ = ["grid_runs", "grid_table", "heatmap_figure", "select_on_validation", "write_grid"]
@@ -83,7 +84,9 @@ def heatmap_figure(table: pd.DataFrame, out_paths):
     i, j = list(grid.index).index(chosen.lam), list(grid.columns).index(chosen.temperature)
     ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2.5))
     ax.set_title("validation top-1 % (last epoch, mean over seeds); red: chosen")
+    plots.title_seeds(fig, "Ablation: λ × T grid", table["n_seeds"])
     fig.colorbar(image, ax=ax)
+    fig.tight_layout()  # room for the figure's title above the axes' own
     for path in out_paths:
         fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)

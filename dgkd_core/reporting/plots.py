@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from dgkd_core.method.registry import METHODS, colour  # noqa: E402
-from dgkd_core.reporting.tables import method_label  # noqa: E402
+from dgkd_core.reporting.tables import method_label, seed_values  # noqa: E402
 
 PAPER_STYLE = {"marker": "x", "color": "black", "linestyle": "none", "markersize": 8,
                "markeredgewidth": 2}
@@ -45,6 +45,20 @@ def set_accuracy_ylim(ax, stds=(), min_span: float = MIN_SPAN_PP,
     return lo, hi
 
 
+def seeds_text(n_seeds) -> str:
+    """`n = 2 seeds` (`n = 1–2 seeds` where the plotted means rest on different numbers)."""
+    counts = sorted({int(n) for n in pd.Series(list(n_seeds), dtype=float).dropna()})
+    if not counts:
+        return "n = 0 seeds"
+    k = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    return f"n = {k} seed{'' if counts == [1] else 's'}"
+
+
+def title_seeds(fig, what: str, n_seeds) -> None:
+    """The figure's title: what it shows and how many seeds are behind its means."""
+    fig.suptitle(f"{what} ({seeds_text(n_seeds)})")
+
+
 def _save(fig, out_paths):
     for path in out_paths:
         fig.savefig(path, dpi=150, bbox_inches="tight")
@@ -69,13 +83,16 @@ def _panels(table: pd.DataFrame, width: float = 5.0, height: float = 3.6):
             yield fig, ax, part
 
 
-def _draw_panels(table, draw, out_paths, **size):
-    """`draw(ax, part)` on each panel, saved to `out_paths`; returns the (closed) Figure."""
+def _draw_panels(table, draw, out_paths, what: str, **size):
+    """`draw(ax, part)` on each panel, the title `what` (n = k seeds), saved to `out_paths`;
+    returns the (closed) Figure."""
     fig = None
     for fig, ax, part in _panels(table, **size):
         draw(ax, part)
     if fig is None:
         fig = _no_runs()
+    else:
+        title_seeds(fig, what, table["n_seeds"])
     fig.tight_layout()
     return _save(fig, out_paths)
 
@@ -87,21 +104,8 @@ def _no_runs():
 
 
 def _errors(std: pd.Series) -> np.ndarray:
-    return std.fillna(0.0).to_numpy()
-
-
-_RUN_KEYS = ("dataset", "family", "method", "keep_prob", "drop_num", "teacher", "tas")
-
-
-def _seed_values(runs: pd.DataFrame | None, row) -> np.ndarray:
-    """top1_last (%) of each seed behind a Table 1 row (`runs`: report.load_runs)."""
-    if runs is None or runs.empty:
-        return np.array([])
-    mask = runs["model"] == row.student
-    for key in _RUN_KEYS:
-        value = getattr(row, key)
-        mask &= runs[key].isna() if pd.isna(value) else runs[key] == value
-    return runs.loc[mask, "top1_last"].to_numpy(dtype=float)
+    """Error bar half-heights; NaN (one seed: no std) draws no bar and no cap."""
+    return pd.Series(std, dtype=float).to_numpy()
 
 
 def _published_marks(ax, xs, part) -> None:
@@ -125,10 +129,9 @@ def methods_figure(table1: pd.DataFrame, out_paths, runs: pd.DataFrame | None = 
         x = np.arange(len(part))
         labels = [method_label(m, p) for m, p in zip(part["method"], part["keep_prob"])]
         for xi, row in zip(x, part.itertuples()):
-            ax.errorbar(xi, row.top1_last_mean, yerr=0.0 if pd.isna(row.top1_last_std)
-                        else row.top1_last_std, marker="o", markersize=7, capsize=5,
-                        color=colour(row.method))
-            seeds = _seed_values(runs, row)
+            ax.errorbar(xi, row.top1_last_mean, yerr=_errors([row.top1_last_std]),
+                        marker="o", markersize=7, capsize=5, color=colour(row.method))
+            seeds = seed_values(runs, row).to_numpy()
             if len(seeds):
                 ax.scatter(np.full(len(seeds), xi + 0.22), seeds, s=16, alpha=0.7,
                            color=colour(row.method), edgecolors="none", zorder=3)
@@ -142,7 +145,7 @@ def methods_figure(table1: pd.DataFrame, out_paths, runs: pd.DataFrame | None = 
         ax.set_title(f"{ax.get_title()}: {part['student'].iloc[0]}")
         set_accuracy_ylim(ax, part["top1_last_std"])
 
-    return _draw_panels(table1, draw, out_paths)
+    return _draw_panels(table1, draw, out_paths, "Student top-1 per method, mean ± std")
 
 
 def _curve_columns(curves: pd.DataFrame) -> list[tuple[str, float | None]]:
@@ -153,28 +156,49 @@ def _curve_columns(curves: pd.DataFrame) -> list[tuple[str, float | None]]:
     return sorted(keys, key=lambda k: (METHODS.index(k[0]), k[1] or 0.0))
 
 
+def curve_columns_per_row(n_panels: int) -> int:
+    """Panels per row of a learning-curves block: 2 or 3, so the figure stays readable at a
+    report's width (4 as 2 × 2, 5 or 6 as rows of 3)."""
+    return n_panels if n_panels < 2 else 2 if n_panels in (2, 4) else 3
+
+
 def learning_curves_figure(curves: pd.DataFrame, out_paths):
-    """Test top-1 (%) per epoch, one row of panels per dataset and family, one panel per
-    method: its mean over seeds with a light ± std band, the other methods' means as thin
-    grey lines for comparison. Returns the Figure."""
-    rows = list(dict.fromkeys(zip(curves["dataset"], curves["family"])))
-    columns = _curve_columns(curves)
-    if not rows:
+    """Test top-1 (%) per epoch, one block of panels per dataset and family, one panel per
+    method (2–3 per row): its mean over seeds with a light ± std band, the other methods'
+    means as thin grey lines for comparison. Returns the Figure."""
+    blocks = list(dict.fromkeys(zip(curves["dataset"], curves["family"])))
+    methods = _curve_columns(curves)
+    if not blocks:
         return _save(_no_runs(), out_paths)
-    fig, axes = plt.subplots(len(rows), len(columns), squeeze=False, sharex=True, sharey="row",
-                             figsize=(3.2 * len(columns), 2.8 * len(rows)))
-    for i, (dataset, family) in enumerate(rows):
+    per_row = curve_columns_per_row(len(methods))
+    block_rows = -(-len(methods) // per_row)
+    fig, axes = plt.subplots(len(blocks) * block_rows, per_row, squeeze=False,
+                             figsize=(3.4 * per_row, 2.8 * len(blocks) * block_rows))
+    for b, (dataset, family) in enumerate(blocks):
         part = curves[(curves["dataset"] == dataset) & (curves["family"] == family)]
-        for j, (method, keep_prob) in enumerate(columns):
-            _draw_curve_panel(axes[i][j], part, method, keep_prob)
-            axes[i][j].set_title(method_label(method, keep_prob), fontsize=9)
-        axes[i][0].set_ylabel(f"{dataset} · {family}\ntest top-1 %")
-        set_accuracy_ylim(axes[i][0], part["top1_std"])
-    for ax in axes[-1]:
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        panels = [axes[b * block_rows + k // per_row][k % per_row] for k in range(len(methods))]
+        for k, (ax, (method, keep_prob)) in enumerate(zip(panels, methods)):
+            _draw_curve_panel(ax, part, method, keep_prob)
+            ax.set_title(method_label(method, keep_prob), fontsize=9)
+            if k % per_row == 0:
+                ax.set_ylabel(f"{dataset} · {family}\ntest top-1 %")
+            if k + per_row >= len(methods):  # nothing below it in its block
+                ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        _share_accuracy_axis(panels, part["top1_std"])
+        for k in range(len(methods), block_rows * per_row):
+            axes[b * block_rows + k // per_row][k % per_row].set_axis_off()
+    title_seeds(fig, "Test top-1 per epoch, mean ± std", curves["n_seeds"])
     fig.tight_layout()
     return _save(fig, out_paths)
+
+
+def _share_accuracy_axis(panels, stds) -> None:
+    """One accuracy axis for a block's panels: the union of their ranges, then widened."""
+    lows, highs = zip(*(ax.get_ylim() for ax in panels))
+    for ax in panels:
+        ax.set_ylim(min(lows), max(highs))
+        set_accuracy_ylim(ax, stds)
 
 
 def _draw_curve_panel(ax, part: pd.DataFrame, method: str, keep_prob) -> None:
@@ -216,7 +240,7 @@ def num_tas_figure(table: pd.DataFrame, out_paths):
         ax.set_xticks(sorted(part["n_tas"].unique()))
         _label_ablation_panel(ax, part, "number of TAs")
 
-    return _draw_panels(table, draw, out_paths)
+    return _draw_panels(table, draw, out_paths, "Ablation: number of TAs")
 
 
 def keep_prob_figure(table: pd.DataFrame, out_paths):
@@ -238,7 +262,7 @@ def keep_prob_figure(table: pd.DataFrame, out_paths):
         ax.set_xlim(min(sweep["keep_prob"].min(), 1.0) - 0.05, 1.02)
         _label_ablation_panel(ax, part, "keep probability p")
 
-    return _draw_panels(table, draw, out_paths)
+    return _draw_panels(table, draw, out_paths, "Ablation: keep probability")
 
 
 def convention_figure(table: pd.DataFrame, out_paths):
@@ -257,4 +281,4 @@ def convention_figure(table: pd.DataFrame, out_paths):
         ax.set_xticks(np.arange(len(names)), [method_label(m) for m in names])
         _label_ablation_panel(ax, part, "method")
 
-    return _draw_panels(table, draw, out_paths)
+    return _draw_panels(table, draw, out_paths, "Ablation: loss convention")

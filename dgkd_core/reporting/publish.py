@@ -2,7 +2,9 @@
 resolved workflow config.
 
     table1_html    Table 1 as a paper-style pivot (dataset · chain × method) and in full, HTML
-    table1_latex   the pivot as a booktabs LaTeX table, the best method of each row in bold
+    table1_latex   the pivot as a booktabs LaTeX table
+    table1_marks   which pivot cells are bold: a best method only where its paired per-seed
+                   interval against the runner-up excludes 0, both as a tie otherwise
     runs_table     one row per trained model: identity, metrics, every resolved setting
 
 Accuracies are top-1 in percent at the last epoch, mean ± sample std over seeds, as in
@@ -22,7 +24,7 @@ from dgkd_core.experiment import paths
 from dgkd_core.io import atomic_write_text
 from dgkd_core.method import registry
 from dgkd_core.method.models import model_family
-from dgkd_core.reporting import tables
+from dgkd_core.reporting import reproduction, tables
 
 # ------------------------------------------------------------------------ the pivot
 
@@ -42,11 +44,9 @@ def _fits(lineage: tuple[str, ...], chain: tuple[str, ...]) -> bool:
     return len(lineage) == 1 or lineage == chain or (len(lineage) == 2 and lineage[0] == chain[0])
 
 
-def table1_pivot(table1: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Means and stds (percentage points) of top1_last: rows (dataset, chain as
-    `teacher → TA → student`) in first-seen order, columns the method labels in the registry's
-    order. A NoKD or KD row goes to every chain with its student (and teacher), as in the paper."""
-    cells = []
+def _pivot_cells(table1: pd.DataFrame):
+    """((dataset, chain), method label, sort key, Table 1 row) of each pivot cell. A NoKD or KD
+    row goes to every chain with its student (and teacher), as in the paper."""
     for _, part in table1.groupby(["dataset", "family"], sort=False):
         lineages = [_lineage(row) for row in part.itertuples()]
         chains: list[tuple[str, ...]] = []
@@ -58,11 +58,17 @@ def table1_pivot(table1: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
             for row, lineage in zip(part.itertuples(), lineages):
                 if _fits(lineage, chain):
                     keep_prob, drop_num = _value(row.keep_prob), _value(row.drop_num)
-                    cells.append(((row.dataset, tables.ARROW.join(chain)),
-                                  registry.label(row.method, keep_prob, drop_num),
-                                  (registry.METHODS.index(row.method), keep_prob or 0.0,
-                                   drop_num or 0),
-                                  row.top1_last_mean, row.top1_last_std))
+                    yield ((row.dataset, tables.ARROW.join(chain)),
+                           registry.label(row.method, keep_prob, drop_num),
+                           (registry.METHODS.index(row.method), keep_prob or 0.0, drop_num or 0),
+                           row)
+
+
+def table1_pivot(table1: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Means and stds (percentage points) of top1_last: rows (dataset, chain as
+    `teacher → TA → student`) in first-seen order, columns the method labels in the registry's
+    order."""
+    cells = list(_pivot_cells(table1))
     rows = list(dict.fromkeys(cell[0] for cell in cells))
     columns = list(dict.fromkeys(cell[1] for cell in sorted(cells, key=lambda c: c[2])))
     means = pd.DataFrame(math.nan, index=pd.MultiIndex.from_tuples(
@@ -70,9 +76,37 @@ def table1_pivot(table1: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     means = means.iloc[:len(rows)]
     means.columns.name = "Method"
     stds = means.copy()
-    for key, column, _, mean, std in cells:
-        means.loc[key, column], stds.loc[key, column] = mean, std
+    for key, column, _, row in cells:
+        means.loc[key, column], stds.loc[key, column] = row.top1_last_mean, row.top1_last_std
     return means, stds
+
+
+def table1_marks(table1: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Per pivot cell (table1_pivot's shape): "best" where the row's highest mean beats the
+    runner-up's by a paired per-seed 95 % interval that excludes 0 (reproduction's), "tie" on
+    both where it does not or cannot (fewer than 2 paired seeds), "" elsewhere.
+    `runs`: tables.load_runs of the students behind `table1`."""
+    means, _ = table1_pivot(table1)
+    marks = pd.DataFrame("", index=means.index, columns=means.columns)
+    rows = {(key, column): row for key, column, _, row in _pivot_cells(table1)}
+    for key, row_means in means.iterrows():
+        ranked = row_means.dropna().sort_values(ascending=False, kind="stable").index
+        if len(ranked) < 2:
+            continue
+        best, runner_up = ranked[0], ranked[1]
+        difference = reproduction.seed_paired_difference(
+            tables.seed_values(runs, rows[key, best]), tables.seed_values(runs, rows[key, runner_up]))
+        if reproduction.excludes_zero(difference):
+            marks.loc[key, best] = "best"
+        else:
+            marks.loc[key, [best, runner_up]] = "tie"
+    return marks
+
+
+TIE_MARK = "†"
+MARKS_NOTE = ("Bold: the best method of a row, where its paired per-seed difference to the "
+              "runner-up (same seeds) has a 95 % t interval that excludes 0. † A tie: the "
+              "interval includes 0, or fewer than 2 seeds are paired; both are bold.")
 
 
 def _value(x):
@@ -80,25 +114,45 @@ def _value(x):
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
 
 
-def _styled_pivot(table1: pd.DataFrame, pm: str, missing: str, bold_css: str, label=str):
-    """The pivot as a Styler: Dataset and Chain as the first columns (one header row), then
-    `mean{pm}std` per method, `bold_css` on each row's highest mean (all of them on a tie).
-    `label` turns a dataset, chain or method name into the target's text."""
+def _pivot_frame(table1: pd.DataFrame, runs: pd.DataFrame, pm: str, missing: str, tie: str,
+                 label=str) -> tuple[pd.DataFrame, np.ndarray]:
+    """The pivot as text (Dataset and Chain as the first columns, then `mean{pm}std` per
+    method, `tie` after a tied one) and where it is bold (table1_marks)."""
     means, stds = table1_pivot(table1)
+    marks = table1_marks(table1, runs).to_numpy()
     frame = pd.DataFrame(
-        [[label(d), label(c), *(tables.mean_std(m, s, pm, missing) for m, s in zip(mrow, srow))]
-         for (d, c), mrow, srow in zip(means.index, means.to_numpy(), stds.to_numpy())],
+        [[label(d), label(c), *(tables.mean_std(m, s, pm, missing) + (tie if k == "tie" else "")
+                                for m, s, k in zip(mrow, srow, krow))]
+         for (d, c), mrow, srow, krow in zip(means.index, means.to_numpy(), stds.to_numpy(),
+                                             marks)],
         columns=["Dataset", "Chain", *(label(c) for c in means.columns)])
-    best = (means.eq(means.max(axis=1), axis=0) & means.notna()).to_numpy()
-    css = pd.DataFrame(np.hstack([np.full((len(frame), 2), ""), np.where(best, bold_css, "")]),
-                       index=frame.index, columns=frame.columns)
+    bold = np.hstack([np.zeros((len(frame), 2), dtype=bool), marks != ""])
+    return frame, bold
+
+
+def _styled_pivot(table1, runs, pm: str, missing: str, bold_css: str, tie: str, label=str):
+    """The pivot as a Styler, `bold_css` on its bold cells (_pivot_frame). `label` turns a
+    dataset, chain or method name into the target's text."""
+    frame, bold = _pivot_frame(table1, runs, pm, missing, tie, label)
+    css = pd.DataFrame(np.where(bold, bold_css, ""), index=frame.index, columns=frame.columns)
     return frame.style.hide(axis="index").apply(lambda _: css, axis=None)
+
+
+def table1_pivot_markdown(table1: pd.DataFrame, runs: pd.DataFrame) -> str:
+    """The pivot as a Markdown table, bold and ties marked, with MARKS_NOTE below it."""
+    frame, bold = _pivot_frame(table1, runs, " ± ", "–", " " + TIE_MARK)
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    for cells, bolds in zip(frame.to_numpy(), bold):
+        cells = [str(c).replace("|", "\\|") for c in cells]
+        lines.append("| " + " | ".join(f"**{c}**" if b else c for c, b in zip(cells, bolds))
+                     + " |")
+    return "\n".join(lines) + "\n\n" + MARKS_NOTE
 
 
 # --------------------------------------------------------------------------- HTML
 
 _CAPTION = ("Student top-1 accuracy (%, last epoch, mean ± std over seeds) per dataset and "
-            "chain (teacher → TAs → student); the best method of each row in bold.")
+            "chain (teacher → TAs → student). " + MARKS_NOTE)
 _HTML_STYLE = [
     {"selector": "", "props": "border-collapse: collapse; font-family: sans-serif; "
                               "font-size: 14px; margin-bottom: 2em;"},
@@ -128,9 +182,17 @@ def _details(table1: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def table1_html(table1: pd.DataFrame) -> str:
-    """A standalone HTML page (UTF-8): the pivot, then every row of Table 1 in full."""
-    pivot_html = (_styled_pivot(table1, " ± ", "–", "font-weight: bold;")
+def table1_html(table1: pd.DataFrame, runs: pd.DataFrame) -> str:
+    """A standalone HTML page (UTF-8): the pivot, then every row of Table 1 in full.
+    `runs`: tables.load_runs of the students (the paired intervals behind the bold)."""
+    body = table1_html_tables(table1, runs)
+    return ('<!DOCTYPE html>\n<html>\n<head>\n<meta charset="utf-8">\n<title>Table 1</title>\n'
+            f'</head>\n<body>\n{body}\n</body>\n</html>\n')
+
+
+def table1_html_tables(table1: pd.DataFrame, runs: pd.DataFrame) -> str:
+    """The pivot and Table 1 in full as two HTML tables (for a page of one's own)."""
+    pivot_html = (_styled_pivot(table1, runs, " ± ", "–", "font-weight: bold;", " " + TIE_MARK)
                   .format(escape="html").format_index(escape="html", axis=1)
                   .set_properties(subset=["Dataset", "Chain"], **{"text-align": "left"})
                   .set_caption(_CAPTION).set_table_styles(_HTML_STYLE).to_html())
@@ -142,8 +204,7 @@ def table1_html(table1: pd.DataFrame) -> str:
                                  "student); the best epoch is for reference only (the test set "
                                  "never picks a model).")
                     .set_table_styles(_HTML_STYLE).to_html())
-    return ('<!DOCTYPE html>\n<html>\n<head>\n<meta charset="utf-8">\n<title>Table 1</title>\n'
-            f'</head>\n<body>\n{pivot_html}\n{details_html}\n</body>\n</html>\n')
+    return f"{pivot_html}\n{details_html}"
 
 
 # -------------------------------------------------------------------------- LaTeX
@@ -157,13 +218,16 @@ def _tex(text: str) -> str:
     return str(text).translate(_LATEX_SPECIAL)
 
 
-def table1_latex(table1: pd.DataFrame) -> str:
-    """The pivot as a LaTeX table (needs \\usepackage{booktabs}); best of each row in bold."""
+def table1_latex(table1: pd.DataFrame, runs: pd.DataFrame) -> str:
+    """The pivot as a LaTeX table (needs \\usepackage{booktabs}); bold and ties as in
+    table1_marks."""
     def label(text: str) -> str:
         return r" $\rightarrow$ ".join(_tex(part) for part in text.split(tables.ARROW))
 
-    styler = _styled_pivot(table1, r" $\pm$ ", "--", "textbf: --rwrap;", label)
-    caption = _tex(_CAPTION).replace("±", r"$\pm$").replace("→", r"$\rightarrow$")
+    styler = _styled_pivot(table1, runs, r" $\pm$ ", "--", "textbf: --rwrap;", r"$^\dagger$",
+                           label)
+    caption = (_tex(_CAPTION).replace("±", r"$\pm$").replace("→", r"$\rightarrow$")
+               .replace(TIE_MARK, r"$^\dagger$"))
     return styler.to_latex(hrules=True, column_format="l" * 2 + "c" * (len(styler.columns) - 2),
                            caption=caption, label="tab:table1", position_float="centering")
 
@@ -213,24 +277,28 @@ def runs_table(student_paths, guide_paths) -> pd.DataFrame:
 # ------------------------------------------------------------------------ writing
 
 
-def write_table1_html(table1: pd.DataFrame, path) -> None:
-    atomic_write_text(table1_html(table1), path)
+def write_table1_html(table1: pd.DataFrame, runs: pd.DataFrame, path) -> None:
+    atomic_write_text(table1_html(table1, runs), path)
 
 
-def write_table1_latex(table1: pd.DataFrame, path) -> None:
-    atomic_write_text(table1_latex(table1), path)
+def write_table1_latex(table1: pd.DataFrame, runs: pd.DataFrame, path) -> None:
+    atomic_write_text(table1_latex(table1, runs), path)
 
 
 def write_runs(student_paths, guide_paths, path) -> None:
     atomic_write_text(runs_table(student_paths, guide_paths).to_csv(index=False), path)
 
 
+def config_yaml(config: dict) -> str:
+    """The workflow config as Snakemake resolved it (`snakemake.config`), as YAML text."""
+    return yaml.safe_dump(_plain(config), sort_keys=False)
+
+
 def write_config(config: dict, path) -> None:
-    """The workflow config as Snakemake resolved it (`snakemake.config`), as YAML."""
     header = ("# The workflow config as Snakemake resolved it (every --configfile merged in "
               "order,\n# then --config), when Table 1 was last written; config/schema.yaml's "
               "defaults\n# apply to the keys it leaves out.\n")
-    atomic_write_text(header + yaml.safe_dump(_plain(config), sort_keys=False), path)
+    atomic_write_text(header + config_yaml(config), path)
 
 
 def _plain(value):

@@ -25,8 +25,10 @@ from dgkd_core.reporting import tables
 from dgkd_core.reporting.reference import RECIPES, chain_protocol, paper_value
 from dgkd_core.schema import ConfigError
 
-__all__ = ["DIFFERENCES", "T_975", "ReproductionError", "merged_config", "paired_difference",
-           "reproduction_report", "t_interval", "table1_metrics_paths", "write_from_config"]
+__all__ = ["DIFFERENCES", "T_975", "ReproductionError", "chain_differences", "excludes_zero",
+           "interval_text", "merged_config", "paired_difference", "provenance",
+           "reproduction_report", "seed_paired_difference", "t_interval", "table1_metrics_paths",
+           "write_from_config"]
 
 # Student's t quantile t_{0.975, df} for df = 1..30 (two-sided 95 %), from the standard t
 # tables (NIST/SEMATECH e-Handbook of Statistical Methods, 1.3.6.7.2); checked against a
@@ -68,12 +70,23 @@ def paired_difference(runs: pd.DataFrame, first: str, second: str) -> dict:
     runs: tables.load_runs rows of one dataset and chain."""
     a = runs[runs["method"] == first].set_index("seed")["top1_last"]
     b = runs[runs["method"] == second].set_index("seed")["top1_last"]
+    return {"first": first, "second": second, **seed_paired_difference(a, b)}
+
+
+def seed_paired_difference(a: pd.Series, b: pd.Series) -> dict:
+    """a − b per seed (Series of top1_last indexed by seed) over the seeds both have, with its
+    95 % interval: seeds, values, mean, half_width (None: see why_no_interval), unpaired."""
     seeds = sorted(set(a.index) & set(b.index))
     values = [float(a[s] - b[s]) for s in seeds]
     mean, half, why = t_interval(values)
-    return {"first": first, "second": second, "seeds": seeds, "values": values, "mean": mean,
-            "half_width": half, "why_no_interval": why,
-            "unpaired": sorted(set(a.index) ^ set(b.index))}
+    return {"seeds": seeds, "values": values, "mean": mean, "half_width": half,
+            "why_no_interval": why, "unpaired": sorted(set(a.index) ^ set(b.index))}
+
+
+def excludes_zero(difference: dict) -> bool:
+    """Whether a paired difference's 95 % interval lies wholly above or below 0."""
+    half = difference["half_width"]
+    return half is not None and abs(difference["mean"]) > half
 
 
 def _chain_groups(runs: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
@@ -112,7 +125,8 @@ def _table_lines(rows: pd.DataFrame) -> list[str]:
     return lines + [""] + [f"- Published, {s}: {RECIPES[s]}. ≈: approximate." for s in sources]
 
 
-def _interval_text(d: dict) -> str:
+def interval_text(d: dict) -> str:
+    """`[low, high] (± half)`, or why there is no interval."""
     if d["half_width"] is None:
         return d["why_no_interval"]
     low, high = d["mean"] - d["half_width"], d["mean"] + d["half_width"]
@@ -128,7 +142,7 @@ def _difference_lines(rows: pd.DataFrame) -> tuple[list[str], dict]:
             continue
         per_seed = ", ".join(f"seed {s}: {v:+.2f}" for s, v in zip(d["seeds"], d["values"]))
         lines.append(f"| {_label(first)} − {_label(second)} | {len(d['seeds'])} | "
-                     f"{per_seed} | {d['mean']:+.2f} | {_interval_text(d)} |")
+                     f"{per_seed} | {d['mean']:+.2f} | {interval_text(d)} |")
         if d["unpaired"]:
             lines.append(f"| (seeds {d['unpaired']} have only one of the two: left out) |||||")
     return lines, found
@@ -174,8 +188,8 @@ def _gap_lines(rows: pd.DataFrame, found: dict) -> list[str]:
     if d["half_width"] is not None:
         low, high = d["mean"] - d["half_width"], d["mean"] + d["half_width"]
         where = "inside" if low <= gap <= high else "above" if gap > high else "below"
-        zero = "excludes 0" if low > 0 or high < 0 else "includes 0"
-        text += f" The published gap lies {where} the 95 % interval {_interval_text(d)}, " \
+        zero = "excludes 0" if excludes_zero(d) else "includes 0"
+        text += f" The published gap lies {where} the 95 % interval {interval_text(d)}, " \
                 f"which {zero}."
     return [text]
 
@@ -208,21 +222,36 @@ def _schedule_text(metrics: dict) -> str:
     return text
 
 
-def _provenance_lines(metrics_paths, command: str, commit: str | None) -> list[str]:
+def provenance(metrics_paths, commit: str | None = None) -> list[tuple[str, str]]:
+    """(what, value) pairs from the runs' metrics.json files: the code's git state (`commit`
+    where this tree is no git checkout), devices and versions, schedules, data checksums, when
+    the runs finished and when this was written."""
     metrics = [tables.read_metrics(p) for p in metrics_paths]
     devices = sorted({f"{v.get('device_name', '?')} ({m.get('device', '?')}); torch "
                       f"{v.get('torch', '?')}, training code {v.get('training_code_version')}"
                       for m in metrics for v in [m.get("versions") or {}]})
     finished = sorted(datetime.datetime.fromtimestamp(os.path.getmtime(p), datetime.UTC)
                       for p in metrics_paths)
+    return [("Code", commit or _git_state()),
+            *[("Device", d) for d in devices],
+            *[("Schedule (students)", s) for s in sorted({*map(_schedule_text, metrics)})],
+            ("Data checksum", ", ".join(sorted({str(m.get("data_checksum")) for m in metrics}))),
+            ("Runs finished (metrics.json written, UTC)",
+             f"{finished[0]:%Y-%m-%d %H:%M} to {finished[-1]:%Y-%m-%d %H:%M}"),
+            ("Report written (UTC)", f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M}")]
+
+
+def _provenance_lines(metrics_paths, command: str, commit: str | None) -> list[str]:
     return ["## Provenance", "", f"- Command: `{command}`",
-            f"- Code: {commit or _git_state()}",
-            *[f"- Device: {d}" for d in devices],
-            *[f"- Schedule (students): {s}" for s in sorted({*map(_schedule_text, metrics)})],
-            f"- Data checksum: {', '.join(sorted({str(m.get('data_checksum')) for m in metrics}))}",
-            f"- Runs finished (metrics.json written, UTC): {finished[0]:%Y-%m-%d %H:%M} to "
-            f"{finished[-1]:%Y-%m-%d %H:%M}",
-            f"- Report written (UTC): {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M}"]
+            *[f"- {what}: {value}" for what, value in provenance(metrics_paths, commit)]]
+
+
+def chain_differences(runs: pd.DataFrame) -> list[tuple[tuple[str, str, str], list[dict]]]:
+    """((dataset, teacher, student), its paired differences (DIFFERENCES with paired seeds;
+    paired_difference's dicts)) per chain of `runs` (tables.load_runs of Table 1 students)."""
+    return [(key, [d for first, second in DIFFERENCES
+                   if (d := paired_difference(rows, first, second))["seeds"]])
+            for key, rows in _chain_groups(runs)]
 
 
 def reproduction_report(metrics_paths, command: str, commit: str | None = None) -> str:

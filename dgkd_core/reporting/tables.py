@@ -139,6 +139,22 @@ def load_runs(metrics_paths) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+_ROW_KEYS = ("dataset", "family", "method", "keep_prob", "drop_num", "teacher", "tas")
+
+
+def seed_values(runs: pd.DataFrame | None, row) -> pd.Series:
+    """top1_last (%) of each seed behind a Table 1 row, indexed by seed (`runs`: load_runs)."""
+    if runs is None or runs.empty:
+        return pd.Series(dtype=float)
+    mask = runs["model"] == row.student
+    for key in _ROW_KEYS:
+        value = getattr(row, key)
+        # no teacher/TAs is "" in memory and NaN from a CSV: either matches either
+        mask &= (runs[key].isna() | (runs[key] == "")) if pd.isna(value) or value == "" \
+            else runs[key] == value
+    return runs.loc[mask].set_index("seed")["top1_last"].astype(float)
+
+
 _IDENTITY = ["dataset", "family", "method", "keep_prob", "drop_num", "convention", "lineage",
              "teacher", "tas", "n_tas", "model"]
 
@@ -264,7 +280,7 @@ def read_history(path) -> pd.DataFrame:
 
 def learning_curves(runs: pd.DataFrame) -> pd.DataFrame:
     """Test top-1 per epoch, mean and std over seeds: dataset, family, method, keep_prob,
-    lineage, epoch, top1_mean, top1_std."""
+    lineage, epoch, top1_mean, top1_std, n_seeds (the seeds that reached that epoch)."""
     frames = []
     for row in runs.itertuples():
         history = read_history(row.history)
@@ -274,7 +290,7 @@ def learning_curves(runs: pd.DataFrame) -> pd.DataFrame:
     curves = pd.concat(frames, ignore_index=True)
     keys = ["dataset", "family", "method", "keep_prob", "lineage", "epoch"]
     return (curves.groupby(keys, sort=False, dropna=False)["test_top1"]
-            .agg(top1_mean="mean", top1_std="std").reset_index())
+            .agg(top1_mean="mean", top1_std="std", n_seeds="count").reset_index())
 
 
 # ------------------------------------------------------------------------- writing

@@ -297,6 +297,11 @@ def test_tiny_workflow_table_and_figures(finished):
     assert "Top-1 % (best epoch, mean; reference only)" in (results / "table1.md").read_text()
     html = (results / "table1.html").read_text()
     assert ">plane5 → plane4 → plane3 → plane2</td>" in html and ">DGKD</th>" in html
+    page = (results / "summary.html").read_text()  # the one page to show, self-contained
+    for needle in ("<h2>Paired differences</h2>", "DGKD − TAKD", "(n = 2 seeds)",
+                   "<h2>Provenance</h2>", "<h2>Recipe</h2>"):
+        assert needle in page, needle
+    assert page.count('src="data:image/png;base64,') == 2 and "<script" not in page
     tex = (results / "table1.tex").read_text()
     assert r"\toprule" in tex and r"\textbf{" in tex and " $\\pm$ " in tex
     runs = pd.read_csv(results / "runs.csv")
@@ -349,7 +354,8 @@ def test_changing_student_settings_reruns_only_students(finished):
     run = dry_run(finished, config=config)
     assert run.runs() == student_runs()
     assert {r for r in run.rules if r != "train_model"} == {
-        "table1", "ablation_num_tas", "ablation_keep_prob", "ablation_convention", "all"}
+        "table1", "summary", "ablation_num_tas", "ablation_keep_prob", "ablation_convention",
+        "all"}
 
 
 @pytest.mark.slow
@@ -412,5 +418,9 @@ def test_html_report(finished, tmp_path):
     assert ">DGKD</th>" in table and ">Stochastic DGKD (p=0.75)</th>" in table
     assert f">{dgkd.group(1)}<" in table  # DGKD's mean ± std, as Table 1's Markdown has it
     assert "Table 1 as the paper prints it" in entry["caption"]
+    # the summary first: Snakemake's menu sorts the categories by name
+    categories = json.loads(re.search(r"var categories = (\{.*?\});\n", text, re.S).group(1))
+    assert sorted(categories)[0] == "1. Summary"
+    assert categories["1. Summary"] == {"Other": ["results/summary.html"]}
     config = results["results/config.yaml"]
     assert "&quot;seeds&quot;: [" in config["caption"]  # the resolved config, shown inline

@@ -63,7 +63,7 @@ def keep_prob_table(values=(39.30, 39.40), std=0.01) -> pd.DataFrame:
             {"method": "dgkd", "keep_prob": 1.0, "top1_last_mean": values[1]}]
     for row in rows:
         row.update(dataset="cifar100", family="plane", teacher="plane10", student="plane2",
-                   top1_last_std=std, paper_top1=np.nan)
+                   top1_last_std=std, paper_top1=np.nan, n_seeds=2)
     return pd.DataFrame(rows)
 
 
@@ -77,7 +77,7 @@ def test_keep_prob_figure_does_not_turn_a_tenth_of_a_point_into_a_cliff(tmp_path
 
 def test_every_accuracy_figure_spans_at_least_the_minimum(tmp_path):
     base = {"dataset": "c", "family": "plane", "teacher": "plane10", "student": "plane2",
-            "top1_last_std": 0.05, "paper_top1": np.nan}
+            "top1_last_std": 0.05, "paper_top1": np.nan, "n_seeds": 2}
     num_tas = pd.DataFrame([{**base, "method": m, "n_tas": n, "top1_last_mean": 40 + n / 20}
                             for m in ("takd", "dgkd") for n in (0, 2)])
     convention = pd.DataFrame([{**base, "method": m, "convention": c, "top1_last_mean": 40.0}
@@ -95,14 +95,14 @@ def table1_like() -> pd.DataFrame:
                      "drop_num": None, "teacher": "" if method == "nokd" else "plane10",
                      "tas": "plane6" if method not in ("nokd", "kd") else "",
                      "student": "plane2", "top1_last_mean": 40.0 + i * 0.05,
-                     "top1_last_std": 0.05, "paper_top1": np.nan})
+                     "top1_last_std": 0.05, "paper_top1": np.nan, "n_seeds": 2})
     return pd.DataFrame(rows)
 
 
 def seed_runs(table: pd.DataFrame, seeds=(20, 31, 55)) -> pd.DataFrame:
     """report.load_runs-like rows: one per seed of each Table 1 row."""
     runs = table.rename(columns={"student": "model"}).drop(
-        columns=["top1_last_mean", "top1_last_std", "paper_top1"])
+        columns=["top1_last_mean", "top1_last_std", "paper_top1", "n_seeds"])
     return pd.concat([runs.assign(seed=s, top1_last=40.0 + k) for k, s in enumerate(seeds)],
                      ignore_index=True)
 
@@ -129,7 +129,7 @@ def curves(datasets=("c",), epochs=20) -> pd.DataFrame:
                 rows.append({"dataset": dataset, "family": "plane", "method": method,
                              "keep_prob": np.nan if p is None else p,
                              "lineage": "plane10-plane2", "epoch": epoch,
-                             "top1_mean": 30 + epoch + k, "top1_std": 0.5})
+                             "top1_mean": 30 + epoch + k, "top1_std": 0.5, "n_seeds": 2})
     return pd.DataFrame(rows)
 
 
@@ -150,3 +150,40 @@ def test_flat_learning_curves_get_the_minimum_span():
     flat = curves(epochs=3).assign(top1_mean=50.0, top1_std=0.01)
     fig = plots.learning_curves_figure(flat, [])
     assert all(span(ax) >= plots.MIN_SPAN_PP for ax in visible_axes(fig))
+
+
+def test_learning_curves_lay_out_at_most_three_panels_per_row(tmp_path):
+    fig = plots.learning_curves_figure(curves(datasets=("c", "d")), [])
+    columns = {round(ax.get_position().x0, 3) for ax in visible_axes(fig)}
+    assert len(columns) == 3  # five methods: rows of 3, then 2
+    assert [plots.curve_columns_per_row(n) for n in (1, 2, 3, 4, 5, 6)] == [1, 2, 3, 2, 3, 3]
+
+
+def test_every_figure_title_says_how_many_seeds(tmp_path):
+    base = {"dataset": "c", "family": "plane", "teacher": "plane10", "student": "plane2",
+            "top1_last_std": np.nan, "paper_top1": np.nan, "n_seeds": 1}
+    num_tas = pd.DataFrame([{**base, "method": m, "n_tas": n, "top1_last_mean": 40 + n}
+                            for m in ("takd", "dgkd") for n in (0, 2)])
+    convention = pd.DataFrame([{**base, "method": m, "convention": c, "top1_last_mean": 40.0}
+                               for m in ("kd", "dgkd") for c in ("paper", "released_code")])
+    one_seed = table1_like().assign(n_seeds=1, top1_last_std=np.nan)
+    figures = {"n = 1 seed": [plots.num_tas_figure(num_tas, []),
+                              plots.convention_figure(convention, []),
+                              plots.keep_prob_figure(keep_prob_table(std=np.nan).assign(
+                                  n_seeds=1), []),
+                              plots.methods_figure(one_seed, [])],
+               "n = 2 seeds": [plots.learning_curves_figure(curves(), [])],
+               "n = 1–3 seeds": [plots.methods_figure(table1_like().assign(
+                   n_seeds=[1, 3, 3, 3, 3]), [])]}
+    for text, made in figures.items():
+        for fig in made:
+            assert f"({text})" in fig._suptitle.get_text()
+
+
+def test_one_seed_draws_no_zero_width_error_caps():
+    one_seed = table1_like().assign(n_seeds=1, top1_last_std=np.nan)
+    fig = plots.methods_figure(one_seed, [])
+    (ax,) = visible_axes(fig)
+    caps = [line for container in ax.containers for line in container.lines[1]]
+    assert caps and all(np.isnan(np.asarray(line.get_ydata(), dtype=float)).all()
+                        for line in caps)

@@ -88,7 +88,7 @@ def test_pivot_puts_shared_nokd_and_kd_rows_in_every_chain_of_their_student(runs
 
 def test_latex_is_a_booktabs_pivot_with_each_rows_best_in_bold(runs):
     students, _ = runs
-    tex = publish.table1_latex(table1_of(students))
+    tex = publish.table1_latex(table1_of(students), tables.load_runs(students))
     for needle in (r"\toprule", r"\midrule", r"\bottomrule", r"\label{tab:table1}",
                    r"Dataset & Chain & NoKD & KD & TAKD & DGKD & Stochastic DGKD (p=0.75) \\"):
         assert needle in tex, needle
@@ -107,19 +107,60 @@ def test_latex_escapes_names():
                            "keep_prob": None, "drop_num": None, "teacher": "", "tas": "",
                            "student": "plane2", "top1_last_mean": 50.0,
                            "top1_last_std": float("nan")}])
-    tex = publish.table1_latex(table)
-    assert r"my\_data & plane2 & \textbf{50.00} \\" in tex
+    tex = publish.table1_latex(table, pd.DataFrame())
+    assert r"my\_data & plane2 & 50.00 \\" in tex  # one method: nothing to be best against
 
 
 def test_html_is_a_styler_page_with_the_pivot_and_the_full_table(runs):
     students, _ = runs
-    html = publish.table1_html(table1_of(students))
+    html = publish.table1_html(table1_of(students), tables.load_runs(students))
     assert html.startswith("<!DOCTYPE html>") and '<meta charset="utf-8">' in html
     assert html.count("<table") == 2
     assert ">Stochastic DGKD (p=0.75)</th>" in html and ">50.00 ± 1.41</td>" in html
     assert ">plane10 → plane8 → plane6 → plane4 → plane2</td>" in html
     assert "font-weight: bold" in html  # Styler's CSS for each row's best cell
     assert ">≈50.15</td>" in html  # the paper's stochastic DGKD value, approximate
+
+
+def test_a_best_within_seed_noise_of_the_runner_up_is_a_tie(runs):
+    students, _ = runs
+    seeds = tables.load_runs(students)
+    # cifar100: stochastic DGKD 49, 50.5 against DGKD 48, 50: +1 and +0.5, an interval over 0
+    noisy = (seeds["dataset"] == "cifar100") & (seeds["method"] == "sdgkd") & (seeds["seed"] == 31)
+    seeds.loc[noisy, "top1_last"] = 50.5
+    table = tables.table1(seeds)
+    marks = publish.table1_marks(table, seeds)
+    assert marks.loc[("cifar100", " → ".join(CHAIN))].to_dict() == {
+        "NoKD": "", "KD": "", "TAKD": "", "DGKD": "tie", "Stochastic DGKD (p=0.75)": "tie"}
+    # cifar10: DGKD beats stochastic DGKD by 1 point on both seeds, an interval without 0
+    assert list(marks.loc[("cifar10", " → ".join(RESNET))]) == ["", "", "", "best", ""]
+    rows = {line.split(" & ")[0]: line
+            for line in publish.table1_latex(table, seeds).splitlines() if " $\\pm$ " in line}
+    assert rows["cifar100"].count(r"\textbf") == 2 and rows["cifar100"].count(r"$^\dagger$") == 2
+    assert rows["cifar10"].count(r"\textbf") == 1 and r"\dagger" not in rows["cifar10"]
+    html = publish.table1_html(table, seeds)
+    assert ">49.75 ± 1.06 †</td>" in html and "† A tie" in html
+    md = publish.table1_pivot_markdown(table, seeds)
+    assert "| **49.75 ± 1.06 †** |" in md and "| **89.00 ± 1.41** |" in md
+    assert md.count("**") == 2 * 3 and "† A tie" in md
+
+
+def test_marks_are_the_same_from_table1_csv(runs, tmp_path):
+    students, _ = runs
+    seeds = tables.load_runs([p for p in students if "/nokd/" in p or "/kd/" in p])
+    table = tables.table1(seeds)
+    tables.write_table(table, tmp_path / "t.csv", tmp_path / "t.md", "Table 1")
+    from_csv = pd.read_csv(tmp_path / "t.csv")  # no teacher/TAs: NaN, not ""
+    marks = publish.table1_marks(table, seeds)
+    assert list(marks["KD"]) == ["best", "best"]  # KD is NoKD + 2 on every seed
+    assert publish.table1_marks(from_csv, seeds).equals(marks)
+
+
+def test_one_seed_gives_no_interval_so_the_best_two_tie(runs):
+    students, _ = runs
+    one_seed = tables.load_runs([p for p in students if "/seed20/" in p])
+    marks = publish.table1_marks(tables.table1(one_seed), one_seed)
+    assert (marks == "best").sum().sum() == 0 and (marks == "tie").sum().sum() == 4
 
 
 def test_runs_table_has_every_model_with_flattened_settings(runs, tmp_path):
