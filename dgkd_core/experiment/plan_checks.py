@@ -43,7 +43,7 @@ def _layer_counts(model: str, num_classes: int, dataset: str) -> tuple[int, int]
 def size_reason(bigger: str, smaller: str, num_classes: int, dataset: str) -> str:
     """Why `bigger` may guide `smaller` although it has no more parameters, or ''.
 
-    REFERENCE.md's CIFAR-100 plane6 ends without a max-pool: its classifier reads an 8x8x128 map
+    The codes' CIFAR-100 plane6 (docs/paper.md) ends without a max-pool: its classifier reads an 8x8x128 map
     and holds most of its parameters, so the deeper plane7 has fewer (the paper's chains go by
     depth). A deeper guide whose student is mostly classifier is such a case."""
     (big_convs, _), (small_convs, small_linear) = (
@@ -53,7 +53,7 @@ def size_reason(bigger: str, smaller: str, num_classes: int, dataset: str) -> st
         return ""
     return (f"; expected: {bigger} is deeper ({big_convs} conv layers to {small_convs}), as a "
             f"chain goes, but {share:.0%} of {smaller}'s parameters are its classifier "
-            "(REFERENCE.md's layout), so this needs no change")
+            "(docs/paper.md's layouts), so this needs no change")
 
 
 class PlanChecks:

@@ -77,3 +77,18 @@ def test_dependencies_are_ranges_and_the_exact_pins_live_in_constraints_txt():
     assert {"torch", "torchvision"} <= pins.keys()
     assert "-c constraints.txt" in (REPO / "Makefile").read_text()
     assert "-c constraints.txt" in (REPO / "environment.yml").read_text()
+
+
+def test_the_readme_spells_each_command_one_way_and_names_every_make_target():
+    """Activated once (said near the top), then the plain commands; every make target told."""
+    readme = (REPO / "README.md").read_text()
+    assert "source\n.venv/bin/activate" in readme or "source .venv/bin/activate" in readme
+    for prefixed in (".venv/bin/snakemake", ".venv/bin/python -m dgkd_core", ".venv/bin/dgkd",
+                     ".venv/bin/tensorboard"):
+        assert prefixed not in readme, f"{prefixed}: write the plain command"
+    makefile = (REPO / "Makefile").read_text()
+    targets = re.findall(r"^([a-z][a-z-]*):", makefile, flags=re.M)
+    assert "test-fast" in targets and "clean-results" in targets
+    for target in targets:
+        assert f"make {target}" in readme, f"make {target} is not in the README"
+    assert "`dgkd`" in readme  # the console script

@@ -255,7 +255,7 @@ def test_chain_size_warning():
 
 
 def test_the_plane7_warning_comes_once_with_its_reason():
-    """REFERENCE.md's CIFAR-100 plane6 is mostly classifier: plane7 has fewer parameters."""
+    """The codes' CIFAR-100 plane6 (docs/paper.md) is mostly classifier: plane7 has fewer parameters."""
     cfg = config(datasets={"cifar100": {"source": "cifar100", "root": "dl", "download": True}},
                  chains={name: {"teacher": "plane8", "tas": ["plane7", "plane6"],
                                 "student": "plane2"} for name in ("a", "b")},
