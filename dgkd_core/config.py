@@ -107,7 +107,13 @@ RUN_CONFIG_SCHEMA: dict[str, Any] = {
                             "description": "per-epoch scalars for TensorBoard (needs the "
                                            "tensorboard extra)"},
             "tensorboard_dir": {"type": ["string", "null"], "minLength": 1, "default": None,
-                                "description": "their folder; null: <out_dir>/tensorboard"}}},
+                                "description": "their folder; null: <out_dir>/tensorboard"},
+            "wandb": {"type": "boolean", "default": False,
+                      "description": "track the run in Weights & Biases (needs the wandb extra)"},
+            "wandb_project": {"type": "string", "minLength": 1, "default": "dgkd",
+                              "description": "its W&B project"},
+            "wandb_mode": {"enum": ["offline", "online"], "default": "offline",
+                           "description": "offline: under <out_dir>/wandb, for `wandb sync`"}}},
     },
 }
 # Set by the workflow for each run, so not part of a hyperparameter layer (settings_schema);

@@ -17,6 +17,12 @@ FINAL_OUTPUTS = ("model.pt", "metrics.json", "history.csv")
 EAGER_ON_CUDA = {"cuda_graph": False}
 
 
+def read_history(out: Path) -> list[dict]:
+    """A run folder's history.csv rows (text values, as csv reads them)."""
+    with open(out / "history.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 def run_config(**over) -> dict:
     """A small plane2 run config (2 epochs, batch 64, constant lr) with `over` replacing keys."""
     cfg = {"model": "plane2", "seed": 3, "epochs": 2, "batch_size": 64, "eval_batch_size": 256,

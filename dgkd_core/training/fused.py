@@ -89,7 +89,8 @@ class FusedMember(Protocol):
     the group's `prepared`, `stop` and `fused_group`), in this order: `setup()` once; per
     epoch `begin_epoch()` (its lr), `run_step(batch, lr)` per batch (the segment's seconds so
     far), `stop_reason(elapsed)` after each step, `end_epoch(lr)`; `stop_or_save(elapsed)` to
-    save its resume state when the group stops; `finish(remove_resume_state=False)` at the end."""
+    save its resume state when the group stops; `finish(remove_resume_state=False)` at the end;
+    `close_trackers()` and `release_folder()` however the group ends."""
 
     out_dir: Path
     data_path: str | os.PathLike
@@ -99,7 +100,6 @@ class FusedMember(Protocol):
     train_loader: Any
     guide_paths: list[str]
     resume_path: Path
-    tensorboard: Any
 
     def setup(self) -> None: ...
     def begin_epoch(self) -> float: ...
@@ -108,6 +108,8 @@ class FusedMember(Protocol):
     def stop_reason(self, elapsed: float) -> str | None: ...
     def stop_or_save(self, elapsed: float) -> None: ...
     def finish(self, remove_resume_state: bool = True) -> dict: ...
+    def close_trackers(self) -> None: ...
+    def release_folder(self) -> None: ...
 
 
 class FusedTrainer:
@@ -202,8 +204,7 @@ class FusedTrainer:
             return self.finish()
         finally:  # finished, stopped to be resumed, or failed: the events so far are kept
             for member in self.members:
-                if member.tensorboard is not None:
-                    member.tensorboard.close()
+                member.close_trackers()
                 member.release_folder()
 
     def _log_start(self) -> None:

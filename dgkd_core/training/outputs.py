@@ -34,6 +34,8 @@ class TrainerOutputs:
             io.atomic_write_json(metrics, out_dir / "metrics.json")
             if self.tensorboard is not None:  # its HParams: the settings beside the curves
                 self.tensorboard.write_hparams(cfg)
+            if self.wandb is not None:
+                self.wandb.write_summary(metrics)
             if remove_resume_state:
                 self.resume_path.unlink(missing_ok=True)
         self.dist.barrier()

@@ -26,6 +26,7 @@ from dgkd_core.training.folder_lock import RunFolderLock, lock_run_folder
 from dgkd_core.training.resume import read_resume_state, restore_resume_state
 from dgkd_core.training.step import make_step
 from dgkd_core.training.tensorboard_log import open_writer
+from dgkd_core.training.wandb_log import open_run
 
 log = logging.getLogger("dgkd_core.training.trainer")
 
@@ -79,6 +80,7 @@ class TrainerSetup:
         # Resumed: the same folder, dropping what an interrupted attempt logged from here on.
         if self.dist.is_main:
             self.tensorboard = open_writer(cfg["logging"], self.out_dir, self.state.epoch + 1)
+            self.wandb = open_run(cfg["logging"], self.out_dir, cfg)
 
     def release_folder(self) -> None:
         """Let another run use out_dir (at the run's end, however it ends)."""

@@ -42,7 +42,7 @@ from dgkd_core.training.history import (epoch_line, eta_seconds, history_row, ou
 from dgkd_core.training.outputs import TrainerOutputs
 from dgkd_core.training.resume import RESUME_FILE, TrainState, write_resume_state
 from dgkd_core.training.setup import TrainerSetup, lr_at
-from dgkd_core.training.tensorboard_log import check_available
+from dgkd_core.training import tensorboard_log, wandb_log
 
 __all__ = ["EXIT_RESUMABLE", "Trainer", "TrainingInterrupted", "train"]
 
@@ -85,7 +85,8 @@ class Trainer(TrainerSetup, TrainerOutputs):
                          loss_cfg["drop_num"])
         except ValueError as err:  # else the run would be recorded under the wrong method
             raise ConfigError(str(err)) from None
-        check_available(self.cfg["logging"])  # a missing package fails now, not after setup
+        for tracker in (tensorboard_log, wandb_log):  # a missing package fails now, not after setup
+            tracker.check_available(self.cfg["logging"])
         # One rank of several where torchrun or srun started this process (distributed.py).
         self.dist = Distributed.from_environment()
         self.dist.check_batch_size(self.cfg["batch_size"])
@@ -97,6 +98,7 @@ class Trainer(TrainerSetup, TrainerOutputs):
         self.bar = None  # this segment's progress bar, when interactive
         self.good_resume_state = False  # a resume state this run loaded or wrote is on disk
         self.tensorboard = None  # the EpochWriter, from setup() on, where logging.tensorboard
+        self.wandb = None  # the WandbRun, from setup() on, where logging.wandb
         self.epoch_walls: list[float] = []  # s per epoch run here, evaluation included (ETA)
         self.prepared = prepared
         self.fused_group = fused_group
@@ -129,10 +131,16 @@ class Trainer(TrainerSetup, TrainerOutputs):
                     "no resume state was written yet: a restart starts from scratch")
             raise TrainingError(f"{gone}; {then}") from err
         finally:  # finished, stopped to be resumed, or failed: the events so far are kept
-            if self.tensorboard is not None:
-                self.tensorboard.close()
+            self.close_trackers()
             self.release_folder()
             self.dist.close()
+
+    def close_trackers(self) -> None:
+        """Close TensorBoard's writer and the W&B run, keeping what they logged."""
+        for tracker in (self.tensorboard, self.wandb):
+            if tracker is not None:
+                tracker.close()
+        self.tensorboard = self.wandb = None
 
     def run_epoch(self) -> None:
         """The rest of epoch `state.epoch`, then its evaluation, log line and resume state."""
@@ -226,8 +234,9 @@ class Trainer(TrainerSetup, TrainerOutputs):
                                        else None)["top1"]
         s.history.append(row)
         s.epoch_times.append(s.train_time_s)
-        if self.tensorboard is not None:
-            self.tensorboard.write(row)
+        for tracker in (self.tensorboard, self.wandb):
+            if tracker is not None:
+                tracker.write(row)
         eta = eta_seconds(cfg["epochs"] - row["epoch"], self.epoch_walls)
         log.info("%s", epoch_line(row, cfg["epochs"], self.distiller.loss_term_names, eta))
         s.epoch, s.step = s.epoch + 1, 0

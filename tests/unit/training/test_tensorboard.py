@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import logging
 import runpy
@@ -27,7 +26,7 @@ from dgkd_core.training.evaluate import evaluate_checkpoint
 from dgkd_core.training.tensorboard_log import MISSING_PACKAGE, check_available, tag_for
 import dgkd_core.training.trainer as train_mod
 from dgkd_core.training.trainer import train
-from helpers import run_config
+from helpers import read_history, run_config
 
 REPO = Path(__file__).resolve().parents[3]
 WORKFLOW_CONFIGS = ("config.yaml", "demo.yaml", "cifar10_local.yaml", "released_code.yaml",
@@ -36,11 +35,6 @@ HAVE_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 needs_tensorboard = pytest.mark.skipif(
     not HAVE_TENSORBOARD, reason="the tensorboard package is not installed "
                                  "(pip install 'dgkd-core[tensorboard]')")
-
-
-def read_history(out: Path) -> list[dict]:
-    with open(out / "history.csv", newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def read_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
@@ -79,14 +73,17 @@ def test_logging_changes_neither_the_hash_nor_the_rerun_params():
     plain = resolve_run_config(run_config())
     logged = resolve_run_config(run_config(logging={"tensorboard": True,
                                                     "tensorboard_dir": "elsewhere/tb"}))
-    assert logged["logging"] == {"tensorboard": True, "tensorboard_dir": "elsewhere/tb"}
+    assert logged["logging"] == {**plain["logging"], "tensorboard": True,
+                                 "tensorboard_dir": "elsewhere/tb"}
     assert config_hash(plain) == config_hash(logged)
     assert semantic_settings(plain) == semantic_settings(logged)
     assert "logging" not in semantic_settings(logged)
 
 
 def test_logging_defaults_and_what_a_layer_may_set():
-    assert DEFAULT_RUN_CONFIG["logging"] == {"tensorboard": False, "tensorboard_dir": None}
+    assert DEFAULT_RUN_CONFIG["logging"] == {"tensorboard": False, "tensorboard_dir": None,
+                                             "wandb": False, "wandb_project": "dgkd",
+                                             "wandb_mode": "offline"}
     layer = settings_schema()["properties"]["logging"]["properties"]
     assert "tensorboard" in layer and "tensorboard_dir" not in layer  # paths.py decides it
     config = yaml.safe_load((REPO / "config" / "test_tiny.yaml").read_text())
