@@ -23,6 +23,26 @@ def read_history(out: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def resume_state_before_outputs(data: Path, out: Path) -> dict:
+    """The resume.pt a one-epoch plane2 run leaves in `out` when it dies just before writing
+    its final outputs (Trainer.finish raises), loaded."""
+    import pytest
+
+    from dgkd_core.training import trainer as train_module
+
+    class Died(Exception):
+        pass
+
+    def die(self, **_):
+        raise Died
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_module.Trainer, "finish", die)
+        with pytest.raises(Died):
+            train_module.train(run_config(epochs=1), data, out, progress=False)
+    return torch.load(out / "resume.pt", weights_only=True)
+
+
 def run_config(**over) -> dict:
     """A small plane2 run config (2 epochs, batch 64, constant lr) with `over` replacing keys."""
     cfg = {"model": "plane2", "seed": 3, "epochs": 2, "batch_size": 64, "eval_batch_size": 256,

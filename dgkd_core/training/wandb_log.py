@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dgkd_core.errors import TrainingError
 from dgkd_core.schema import ConfigError
+from dgkd_core.training.tensorboard_log import hparam_values
 
 __all__ = ["MISSING_PACKAGE", "WandbRun", "check_available", "open_run", "run_id"]
 
@@ -46,8 +47,6 @@ class WandbRun:
 
     def __init__(self, logging_cfg: dict, out_dir: Path, cfg: dict):
         import wandb
-
-        from dgkd_core.training.tensorboard_log import hparam_values
 
         directory = Path(out_dir) / "wandb"
         try:

@@ -9,27 +9,14 @@ import logging
 import pytest
 import torch
 
-from dgkd_core.training import trainer as train_module
 from dgkd_core.training.trainer import train
-from helpers import run_config
-
-
-class _Stop(Exception):
-    pass
+from helpers import resume_state_before_outputs, run_config
 
 
 @pytest.fixture(scope="module")
 def finished_state(tiny_data, tmp_path_factory):
     """A resume.pt as a run leaves it when it dies just before writing its final outputs."""
-    out = tmp_path_factory.mktemp("state")
-    patch = pytest.MonkeyPatch()
-    patch.setattr(train_module.Trainer, "finish", lambda self, **_: (_ for _ in ()).throw(_Stop()))
-    try:
-        with pytest.raises(_Stop):
-            train(run_config(epochs=1), tiny_data, out, progress=False)
-    finally:
-        patch.undo()
-    return torch.load(out / "resume.pt", weights_only=True)
+    return resume_state_before_outputs(tiny_data, tmp_path_factory.mktemp("state"))
 
 
 def _nan_weight(state):

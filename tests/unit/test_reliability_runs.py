@@ -19,7 +19,7 @@ import yaml
 from dgkd_core.errors import TrainingError
 from dgkd_core.training import trainer as train_module
 from dgkd_core.training.trainer import train
-from helpers import free_port, run_config, train_args
+from helpers import free_port, resume_state_before_outputs, run_config, train_args
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -97,16 +97,7 @@ def test_the_lock_is_released_after_a_run_and_after_a_failed_one(tiny_data, tmp_
 @pytest.fixture(scope="module")
 def left_state(tiny_data, tmp_path_factory):
     """A resume.pt's bytes as a one-process run leaves it when it dies before its outputs."""
-    out = tmp_path_factory.mktemp("left")
-    patch = pytest.MonkeyPatch()
-    patch.setattr(train_module.Trainer, "finish", lambda self, **_: (_ for _ in ()).throw(
-        _Trained()))
-    try:
-        with pytest.raises(_Trained):
-            train(run_config(epochs=1), tiny_data, out, progress=False)
-    finally:
-        patch.undo()
-    return torch.load(out / "resume.pt", weights_only=True)
+    return resume_state_before_outputs(tiny_data, tmp_path_factory.mktemp("left"))
 
 
 def _resume_from(state: dict, tiny_data, out: Path, caplog, cfg: dict) -> tuple[dict, str, bytes]:
