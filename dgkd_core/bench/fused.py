@@ -153,9 +153,8 @@ def _measure(fused: FusedTrainer, mechanism: str, steps: int, warmup: int,
              repeat: int) -> list[float]:
     """Each repeat's seconds for the members by `mechanism`."""
     k = len(fused.members)
-    fused.compile = mechanism == "horizontal_compile"
     fused.set_mechanism({"solo": "sequential", "horizontal_compile": "horizontal"}
-                        .get(mechanism, mechanism))
+                        .get(mechanism, mechanism), compile=mechanism == "horizontal_compile")
     phases = [[i] for i in range(k)] if mechanism == "solo" else [list(range(k))]
     return [_seconds(fused, phases, steps, warmup) for _ in range(repeat)]
 

@@ -19,13 +19,14 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from dgkd_core import io
-from dgkd_core.campaign.state import (MANIFEST, MANIFEST_FORMAT, RESTORE_RECORD, CampaignError,
-                                      check_manifest, files_of, found_status, git_commit,
-                                      read_manifest, repo_relative, run_key, sha256_file,
-                                      state_files, untrusted_reason)
+from dgkd_core.campaign.state import (MANIFEST, MANIFEST_FORMAT, RESTORE_RECORD, WEIGHTS,
+                                      CampaignError, check_manifest, done_files, files_of,
+                                      found_status, git_commit, guiding_runs, read_manifest,
+                                      repo_relative, run_key, state_files, untrusted_reason)
 from dgkd_core.config import config_hash
 from dgkd_core.experiment.paths import RESULTS, Run
 from dgkd_core.experiment.plan import Plan
+from dgkd_core.guides.checkpoints import file_fingerprint, weights_fingerprint
 from dgkd_core.io import load_tensor_file
 from dgkd_core.training.resume import RESUME_FILE
 
@@ -45,18 +46,20 @@ def pack(workdir, plan: Plan, out, *, campaign: str, configs, state_dir=None,
          window_s: float | None = None) -> dict:
     """Collect the campaign's state from `workdir` into `out` (tar.xz); returns the manifest.
 
-    Per run: finished (model.pt, metrics.json, history.csv) or in flight (resume.pt), from the
-    work directory, else carried over from the previous state `state_dir`; a run whose recorded
-    config hash is not the plan's is left out (listed under `dropped`). window_s: the GPU
-    window's seconds, added to the manifest's `windows`."""
+    Per run: finished (state.done_files: a guide's model.pt, metrics.json, history.csv) or in
+    flight (resume.pt), from the work directory, else carried over from the previous state
+    `state_dir`; a run whose recorded config hash is not the plan's is left out (listed under
+    `dropped`). window_s: the GPU window's seconds, added to the manifest's `windows`."""
     workdir = Path(workdir)
     state_dir = Path(state_dir) if state_dir is not None else None
     previous = (read_manifest(state_dir) if state_dir is not None else None) or {}
     old_runs = previous.get("runs", {})
     runs, members, dropped = {}, {}, {}
     refused: dict[Run, str] = {}
+    guiding = guiding_runs(plan)
     for run in plan.runs():
-        source = _source_dir(run, workdir, state_dir, old_runs)
+        kept = done_files(run, guiding)
+        source = _source_dir(run, workdir, state_dir, old_runs, kept)
         if source is None:
             continue
         folder, status = source
@@ -64,7 +67,7 @@ def pack(workdir, plan: Plan, out, *, campaign: str, configs, state_dir=None,
         if why is not None:
             refused[run] = dropped[run_key(run)] = why
             continue
-        files = {name: sha256_file(folder / name) for name in files_of(status)}
+        files = {name: file_fingerprint(folder / name) for name in files_of(status, kept)}
         runs[run_key(run)] = _entry(plan, run, status, folder, files, old_runs.get(run_key(run)))
         members.update({f"{run_key(run)}/{name}": folder / name for name in files})
     manifest = {"format": MANIFEST_FORMAT, "campaign": campaign,
@@ -75,15 +78,15 @@ def pack(workdir, plan: Plan, out, *, campaign: str, configs, state_dir=None,
     return manifest
 
 
-def _source_dir(run: Run, workdir: Path, state_dir: Path | None,
-                old_runs: dict) -> tuple[Path, str] | None:
+def _source_dir(run: Run, workdir: Path, state_dir: Path | None, old_runs: dict,
+                kept: tuple[str, ...]) -> tuple[Path, str] | None:
     """Where the run's files are (the work directory first) and its status, or None."""
-    status = found_status(workdir / run.dir)
+    status = found_status(workdir / run.dir, kept)
     if status is not None:
         return workdir / run.dir, status
     entry = old_runs.get(run_key(run))
     if entry is not None and state_dir is not None and \
-            found_status(state_dir / run.dir) == entry["status"]:
+            found_status(state_dir / run.dir, kept) == entry["status"]:
         return state_dir / run.dir, entry["status"]
     return None
 
@@ -107,7 +110,13 @@ def _entry(plan: Plan, run: Run, status: str, folder: Path, files: dict,
                      train_time_s=sum(h["time_s"] for h in state["history"]) + partial)
         device = _this_device()
     entry["files"] = files
-    if previous is not None and previous.get("files") == files and "provenance" in previous:
+    previous = previous or {}
+    if status == "done" and WEIGHTS not in files:  # a student: its weights identified, not kept
+        entry["weights_sha256"] = (weights_fingerprint(folder / WEIGHTS)
+                                   if (folder / WEIGHTS).is_file()
+                                   else previous.get("weights_sha256"))
+    old_files = previous.get("files", {})
+    if "provenance" in previous and all(old_files.get(n) == d for n, d in files.items()):
         entry["provenance"] = previous["provenance"]
     else:
         entry["provenance"] = {"commit": git_commit(), **device, "packed": _now()}

@@ -12,15 +12,18 @@ Snakemake to Table 1 under a deadline (SIGTERM: the trainers write resume.pt), `
 tar.xz). Back home: `unpack` (verified, then swapped in whole) and `report`. Pack and unpack:
 dgkd_core/campaign/pack.py; the report: dgkd_core/campaign/report.py.
 
-Every finished run keeps its model.pt, students too: without it Snakemake retrains the run
-(model.pt is an output of its job). Measured sizes (CIFAR-10): resnet26 1.5 MB, resnet20 1.1 MB,
-resnet14 0.7 MB, resnet8 0.33 MB; cifar10_resnet_80ep holds 3 seeds x (teacher, TA20, two TA14s,
-five students) = 17.5 MB, of which the guides are 12.4 MB and the 15 students 5.0 MB.
+A finished run keeps its model.pt only where a later run loads it (a guide: teacher or TA);
+a student keeps metrics.json and history.csv, and the manifest records its weights' fingerprint
+(`weights_sha256`, dgkd_core.guides.checkpoints.weights_fingerprint). Snakemake does not retrain
+a restored student without its model.pt: Table 1 asks for its metrics.json and history.csv only,
+and a job is rerun only for an output that something asked for is missing. Measured sizes
+(CIFAR-10): resnet26 1.5 MB, resnet20 1.1 MB, resnet14 0.7 MB, resnet8 0.33 MB; so
+cifar10_resnet_80ep holds 3 seeds x (teacher, TA20, two TA14s) = 12.4 MB of weights, not the
+17.5 MB that keeping the 15 students' would make.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -32,14 +35,15 @@ from dgkd_core import io
 from dgkd_core.config import config_hash
 from dgkd_core.errors import DgkdError
 from dgkd_core.experiment.paths import RUN_FILES, Run, data_file
+from dgkd_core.guides.checkpoints import file_fingerprint
 from dgkd_core.experiment.plan import Plan
 from dgkd_core.io import UnreadableFile, load_tensor_file
 from dgkd_core.reporting.reproduction import merged_config
 from dgkd_core.training.resume import RESUME_FILE
 
-__all__ = ["CAMPAIGNS", "MANIFEST", "CampaignError", "RestoreResult", "campaign_configs",
-           "critical_path_targets", "data_targets", "git_commit", "load_plan", "read_manifest",
-           "restore", "run_key"]
+__all__ = ["CAMPAIGNS", "MANIFEST", "WEIGHTS", "CampaignError", "RestoreResult",
+           "campaign_configs", "critical_path_targets", "data_targets", "done_files",
+           "git_commit", "guiding_runs", "load_plan", "read_manifest", "restore", "run_key"]
 
 REPO = Path(__file__).resolve().parents[2]
 # Each campaign's configs (repository-relative, merged in order as Snakemake's --configfile):
@@ -49,6 +53,7 @@ CAMPAIGNS = {
                             "config/campaigns/cifar10_resnet_80ep.yaml"),
 }
 MANIFEST = "manifest.json"
+WEIGHTS = "model.pt"
 MANIFEST_FORMAT = 1
 # What a window writes for restore's choices (read by pack, named by the report).
 RESTORE_RECORD = "results/campaign_restore.json"
@@ -91,14 +96,6 @@ def critical_path_targets(plan: Plan) -> list[str]:
     """model.pt of every teacher and TA: Snakemake's --prioritize, so that the chain that every
     student waits for trains first, all seeds of a stage together."""
     return [run.file("model.pt") for run in plan.table1_guide_runs()]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------ the manifest
@@ -150,15 +147,26 @@ def recorded_hash(run_dir: Path, status: str) -> str | None:
         return None
 
 
-def found_status(run_dir: Path) -> str | None:
-    """done (model.pt, metrics.json and history.csv), in_flight (resume.pt) or None."""
-    if all((run_dir / name).is_file() for name in RUN_FILES):
+def guiding_runs(plan: Plan) -> set[Run]:
+    """The runs whose model.pt some planned run loads: the ones whose weights the state keeps."""
+    return {guide for run in plan.runs() for guide in plan.guides(run)}
+
+
+def done_files(run: Run, guiding: set[Run]) -> tuple[str, ...]:
+    """What the state keeps of finished `run`: all of RUN_FILES for a guide (`guiding`, from
+    guiding_runs), else metrics.json and history.csv."""
+    return RUN_FILES if run in guiding else tuple(n for n in RUN_FILES if n != WEIGHTS)
+
+
+def found_status(run_dir: Path, kept: tuple[str, ...]) -> str | None:
+    """done (every file of `kept`, done_files), in_flight (resume.pt) or None."""
+    if all((run_dir / name).is_file() for name in kept):
         return "done"
     return "in_flight" if (run_dir / RESUME_FILE).is_file() else None
 
 
-def files_of(status: str) -> tuple[str, ...]:
-    return RUN_FILES if status == "done" else (RESUME_FILE,)
+def files_of(status: str, kept: tuple[str, ...]) -> tuple[str, ...]:
+    return kept if status == "done" else (RESUME_FILE,)
 
 
 def untrusted_reason(plan: Plan, run: Run, run_dir: Path, status: str,
@@ -226,7 +234,7 @@ def _missing_files(state_dir: Path, run: Run, entry: dict) -> str | None:
         path = state_dir / run.dir / name
         if not path.is_file():
             return f"its {name} is missing from the state"
-        if sha256_file(path) != digest:
+        if file_fingerprint(path) != digest:
             return f"its {name} differs from the manifest's record (sha256)"
     return None
 
@@ -238,7 +246,7 @@ def _copy_run(state_dir: Path, workdir: Path, run: Run, entry: dict,
     for name in entry["files"]:
         source, target = state_dir / run.dir / name, workdir / run.dir / name
         if target.exists():
-            if sha256_file(target) != entry["files"][name]:
+            if file_fingerprint(target) != entry["files"][name]:
                 result.kept.append(str(target))
             continue
         io.atomic_write_bytes(target, source.read_bytes())
@@ -249,8 +257,9 @@ def _touch_outputs(workdir: Path, plan: Plan, result: RestoreResult) -> None:
     start_ns = time.time_ns()
     done = [r for r in plan.runs() if result.restored.get(run_key(r)) == "done"]
     for i, run in enumerate(done):
-        for name in RUN_FILES:
-            os.utime(workdir / run.file(name), ns=(start_ns + i * _SPACING_NS,) * 2)
+        for name in RUN_FILES:  # a student's model.pt is not restored (done_files)
+            if (workdir / run.file(name)).is_file():
+                os.utime(workdir / run.file(name), ns=(start_ns + i * _SPACING_NS,) * 2)
 
 
 def _warn_on_missing_data(workdir: Path, plan: Plan) -> None:

@@ -136,6 +136,18 @@ def file_fingerprint(path: str | os.PathLike) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+def weights_fingerprint(path: str | os.PathLike) -> str:
+    """sha256 (hex) of a checkpoint's weights alone: each state_dict entry's name, dtype, shape
+    and bytes, in order. Equal weights give equal fingerprints whatever else the file records,
+    so a run that is not kept can still be compared with another (the campaign's students)."""
+    digest = hashlib.sha256()
+    for key, tensor in load_checkpoint(path)["state_dict"].items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def check_writable_dir(path: Path) -> None:
     """Make `path` and write and remove a probe file in it, so that a file in its place or a
     folder without write access fails now, in one line, not after an epoch has trained."""

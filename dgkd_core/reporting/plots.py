@@ -87,7 +87,7 @@ def _draw_panels(table, draw, out_paths, what: str, **size):
     """`draw(ax, part)` on each panel, the title `what` (n = k seeds), saved to `out_paths`;
     returns the (closed) Figure."""
     fig = None
-    for fig, ax, part in _panels(table, **size):
+    for fig, ax, part in (_panels(table, **size) if not table.empty else ()):
         draw(ax, part)
     if fig is None:
         fig = _no_runs()
@@ -259,7 +259,8 @@ def keep_prob_figure(table: pd.DataFrame, out_paths):
                            row.top1_last_mean + row.top1_last_std,
                            color=colour("dgkd"), alpha=0.1)
         _published_marks(ax, sweep["keep_prob"], sweep)
-        ax.set_xlim(min(sweep["keep_prob"].min(), 1.0) - 0.05, 1.02)
+        # min(): 1.0 where the panel has DGKD only (no stochastic run finished yet)
+        ax.set_xlim(min([*sweep["keep_prob"], 1.0]) - 0.05, 1.02)
         _label_ablation_panel(ax, part, "keep probability p")
 
     return _draw_panels(table, draw, out_paths, "Ablation: keep probability")

@@ -163,19 +163,20 @@ class FusedTrainer:
         its models, as alone)."""
         for member in self.members:
             member.setup()
-        mechanism = self._resolved_mechanism()
-        if self.compile and mechanism != "horizontal":
+        self.set_mechanism(self._resolved_mechanism(), compile=self.compile)
+
+    def set_mechanism(self, mechanism: str, compile: bool = False) -> None:
+        """Step the set-up members by `mechanism` (not auto) from now on, the horizontal step
+        through torch.compile where `compile` (the bench switches both)."""
+        if compile and mechanism != "horizontal":
             raise ConfigError(f"compile is a setting of the horizontal mechanism; this group "
                               f"runs {mechanism} (ask for --mechanism horizontal)")
-        self.set_mechanism(mechanism)
-
-    def set_mechanism(self, mechanism: str) -> None:
-        """Step the set-up members by `mechanism` (not auto) from now on (the bench switches)."""
         if self.horizontal is not None:
             self.horizontal.write_back()
         self.horizontal = None
+        self.compile = compile
         if mechanism == "horizontal":  # refuses members of different architectures
-            self.horizontal = HorizontalGroup(self.members, compile=self.compile)
+            self.horizontal = HorizontalGroup(self.members, compile=compile)
         self.streams = MemberStreams(len(self.members), mechanism)
         self.record["mechanism"] = mechanism  # every member holds this record
 
@@ -238,7 +239,10 @@ class FusedTrainer:
         leaves `stepping`. Returns (index, segment seconds so far) of each member that
         stepped. The loop `run_round` runs, and what `bench --fused` times."""
         if self.horizontal is not None:
-            return self.horizontal.step_once(self, stepping, batches, lrs)
+            stepped, ended = self.horizontal.step_once(stepping, batches, lrs)
+            for i in ended:  # written back: each ends its epoch as a solo member does
+                self._end_epoch(i, lrs[i])
+            return stepped
         stepped: list[tuple[int, float]] = []
         for i in list(stepping):
             elapsed = self.step_member(i, batches[i], lrs[i])

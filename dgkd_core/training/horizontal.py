@@ -260,10 +260,12 @@ class HorizontalGroup:
                          lrs, momentum=self.sgd["momentum"],
                          weight_decay=self.sgd["weight_decay"], nesterov=self.sgd["nesterov"])
 
-    def step_once(self, fused, stepping: list[int], batches: dict, lrs: dict[int, float]
-                  ) -> list[tuple[int, float]]:
-        """`FusedTrainer.step_once` for this group (`fused`): the members in `stepping` step as
-        one stack; each whose loader ran out ends its epoch (after the write-back)."""
+    def step_once(self, stepping: list[int], batches: dict, lrs: dict[int, float]
+                  ) -> tuple[list[tuple[int, float]], list[int]]:
+        """`FusedTrainer.step_once` for this group: the members in `stepping` step as one
+        stack on their next batches (batches[i]: an iterator). Returns (index, segment seconds
+        so far) of each that stepped, and the members whose loaders ran out: they leave
+        `stepping`, written back, for the caller to end their epochs."""
         got, ended = {}, []
         for i in stepping:
             batch = next(batches[i], None)
@@ -274,6 +276,6 @@ class HorizontalGroup:
         elapsed = self.step(got, lrs) if got else {}
         for i in ended:
             stepping.remove(i)
+        if ended:
             self.write_back()
-            fused._end_epoch(i, lrs[i])
-        return list(elapsed.items())
+        return list(elapsed.items()), ended

@@ -21,6 +21,7 @@ from dgkd_core.campaign.report import README_BEGIN, campaign_report, readme_box
 from dgkd_core.campaign.state import (CAMPAIGNS, CampaignError, campaign_configs, data_targets,
                                       load_plan, read_manifest, restore, run_key)
 from dgkd_core.config import config_hash
+from dgkd_core.guides.checkpoints import weights_fingerprint
 from helpers import assert_same_weights
 
 REPO = Path(__file__).resolve().parents[3]
@@ -53,7 +54,8 @@ def fake_workdir(workdir: Path, plan, in_flight=(), hashes=None) -> None:
             torch.save({"identity": {"config_hash": digest}, "epoch": 1, "step": 3,
                         "train_time_s": 0.5, "history": [{"time_s": 2.0}]}, folder / "resume.pt")
             continue
-        torch.save({"state_dict": {"w": torch.full((3,), float(i))}}, folder / "model.pt")
+        torch.save({"state_dict": {"w": torch.full((3,), float(i))}, "model": run.model,
+                    "num_classes": 10}, folder / "model.pt")
         (folder / "history.csv").write_text("epoch,time_s\n1,2.0\n2,2.0\n3,2.0\n")
         (folder / "metrics.json").write_text(json.dumps({
             "config_hash": digest, "epochs": 3, "top1_last": 50.0 + i, "top5_last": 90.0,
@@ -102,6 +104,15 @@ def test_pack_unpack_restore_round_trip_keeps_bytes(tmp_path, tiny):
     assert manifest["runs"][flight]["epochs_done"] == 1
     assert sum(e["status"] == "done" for e in manifest["runs"].values()) == 6
     assert not list(state.rglob("*/data/*"))  # prepared data is never packed
+    guiding = {g for r in plan.runs() for g in plan.guides(r)}
+    for run in plan.runs():  # weights kept where a later run loads them; students' identified
+        entry = manifest["runs"][run_key(run)]
+        if entry["status"] == "done":
+            assert ("model.pt" in entry["files"]) == (run in guiding), run_key(run)
+            assert ("weights_sha256" in entry) == (run not in guiding), run_key(run)
+    student = plan.table1_runs()[0]
+    assert manifest["runs"][run_key(student)]["weights_sha256"] == \
+        weights_fingerprint(tmp_path / "w0" / student.file("model.pt"))
     for run in plan.runs():  # copied, not re-serialised
         for name in manifest["runs"][run_key(run)]["files"]:
             assert (state / run.dir / name).read_bytes() == \
@@ -148,9 +159,9 @@ def test_a_run_whose_config_changed_is_not_restored_nor_what_it_guides(tmp_path,
     guided = [r for r in new_plan.runs() if ta in new_plan.guides(r)]
     for run in guided:  # what the TA guides retrains too
         assert result.refused[run_key(run)] == f"its guide {ta.dir} is retrained"
-        assert not (work / run.file("model.pt")).exists()
+        assert not (work / run.file("metrics.json")).exists()
     assert len(result.restored) == 7 - 1 - len(guided)
-    assert (work / new_plan.runs()[0].file("model.pt")).exists()
+    assert (work / new_plan.runs()[0].file("metrics.json")).exists()
     record = json.loads((work / "results" / "campaign_restore.json").read_text())
     assert record["refused"] == result.refused
     # packed again (nothing retrained yet): the stale runs are left out, and the report says so
@@ -279,8 +290,14 @@ def test_three_cut_windows_end_bit_identical_to_a_straight_run(tmp_path):
     assert last.strip().splitlines()[-1].startswith("campaign tiny: 7 of 7 runs done")
     assert in_flight > 0, "no window was cut while a run trained"
     state = tmp_path / "state" / "tiny"
+    manifest = read_manifest(state)
     for run in plan.runs():
-        assert_same_weights(straight / run.file("model.pt"), state / run.file("model.pt"))
+        if "model.pt" in manifest["runs"][run_key(run)]["files"]:  # a guide
+            assert_same_weights(straight / run.file("model.pt"), state / run.file("model.pt"))
+        else:  # a student: its weights identified, not kept
+            assert manifest["runs"][run_key(run)]["weights_sha256"] == \
+                weights_fingerprint(straight / run.file("model.pt"))
+    assert sum("model.pt" in e["files"] for e in manifest["runs"].values()) == 2  # teacher, TA
     assert (tmp_path / f"win{n + 1}" / "results" / "table1.csv").read_bytes() == \
         (straight / "results" / "table1.csv").read_bytes()
     assert not list(state.rglob("resume.pt")) and not list(state.rglob("*.log"))

@@ -75,6 +75,16 @@ def test_keep_prob_figure_does_not_turn_a_tenth_of_a_point_into_a_cliff(tmp_path
     assert lo < 39.30 and hi > 39.40
 
 
+def test_keep_prob_figure_draws_a_panel_without_sdgkd_and_an_empty_table(tmp_path):
+    table = keep_prob_table()
+    fig = plots.keep_prob_figure(table[table["method"] == "dgkd"], [tmp_path / "d.png"])
+    (ax,) = visible_axes(fig)
+    assert ax.get_xlim()[0] == pytest.approx(0.95)
+    empty = plots.keep_prob_figure(table.iloc[0:0], [tmp_path / "e.png"])
+    assert [t.get_text() for t in empty.axes[0].texts] == ["no runs"]
+    assert (tmp_path / "d.png").stat().st_size > 0 and (tmp_path / "e.png").stat().st_size > 0
+
+
 def test_every_accuracy_figure_spans_at_least_the_minimum(tmp_path):
     base = {"dataset": "c", "family": "plane", "teacher": "plane10", "student": "plane2",
             "top1_last_std": 0.05, "paper_top1": np.nan, "n_seeds": 2}
