@@ -89,7 +89,7 @@ def _train(args) -> int:
 
 def _guide_table(args) -> int:
     from dgkd_core.config import deep_update, parse_overrides
-    from dgkd_core.guides.tables import make_guide_table
+    from dgkd_core.guides.logit_tables import make_guide_table
 
     run = read_run_file(args.config) if args.config else {}
     run = deep_update(run, parse_overrides(args.set or []))

@@ -1,4 +1,4 @@
-# A guide's logits for every crop-and-flip view of the training set (dgkd_core.guides.tables),
+# A guide's logits for every crop-and-flip view of the training set (dgkd_core.guides.logit_tables),
 # built once where its users would otherwise run it for more than 162 epochs together
 # (dgkd_core.experiment.table_plan; the `guide_tables` setting). Its users take the table as an input in
 # place of running the guide; it is removed once the last of them has trained, unless

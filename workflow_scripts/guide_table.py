@@ -1,4 +1,4 @@
-"""Adapter: rule guide_table -> dgkd_core.guides.tables.make_guide_table (one guide's table)."""
+"""Adapter: rule guide_table -> dgkd_core.guides.logit_tables.make_guide_table (one guide's table)."""
 
 import sys
 
@@ -7,7 +7,7 @@ sys.stdout = sys.stderr = open(snakemake.log[0], "a", buffering=1)
 import torch
 
 from dgkd_core.cli import setup_logging
-from dgkd_core.guides.tables import make_guide_table
+from dgkd_core.guides.logit_tables import make_guide_table
 
 setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

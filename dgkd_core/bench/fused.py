@@ -39,7 +39,7 @@ from dgkd_core import io
 from dgkd_core.config import resolve_run_config
 from dgkd_core.data import CROP_PAD, load_prepared, prepare_dataset, views_per_image
 from dgkd_core.guides.checkpoints import save_checkpoint
-from dgkd_core.guides.tables import save_guide_table
+from dgkd_core.guides.logit_tables import save_guide_table
 from dgkd_core.method.models import build_model
 from dgkd_core.runtime import fast_settings
 from dgkd_core.training.fused import FusedTrainer

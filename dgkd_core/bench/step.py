@@ -150,7 +150,7 @@ def _project_trainer(data_path: Path, spec: dict, device, root: Path):
     the real shape and dtype ([N, 162, C], bf16 on the CUDA fast path): a lookup costs the same
     whatever they hold. λ, T and the rest are the run config's defaults."""
     from dgkd_core.guides.checkpoints import save_checkpoint
-    from dgkd_core.guides.tables import save_guide_table
+    from dgkd_core.guides.logit_tables import save_guide_table
     from dgkd_core.runtime import fast_settings
     from dgkd_core.training.trainer import Trainer
 
@@ -209,7 +209,7 @@ def _table_build_views_s(data, device, images: int) -> float:
     with the fast path `train()` uses (prepared guide; bf16 on CUDA)."""
     from dgkd_core.data import Normalizer
     from dgkd_core.guides.prepared import prepare_guide
-    from dgkd_core.guides.tables import build_guide_table
+    from dgkd_core.guides.logit_tables import build_guide_table
     from dgkd_core.runtime import fast_settings
 
     fast = fast_settings(DEFAULT_RUN_CONFIG, device)

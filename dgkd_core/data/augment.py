@@ -61,7 +61,7 @@ def augment_batch(images_uint8: torch.Tensor, generator: torch.Generator,
     return crop_flip(images_uint8, dy, dx, flip, pad)
 
 
-# The views of the crop and flip, numbered for guide tables (dgkd_core.guides.tables).
+# The views of the crop and flip, numbered for guide tables (dgkd_core.guides.logit_tables).
 
 
 def views_per_image(pad: int = 4) -> int:

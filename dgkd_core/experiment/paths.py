@@ -25,7 +25,7 @@ from dgkd_core.method.registry import METHODS, REGISTRY, canonical_method, get_m
 
 RESULTS = "results"
 RUN_FILES = ("model.pt", "metrics.json", "history.csv")
-# A guide's table of logits (dgkd_core.guides.tables), beside its model.pt: built where the plan
+# A guide's table of logits (dgkd_core.guides.logit_tables), beside its model.pt: built where the plan
 # uses one (Plan.uses_table), temporary unless keep_guide_tables.
 GUIDE_TABLE_FILE = "guide_table.pt"
 _LINEAGE_SEP = "-"

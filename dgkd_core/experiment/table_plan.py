@@ -1,4 +1,4 @@
-"""Which guides get a table (dgkd_core.guides.tables), and which of the runs they guide use it.
+"""Which guides get a table (dgkd_core.guides.logit_tables), and which of the runs they guide use it.
 
 The workflow setting `guide_tables` decides: `false` runs every guide inline, as before; `true`
 gives every guide a table that some run it guides can use; `auto` gives one where it pays: a

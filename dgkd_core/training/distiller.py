@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from dgkd_core.errors import TrainingError
-from dgkd_core.guides.tables import GuideTable
+from dgkd_core.guides.logit_tables import GuideTable
 from dgkd_core.method.losses import check_loss_settings, dgkd_loss, guide_term_names
 
 __all__ = ["Distiller"]
@@ -21,7 +21,7 @@ __all__ = ["Distiller"]
 class Distiller(nn.Module):
     """A student plus its frozen guides (teacher first, then TAs largest to smallest).
 
-    A guide is a module run on each batch, or a GuideTable (dgkd_core.guides.tables) whose rows
+    A guide is a module run on each batch, or a GuideTable (dgkd_core.guides.logit_tables) whose rows
     for the batch's views stand in for its forward pass. The guide modules never train: their
     parameters do not require grad, they stay in eval() whatever `train()` is called with, and
     they run under inference mode. loss_cfg: a run config's `loss`, checked here once

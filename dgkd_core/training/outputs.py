@@ -56,7 +56,7 @@ class TrainerOutputs:
             "dataset": meta["name"],
             "num_classes": int(meta["num_classes"]),
             "guides": self.guide_paths,
-            # Per guide: looked up from its table (dgkd_core.guides.tables), or run inline.
+            # Per guide: looked up from its table (dgkd_core.guides.logit_tables), or run inline.
             "guide_tables": [t is not None for t in self.table_paths],
             "epochs": cfg["epochs"],
             "top1_last": last["test_top1"],

@@ -17,7 +17,7 @@ from dgkd_core.data.validation import hold_out
 from dgkd_core.errors import TrainingError
 from dgkd_core.guides.checkpoints import check_writable_dir, file_fingerprint, load_guide
 from dgkd_core.guides.prepared import prepare_guide
-from dgkd_core.guides.tables import GuideTable, load_guide_table
+from dgkd_core.guides.logit_tables import GuideTable, load_guide_table
 from dgkd_core.method.models import build_model
 from dgkd_core.runtime import fast_settings, make_autocast, pick_device, seed_everything
 from dgkd_core.schema import ConfigError

@@ -30,7 +30,7 @@ from dgkd_core.config import resolve_run_config
 from dgkd_core.data import PreparedData
 from dgkd_core.errors import TrainingError
 from dgkd_core.guides.checkpoints import first_non_finite
-from dgkd_core.guides.tables import aligned_tables
+from dgkd_core.guides.logit_tables import aligned_tables
 from dgkd_core.method.losses import SegmentKeepMasks, step_mask_drawer
 from dgkd_core.method.registry import check_guides
 from dgkd_core.runtime import StopFlag, elapsed_s, epoch_generator

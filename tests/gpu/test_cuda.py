@@ -149,7 +149,7 @@ def test_guide_table_on_cuda_matches_the_inline_guide_in_the_graph(same_seed_run
                                                                    tmp_path):
     """A bf16 table built on the GPU, looked up inside the captured step, against the folded
     bf16 guide run inline in it: the same training to bf16 rounding."""
-    from dgkd_core.guides.tables import make_guide_table
+    from dgkd_core.guides.logit_tables import make_guide_table
 
     (_, guide), _ = same_seed_runs
     table = tmp_path / "guide_table.pt"

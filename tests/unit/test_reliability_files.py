@@ -14,7 +14,7 @@ from dgkd_core import io
 from dgkd_core.guides import checkpoints
 from dgkd_core.errors import TrainingError
 from dgkd_core.data import load_prepared
-from dgkd_core.guides.tables import load_guide_table, save_guide_table, table_checksum
+from dgkd_core.guides.logit_tables import load_guide_table, save_guide_table, table_checksum
 
 PAD = 4
 

@@ -1,4 +1,4 @@
-"""Guide tables and prepared guides (dgkd_core.guides.tables, dgkd_core.guides.prepared).
+"""Guide tables and prepared guides (dgkd_core.guides.logit_tables, dgkd_core.guides.prepared).
 
 The tables are checked against the guide run inline on the loader's own batches, and the view
 numbering against a crop and flip written out here by hand (pad, slice, torch.flip)."""
@@ -18,7 +18,7 @@ from dgkd_core.data import (Normalizer, TensorLoader, load_prepared, prepare_dat
 from dgkd_core.errors import TrainingError
 from dgkd_core.guides.checkpoints import load_guide
 from dgkd_core.guides.prepared import count_batchnorms, fold_batchnorm, prepare_guide
-from dgkd_core.guides.tables import (build_guide_table, load_guide_table, make_guide_table,
+from dgkd_core.guides.logit_tables import (build_guide_table, load_guide_table, make_guide_table,
                                      save_guide_table, table_checksum)
 from dgkd_core.method.losses import dgkd_loss
 from dgkd_core.method.models import build_model

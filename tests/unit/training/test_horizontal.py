@@ -28,7 +28,7 @@ from dgkd_core.guides.checkpoints import load_checkpoint
 from dgkd_core.errors import ConfigError
 from dgkd_core.data import prepare_dataset
 from dgkd_core.training.fused import train_fused
-from dgkd_core.guides.tables import make_guide_table
+from dgkd_core.guides.logit_tables import make_guide_table
 from dgkd_core.training.horizontal import HorizontalGroup, stacked_sgd_
 from dgkd_core.method.models import build_model
 from dgkd_core.training.trainer import EXIT_RESUMABLE, Trainer, TrainingInterrupted, train

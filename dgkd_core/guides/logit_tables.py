@@ -45,7 +45,7 @@ from dgkd_core.schema import ConfigError
 __all__ = ["GUIDE_TABLE_FORMAT", "GuideTable", "aligned_tables", "build_guide_table",
            "load_guide_table", "make_guide_table", "save_guide_table"]
 
-log = logging.getLogger("dgkd_core.guides.tables")
+log = logging.getLogger("dgkd_core.guides.logit_tables")
 
 GUIDE_TABLE_FORMAT = 2  # 2: the record holds the table's sha256 (`table_sha256`)
 _KIND = "dgkd_core guide table"
