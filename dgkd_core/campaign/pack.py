@@ -22,7 +22,8 @@ from dgkd_core import io
 from dgkd_core.campaign.state import (MANIFEST, MANIFEST_FORMAT, RESTORE_RECORD, WEIGHTS,
                                       CampaignError, check_manifest, done_files, files_of,
                                       found_status, git_commit, guiding_runs, read_manifest,
-                                      repo_relative, run_key, state_files, untrusted_reason)
+                                      repo_relative, run_key, state_files, untrusted_reason,
+                                      windows_spent)
 from dgkd_core.config import config_hash
 from dgkd_core.experiment.paths import RESULTS, Run
 from dgkd_core.experiment.plan import Plan
@@ -180,9 +181,8 @@ def progress_line(manifest: dict, total: int) -> str:
     """`12 of 27 runs done, 3 in flight, 12 to do; 41.5 GPU-minutes in 5 windows`."""
     statuses = [entry["status"] for entry in manifest["runs"].values()]
     done, flight = statuses.count("done"), statuses.count("in_flight")
-    seconds = sum(w.get("seconds") or 0 for w in manifest.get("windows", []))
     return (f"{done} of {total} runs done, {flight} in flight, {total - done - flight} to do; "
-            f"{seconds / 60:.1f} GPU-minutes in {len(manifest.get('windows', []))} windows")
+            f"{windows_spent(manifest)}")
 
 
 # ------------------------------------------------------------------ unpack

@@ -12,7 +12,8 @@ import datetime
 import statistics
 from pathlib import Path
 
-from dgkd_core.campaign.state import load_plan, read_manifest, repo_relative, run_key
+from dgkd_core.campaign.state import (load_plan, read_manifest, repo_relative, run_key,
+                                      windows_spent)
 from dgkd_core.experiment import paths
 from dgkd_core.experiment.plan import Plan
 from dgkd_core.io import atomic_write_text
@@ -53,11 +54,10 @@ def _progress_lines(plan: Plan, manifest: dict) -> list[str]:
     runs, total = manifest["runs"], len(plan.runs())
     done = [k for k, e in runs.items() if e["status"] == "done"]
     flight = [k for k, e in runs.items() if e["status"] == "in_flight"]
-    windows = manifest.get("windows", [])
-    gpu_s = sum(w.get("seconds") or 0 for w in windows)
+    gpu_s = sum(w.get("seconds") or 0 for w in manifest.get("windows", []))
     lines = [f"- Runs: **{len(done)} of {total} done**, {len(flight)} in flight, "
              f"{total - len(done) - len(flight)} to do.",
-             f"- GPU time spent: {gpu_s / 60:.1f} minutes in {len(windows)} windows."]
+             f"- Spent: {windows_spent(manifest)}."]
     lines += [f"  - in flight: `{k}`: epoch {runs[k]['epochs_done']} of {runs[k]['epochs']} "
               f"done (+{runs[k].get('step', 0)} steps)" for k in flight]
     lines.append(_estimate_line(plan, runs, gpu_s))
