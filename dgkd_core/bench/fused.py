@@ -18,14 +18,18 @@ switched between mechanisms by `FusedTrainer.set_mechanism`: no copy of the trai
 
 Each figure: `warmup` untimed rounds, then `steps` timed rounds (one step of each member),
 repeated `repeat` times; the median of the repeats' seconds. Reported per workload and
-mechanism: aggregate img/s (K x steps x 128 images / s), per-model img/s and the ratio of
-aggregate img/s to the K solo runs'. fused.json is rewritten after every figure, so a call cut
+mechanism: aggregate img/s (K x steps x 128 images / s), per-model img/s, the ratio of
+aggregate img/s to the K solo runs', and `ops_per_round`: the computing aten ops one round
+runs (torch.profiler; views and allocations left out), a device-independent proxy for the
+kernels it launches, which bound small-model training on a GPU (a CUDA graph's replay runs
+none; for horizontal_compile, whose inductor kernels are no aten ops, it is not counted). fused.json is rewritten after every figure, so a call cut
 short by a time cap keeps what it measured; a mechanism that raises is recorded as `failed`
 (its error; the traceback on stderr) and the other figures are still taken.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import statistics
 import tempfile
@@ -115,10 +119,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _seconds(fused: FusedTrainer, phases: list[list[int]], steps: int, warmup: int) -> float:
+def _seconds(fused: FusedTrainer, phases: list[list[int]], steps: int, warmup: int,
+             around=contextlib.nullcontext) -> float:
     """Seconds of `steps` rounds of `fused.step_once` over each phase's members (after
     `warmup` untimed rounds), the phases one after another; each member starts an epoch at
-    step 0 (untimed) that outlasts the rounds."""
+    step 0 (untimed) that outlasts the rounds. around(): entered around each timed round."""
     device, total = fused.members[0].device, 0.0
     for stepping in phases:
         lrs = {}
@@ -133,7 +138,8 @@ def _seconds(fused: FusedTrainer, phases: list[list[int]], steps: int, warmup: i
                 fused.streams.join(stepping)
                 _sync(device)
                 start = time.perf_counter()
-            fused.step_once(live, batches, lrs)
+            with around() if n >= warmup else contextlib.nullcontext():
+                fused.step_once(live, batches, lrs)
         fused.streams.join(stepping)
         _sync(device)
         total += time.perf_counter() - start
@@ -149,23 +155,61 @@ def _skip_reason(mechanism: str, device: torch.device) -> str | None:
     return None
 
 
+def _phases(fused: FusedTrainer, mechanism: str) -> list[list[int]]:
+    """The members stepping together: one at a time for solo, else all."""
+    k = len(fused.members)
+    return [[i] for i in range(k)] if mechanism == "solo" else [list(range(k))]
+
+
 def _measure(fused: FusedTrainer, mechanism: str, steps: int, warmup: int,
              repeat: int) -> list[float]:
     """Each repeat's seconds for the members by `mechanism`."""
-    k = len(fused.members)
     fused.set_mechanism({"solo": "sequential", "horizontal_compile": "horizontal"}
                         .get(mechanism, mechanism), compile=mechanism == "horizontal_compile")
-    phases = [[i] for i in range(k)] if mechanism == "solo" else [list(range(k))]
-    return [_seconds(fused, phases, steps, warmup) for _ in range(repeat)]
+    return [_seconds(fused, _phases(fused, mechanism), steps, warmup) for _ in range(repeat)]
+
+
+# aten ops that only make views, allocate or read a scalar: no kernel of their own
+_NOT_COMPUTING = frozenset(f"aten::{name}" for name in (
+    "empty empty_strided empty_like as_strided view view_as _reshape_alias reshape _unsafe_view "
+    "expand expand_as permute t transpose unsqueeze squeeze select slice narrow split unbind "
+    "detach alias lift_fresh result_type resize_ set_ item _local_scalar_dense is_nonzero "
+    "flatten movedim contiguous to _to_copy").split())
+_ROUND = "bench_round"
+
+
+def _ops_per_round(fused: FusedTrainer, mechanism: str) -> int | None:
+    """The computing aten ops (leaf ops, _NOT_COMPUTING left out) of one round of the members
+    by `mechanism` (already set by _measure), after one untimed round; None for
+    horizontal_compile."""
+    if mechanism == "horizontal_compile":
+        return None
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            _seconds(fused, _phases(fused, mechanism), 1, 1,
+                     around=lambda: record_function(_ROUND))
+    except Exception:  # noqa: BLE001 - the timing stands without the count
+        traceback.print_exc()
+        return None
+
+    def in_round(event) -> bool:
+        while event is not None and event.name != _ROUND:
+            event = event.cpu_parent
+        return event is not None
+
+    return sum(1 for e in prof.events() if e.name.startswith("aten::") and not e.cpu_children
+               and e.name not in _NOT_COMPUTING and in_round(e))
 
 
 def _entry(workload: str, members: list[tuple], mechanism: str, runs_s: list[float],
-           steps: int) -> dict:
+           steps: int, ops: int | None) -> dict:
     k = len(members)
     img_s = steps * BATCH_SIZE * k / statistics.median(runs_s)
     return {"workload": workload, "model": members[0][0], "members": k, "mechanism": mechanism,
             "aggregate_img_s": round(img_s, 1), "per_model_img_s": round(img_s / k, 1),
-            "ratio_to_solo": None,
+            "ratio_to_solo": None, "ops_per_round": ops,
             "repeats_s": [round(s, 4) for s in runs_s]}
 
 
@@ -226,7 +270,7 @@ def _one(fused, workload, members, mechanism, steps, warmup, repeat) -> dict:
         traceback.print_exc()
         lines = str(err).strip().splitlines() or [""]
         return {**head, "failed": f"{type(err).__name__}: {lines[0][:300]}"}
-    return _entry(workload, members, mechanism, runs_s, steps)
+    return _entry(workload, members, mechanism, runs_s, steps, _ops_per_round(fused, mechanism))
 
 
 def format_table(result: dict) -> str:
@@ -234,7 +278,7 @@ def format_table(result: dict) -> str:
              f"{result['timed_steps']} timed rounds after {result['warmup']}, median of "
              f"{result['repeat']})",
              f"{'workload':26s} {'K':>3s} {'mechanism':19s} {'aggregate img/s':>16s} "
-             f"{'per-model img/s':>16s} {'vs solo':>8s}"]
+             f"{'per-model img/s':>16s} {'vs solo':>8s} {'ops/round':>10s}"]
     for e in result["workloads"]:
         head = f"{e['workload']:26s} {e['members']:3d} {e['mechanism']:19s}"
         if "skipped" in e:
@@ -244,8 +288,9 @@ def format_table(result: dict) -> str:
             lines.append(f"{head} FAILED: {e['failed']}")
             continue
         ratio = "" if e["ratio_to_solo"] is None else f"{e['ratio_to_solo']:.2f}x"
+        ops = "" if e.get("ops_per_round") is None else str(e["ops_per_round"])
         lines.append(f"{head} {e['aggregate_img_s']:16.1f} {e['per_model_img_s']:16.1f} "
-                     f"{ratio:>8s}")
+                     f"{ratio:>8s} {ops:>10s}")
     return "\n".join(lines)
 
 

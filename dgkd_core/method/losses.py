@@ -35,11 +35,13 @@ __all__ = [
     "CONVENTIONS",
     "SegmentKeepMasks",
     "check_loss_settings",
+    "convention_weights",
     "dgkd_loss",
     "draw_keep_mask",
     "draw_released_drop_mask",
     "guide_term_names",
     "kd_loss",
+    "stacked_dgkd_loss",
     "step_mask_drawer",
 ]
 
@@ -142,12 +144,9 @@ def dgkd_loss(
         return ce, terms
 
     kd = torch.stack([kd_loss(student_logits, g, temperature) for g in guide_logits])
-    if convention == "released_code":
-        kd = kd / student_logits.shape[1]
-    if convention.startswith("released_code"):
-        ce_weight = 1.0 - lam
-    else:
-        ce_weight = n * (1.0 - lam)
+    ce_weight, kd_divisor = convention_weights(n, lam, convention, student_logits.shape[1])
+    if kd_divisor != 1:
+        kd = kd / kd_divisor
     terms.update(zip(guide_term_names(n), kd.unbind(0)))
 
     if keep is None:
@@ -159,6 +158,47 @@ def dgkd_loss(
     total = ce_weight * ce + lam * kd_sum
     terms["total"] = total
     return total, terms
+
+
+def convention_weights(n_guides: int, lam: float, convention: str, num_classes: int
+                       ) -> tuple[float, int]:
+    """(CE weight, KD divisor) of a student with `n_guides` guides under `convention`: paper
+    n·(1−λ) and 1; released_code (1−λ) and C = `num_classes`; released_code_batchmean (1−λ)
+    and 1. With no guide the loss is plain CE: (1.0, 1)."""
+    if n_guides == 0:
+        return 1.0, 1
+    if convention.startswith("released_code"):
+        return 1.0 - lam, num_classes if convention == "released_code" else 1
+    return n_guides * (1.0 - lam), 1
+
+
+def stacked_dgkd_loss(student_logits: Tensor, guide_logits: Tensor | None, targets: Tensor, *,
+                      guide_weights: Tensor, kd_divisors: Tensor, ce_weights: Tensor,
+                      temperatures: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`dgkd_loss` of K students at once (a horizontal group's stacked step): the same
+    terms in float32, summed in another order, so each member's equal its own to float rounding.
+
+    ``student_logits`` ``[K, B, C]``; ``guide_logits`` ``[K, G, B, C]`` (G the most guides of a
+    member; the rows of a guide a member lacks are ignored: weight 0), or None where no member
+    has a guide; ``targets`` ``[K, B]`` int64. Per member (float32 on the logits' device):
+    ``guide_weights`` ``[K, G]``: λ·keep_i for each guide it has, 0 beyond; ``kd_divisors``
+    ``[K]`` and ``ce_weights`` ``[K]``: :func:`convention_weights`; ``temperatures`` ``[K]``.
+
+    Returns ``(totals [K], ce [K], kd [K, G])``: each member's total, CE, and KD terms (divided
+    as its convention says, unweighted, un-masked; KD ``[K, 0]`` where guide_logits is None)."""
+    k, b, c = student_logits.shape
+    logits = student_logits.float()
+    ce = F.cross_entropy(logits.reshape(k * b, c), targets.reshape(k * b),
+                         reduction="none").view(k, b).mean(1)
+    if guide_logits is None:
+        return ce_weights * ce, ce, logits.new_zeros(k, 0)
+    t = temperatures.view(k, 1, 1, 1)
+    log_p_student = F.log_softmax(logits.unsqueeze(1) / t, dim=-1)  # [K, 1, B, C]
+    log_p_guide = F.log_softmax(guide_logits.detach().float() / t, dim=-1)  # [K, G, B, C]
+    kl = F.kl_div(log_p_student.expand_as(log_p_guide), log_p_guide, reduction="none",
+                  log_target=True).sum(-1).mean(-1)  # [K, G]: summed over C, mean over B
+    kd = kl * (temperatures * temperatures).view(k, 1) / kd_divisors.view(k, 1)
+    return ce_weights * ce + (guide_weights * kd).sum(1), ce, kd
 
 
 def draw_keep_mask(

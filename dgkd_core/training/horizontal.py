@@ -9,8 +9,9 @@ buffers), and each linear layer into a batched matmul. So K trainings become one
 wider kernels. What stays each member's own, as in its solo run:
 
 - its batch stream (its loader: its seed's order and augmentation), guides or guide-table rows,
-  keep masks, loss settings and lr schedule: the losses are computed member by member from the
-  member's slice of the stacked logits (`Distiller.loss_terms`);
+  keep masks, loss settings and lr schedule: the members' losses are one computation over the
+  stacked logits, each with its own settings (dgkd_core.training.stacked_loss, float rounding
+  apart the maths of each member's `Distiller.loss_terms`);
 - its optimizer state: stacked SGD (`stacked_sgd_`) runs torch's foreach SGD arithmetic over
   the stacked tensors; it is elementwise, so each member's slice is what its own SGD computes;
 - its `Trainer`: bookkeeping per step (`Trainer.record_step`), evaluation, resume state and
@@ -37,6 +38,7 @@ from torch.func import functional_call, vmap
 
 from dgkd_core.errors import ConfigError
 from dgkd_core.runtime import make_autocast
+from dgkd_core.training.stacked_loss import StackedLoss
 
 __all__ = ["HorizontalGroup", "StackedState", "check_stackable", "stacked_sgd_"]
 
@@ -105,6 +107,7 @@ class StackedState:
         # a member's optimizer gets momentum buffers back if it had them or has stepped since
         self.has_momentum = [all(_momentum_buffer(members[i], n) is not None
                                  for n in self.params) for i in indices]
+        self.loss = StackedLoss([members[i] for i in indices])
 
     def write_back(self, members: Sequence) -> None:
         """Copy each member's slice into its student and its optimizer's momentum buffers."""
@@ -232,22 +235,14 @@ class HorizontalGroup:
     def _step_stacked(self, state: StackedState, batches: dict, lrs: dict
                       ) -> list[torch.Tensor]:
         """Forward, backward and SGD of the stacked members; each one's terms [n terms]."""
-        members = [self.members[i] for i in state.indices]
-        x = torch.stack([batches[i][0] for i in state.indices])  # [K, B, 3, H, W]
+        stacked = [batches[i] for i in state.indices]
+        x = torch.stack([batch[0] for batch in stacked])  # [K, B, 3, H, W]
         for p in state.params.values():
             p.grad = None
         with self.autocast:
             logits = self._forward(state.params, state.buffers, x)  # [K, B, classes]
-            totals, out = [], []
-            for k, (i, member) in enumerate(zip(state.indices, members)):
-                batch = batches[i]
-                views = batch[2] if len(batch) > 2 else None
-                total, terms = member.distiller.loss_terms(
-                    logits[k], batch[0], batch[1], member.state.keep_masks.at(member.state.step),
-                    views)
-                totals.append(total)
-                out.append(torch.stack([terms[n].detach().float() for n in member.term_names]))
-            torch.stack(totals).sum().backward()
+            totals, out = state.loss(logits, stacked)
+            totals.sum().backward()
         self._sgd(state, [lrs[i] for i in state.indices])
         state.has_momentum = [True] * len(state.indices)
         return out

@@ -194,10 +194,11 @@ class Trainer(TrainerSetup, TrainerOutputs):
         [B] (a horizontal group, dgkd_core.training.horizontal, runs its members' steps as one)."""
         s = self.state
         finite = torch.isfinite(terms[self.total_index])
-        # Noted on the device and checked when the segment ends: no GPU sync per step.
-        s.bad_step = torch.where((s.bad_step < 0) & ~finite,
-                                 torch.full_like(s.bad_step, s.step), s.bad_step)
-        s.sums_dev += terms.double() * y.shape[0]
+        # Noted on the device and checked when the segment ends: no GPU sync per step. Few
+        # kernels (they run outside the step's graph): the first bad step kept as a where; the
+        # sums in float64, terms x batch exact there (as terms.double() * B, one kernel).
+        s.bad_step = torch.where(finite | (s.bad_step >= 0), s.bad_step, s.step)
+        s.sums_dev.add_(terms, alpha=y.shape[0])
         s.images += y.shape[0] * self.dist.world_size  # the global batch: equal shards
         s.step += 1
         s.last_terms = terms

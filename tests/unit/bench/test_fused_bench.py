@@ -56,7 +56,12 @@ def test_bench_fused_times_each_mechanism_and_writes_fused_json(tmp_path):
         assert e["per_model_img_s"] == pytest.approx(e["aggregate_img_s"] / e["members"],
                                                       rel=0.02)
         assert (e["ratio_to_solo"] is None) == (e["mechanism"] == "solo")
-    assert "students_resnet8_k2" in res.stdout and "horizontal" in res.stdout
+    ops = {(e["workload"][-2:], e["mechanism"]): e.get("ops_per_round") for e in entries}
+    # counts, not timings: solo steps the same members one by one, so it runs sequential's ops;
+    # two stacked members run fewer ops than two steps one after another
+    assert ops["k2", "solo"] == ops["k2", "sequential"] > 2 * 50
+    assert ops["k2", "horizontal"] < ops["k2", "sequential"]
+    assert "students_resnet8_k2" in res.stdout and "ops/round" in res.stdout
 
 
 def test_a_mechanism_that_raises_is_recorded_and_the_bench_goes_on(monkeypatch, capsys):
