@@ -140,8 +140,10 @@ EOF
 figures=$("$PY" - "$OUT/fused.json" 2>/dev/null <<'EOF'
 import json, sys
 done = [e for e in json.load(open(sys.argv[1]))["workloads"] if "aggregate_img_s" in e]
-k15 = {e["mechanism"]: e["aggregate_img_s"] for e in done if e["workload"].endswith("_k15")}
-print(f": {len(done)} figures; K=15 img/s " + ", ".join(f"{m} {v:.0f}" for m, v in k15.items()))
+k15 = {e["mechanism"]: (e["aggregate_img_s"], e.get("ops_per_round"))
+       for e in done if e["workload"].endswith("_k15")}
+print(f": {len(done)} figures; K=15 img/s (ops/round) " +
+      ", ".join(f"{m} {v:.0f} ({ops})" for m, (v, ops) in k15.items()))
 EOF
 )
 row "3 bench --fused" "exit $rc$figures"

@@ -131,7 +131,7 @@ def _seconds(fused: FusedTrainer, phases: list[list[int]], steps: int, warmup: i
             fused.members[i].state.step = 0
             lrs[i] = fused.members[i].begin_epoch()
         fused.streams.fork(stepping)
-        batches = {i: iter(fused.members[i].train_loader) for i in stepping}
+        batches = {i: fused.epoch_batches(i) for i in stepping}
         live = list(stepping)
         for n in range(warmup + steps):
             if n == warmup:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -19,7 +19,23 @@ from dgkd_core.data.recipes import ImagenetFolder
 from dgkd_core.data.shards import shard_slice
 from dgkd_core.device import resolve_device
 
-__all__ = ["StreamLoader", "TensorLoader", "make_loaders"]
+__all__ = ["BatchPlan", "StreamLoader", "TensorLoader", "make_loaders"]
+
+
+class BatchPlan(NamedTuple):
+    """One batch of a TensorLoader's epoch: samples `order[lo:hi]` (or `lo:hi` in order where
+    `order` is None), their crop offsets and flips `aug` (dy, dx, flip: each [N] for the
+    epoch, or None), and guide-table `rows` ([N] or None), all on the loader's device."""
+
+    lo: int
+    hi: int
+    order: torch.Tensor | None
+    aug: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+    rows: torch.Tensor | None
+
+    def crops(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This batch's (dy, dx, flip), each [hi - lo]."""
+        return tuple(t[self.lo:self.hi] for t in self.aug)
 
 
 class TensorLoader(EpochLoader):
@@ -108,6 +124,13 @@ class TensorLoader(EpochLoader):
         return plan
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        for batch in self.batch_plans():
+            yield self.assemble(batch)
+
+    def batch_plans(self) -> Iterator[BatchPlan]:
+        """The rest of the epoch as plans, one per batch (which samples, their crops and table
+        rows), the loader's state advanced as iterating it advances it; `assemble` makes a plan
+        the batch __iter__ yields (dgkd_core.data.stacked_batches: several loaders' at once)."""
         st = self._state
         plan = self._epoch_plan()
         n, bs, total = st.num_samples, st.batch_size, len(st)
@@ -115,25 +138,26 @@ class TensorLoader(EpochLoader):
             k = st.next_batch
             # this rank's slice of global batch k (all of it with one rank)
             lo, hi = shard_slice(k * bs, min((k + 1) * bs, n), self.rank, self.world_size)
-            if lo == hi:  # a short last test batch split over more ranks than it has images
-                st.next_batch = k + 1
-                continue
-            if plan is None:
-                images, labels = self.images[lo:hi], self.labels[lo:hi]
-            else:
-                order, aug, rows = plan
-                idx = order[lo:hi]
-                images, labels = self.images[idx], self.labels[idx]
-                if aug is not None:
-                    images = crop_flip(images, aug[0][lo:hi], aug[1][lo:hi], aug[2][lo:hi],
-                                       self.pad)
             st.next_batch = k + 1
-            if self.with_views:
-                yield self.normalize(images), labels, rows[lo:hi]
-            else:
-                yield self.normalize(images), labels
+            if lo == hi:  # a short last test batch split over more ranks than it has images
+                continue
+            yield BatchPlan(lo, hi, *(plan if plan is not None else (None, None, None)))
         st.finish_epoch()
         self._plan = None
+
+    def assemble(self, batch: BatchPlan) -> tuple[torch.Tensor, ...]:
+        """(x, y) or, with_views, (x, y, rows) of `batch` (one of `batch_plans`)."""
+        lo, hi = batch.lo, batch.hi
+        if batch.order is None:
+            images, labels = self.images[lo:hi], self.labels[lo:hi]
+        else:
+            idx = batch.order[lo:hi]
+            images, labels = self.images[idx], self.labels[idx]
+            if batch.aug is not None:
+                images = crop_flip(images, *batch.crops(), self.pad)
+        if self.with_views:
+            return self.normalize(images), labels, batch.rows[lo:hi]
+        return self.normalize(images), labels
 
 
 # --------------------------------------------------------------------------- stream

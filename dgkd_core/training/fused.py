@@ -98,6 +98,7 @@ class FusedMember(Protocol):
     state: TrainState
     device: torch.device
     train_loader: Any
+    data: PreparedData  # the group's one loaded copy of the member's prepared file
     guide_paths: list[str]
     resume_path: Path
 
@@ -227,15 +228,22 @@ class FusedTrainer:
         active = self._unfinished()
         lrs = {i: self.members[i].begin_epoch() for i in active}
         self.streams.fork(active)
-        batches = {i: iter(self.members[i].train_loader) for i in active}
+        batches = {i: self.epoch_batches(i) for i in active}
         stepping = list(active)
         while stepping:
             self._stop_if_asked(self.step_once(stepping, batches, lrs))
 
+    def epoch_batches(self, index: int) -> Iterator:
+        """Member `index`'s batches for the rest of its epoch, as `step_once` takes them (a
+        horizontal group may make all members' batches as one)."""
+        if self.horizontal is not None:
+            return self.horizontal.epoch_batches(index)
+        return iter(self.members[index].train_loader)
+
     def step_once(self, stepping: list[int], batches: dict, lrs: dict[int, float]
                   ) -> list[tuple[int, float]]:
-        """One step of each member in `stepping` on its next batch (batches[i]: an iterator
-        over its train loader) at lrs[i]; a member whose loader ran out ends its epoch and
+        """One step of each member in `stepping` on its next batch (batches[i]:
+        `epoch_batches(i)`) at lrs[i]; a member whose loader ran out ends its epoch and
         leaves `stepping`. Returns (index, segment seconds so far) of each member that
         stepped. The loop `run_round` runs, and what `bench --fused` times."""
         if self.horizontal is not None:

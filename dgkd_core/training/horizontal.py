@@ -8,7 +8,9 @@ BatchNorm into one over the stacked channels (its running statistics updated in 
 buffers), and each linear layer into a batched matmul. So K trainings become one set of K-times
 wider kernels. What stays each member's own, as in its solo run:
 
-- its batch stream (its loader: its seed's order and augmentation), guides or guide-table rows,
+- its batch stream (its loader: its seed's order and augmentation; the members' batches are
+  made as one where they share a prepared file, dgkd_core.data.stacked_batches, the same
+  pixels bit for bit), guides or guide-table rows,
   keep masks, loss settings and lr schedule: the members' losses are one computation over the
   stacked logits, each with its own settings (dgkd_core.training.stacked_loss, float rounding
   apart the maths of each member's `Distiller.loss_terms`);
@@ -31,11 +33,12 @@ group is deterministic on a CPU, and its resume is bit-identical to an uninterru
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch.func import functional_call, vmap
 
+from dgkd_core.data.stacked_batches import assemble_together, can_assemble_together
 from dgkd_core.errors import ConfigError
 from dgkd_core.runtime import make_autocast
 from dgkd_core.training.stacked_loss import StackedLoss
@@ -195,6 +198,10 @@ class HorizontalGroup:
         self.autocast = make_autocast(members[0].fast)
         self.sgd = _optimizer_settings(members[0])
         self.stacked: StackedState | None = None
+        # the members' batches made as one where their loaders allow (one prepared file)
+        self.together = can_assemble_together(
+            [m.train_loader for m in self.members],
+            all(m.data is self.members[0].data for m in self.members))
         self._forward = vmap(self._one_forward)
         if compile:
             self._forward = torch.compile(self._forward)
@@ -255,12 +262,19 @@ class HorizontalGroup:
                          lrs, momentum=self.sgd["momentum"],
                          weight_decay=self.sgd["weight_decay"], nesterov=self.sgd["nesterov"])
 
+    def epoch_batches(self, index: int) -> Iterator:
+        """What `step_once` takes as member `index`'s batches for the rest of its epoch: its
+        train loader's batch plans where the members' batches are made as one, else its
+        batches."""
+        loader = self.members[index].train_loader
+        return loader.batch_plans() if self.together else iter(loader)
+
     def step_once(self, stepping: list[int], batches: dict, lrs: dict[int, float]
                   ) -> tuple[list[tuple[int, float]], list[int]]:
         """`FusedTrainer.step_once` for this group: the members in `stepping` step as one
-        stack on their next batches (batches[i]: an iterator). Returns (index, segment seconds
-        so far) of each that stepped, and the members whose loaders ran out: they leave
-        `stepping`, written back, for the caller to end their epochs."""
+        stack on their next batches (batches[i]: `epoch_batches(i)`). Returns (index, segment
+        seconds so far) of each that stepped, and the members whose loaders ran out: they
+        leave `stepping`, written back, for the caller to end their epochs."""
         got, ended = {}, []
         for i in stepping:
             batch = next(batches[i], None)
@@ -268,6 +282,9 @@ class HorizontalGroup:
                 ended.append(i)
             else:
                 got[i] = batch
+        if got and self.together:
+            loaders = [self.members[i].train_loader for i in got]
+            got = dict(zip(got, assemble_together(loaders, list(got.values()))))
         elapsed = self.step(got, lrs) if got else {}
         for i in ended:
             stepping.remove(i)
