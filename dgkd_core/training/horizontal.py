@@ -234,14 +234,15 @@ class HorizontalGroup:
             by_shape.setdefault(tuple(batch[0].shape), []).append(i)
         elapsed = {}
         for indices in by_shape.values():
-            terms = self._step_stacked(self._stack(tuple(indices)), batches, lrs)
-            for i, member_terms in zip(indices, terms):
-                elapsed[i] = self.members[i].record_step(member_terms, batches[i][1])
+            terms, finite = self._step_stacked(self._stack(tuple(indices)), batches, lrs)
+            for k, (i, member_terms) in enumerate(zip(indices, terms)):
+                elapsed[i] = self.members[i].record_step(member_terms, batches[i][1], finite[k])
         return elapsed
 
     def _step_stacked(self, state: StackedState, batches: dict, lrs: dict
-                      ) -> list[torch.Tensor]:
-        """Forward, backward and SGD of the stacked members; each one's terms [n terms]."""
+                      ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Forward, backward and SGD of the stacked members: each one's terms [n terms], and
+        whether each one's total loss is finite (bool [K])."""
         stacked = [batches[i] for i in state.indices]
         x = torch.stack([batch[0] for batch in stacked])  # [K, B, 3, H, W]
         for p in state.params.values():
@@ -252,7 +253,7 @@ class HorizontalGroup:
             totals.sum().backward()
         self._sgd(state, [lrs[i] for i in state.indices])
         state.has_momentum = [True] * len(state.indices)
-        return out
+        return out, torch.isfinite(totals.detach())
 
     def _sgd(self, state: StackedState, lrs: list[float]) -> None:
         names = [n for n, p in state.params.items() if p.grad is not None]

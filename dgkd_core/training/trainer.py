@@ -189,11 +189,15 @@ class Trainer(TrainerSetup, TrainerOutputs):
         terms = self.step_fn(x, y, s.keep_masks.at(s.step), lr, views)
         return self.record_step(terms, y)
 
-    def record_step(self, terms: torch.Tensor, y: torch.Tensor) -> float:
+    def record_step(self, terms: torch.Tensor, y: torch.Tensor,
+                    finite: torch.Tensor | None = None) -> float:
         """`run_step`'s bookkeeping of a step already run: terms [len(term_names)], labels y
-        [B] (a horizontal group, dgkd_core.training.horizontal, runs its members' steps as one)."""
+        [B] (a horizontal group, dgkd_core.training.horizontal, runs its members' steps as one);
+        finite: whether the step's total loss is finite (0-d bool), where the caller has it
+        (the group tests all its members' at once)."""
         s = self.state
-        finite = torch.isfinite(terms[self.total_index])
+        if finite is None:
+            finite = torch.isfinite(terms[self.total_index])
         # Noted on the device and checked when the segment ends: no GPU sync per step. Few
         # kernels (they run outside the step's graph): the first bad step kept as a where; the
         # sums in float64, terms x batch exact there (as terms.double() * B, one kernel).

@@ -25,7 +25,7 @@ import yaml
 
 import dgkd_core.training.trainer as train_mod
 from dgkd_core.guides.checkpoints import load_checkpoint
-from dgkd_core.errors import ConfigError
+from dgkd_core.errors import ConfigError, TrainingError
 from dgkd_core.data import prepare_dataset
 from dgkd_core.training.fused import train_fused
 from dgkd_core.guides.logit_tables import make_guide_table
@@ -166,11 +166,11 @@ def test_stopped_horizontal_group_resumes_to_the_straight_result(
     real_record = train_mod.Trainer.record_step
     calls = {"n": 0}
 
-    def record_then_signal(self, terms, y):
+    def record_then_signal(self, terms, y, finite=None):
         calls["n"] += 1
         if calls["n"] == 3 * 2 + 1:  # epoch 1 for all three, then epoch 2's first step
             os.kill(os.getpid(), signal.SIGTERM)
-        return real_record(self, terms, y)
+        return real_record(self, terms, y, finite)
 
     stopped = specs_at(tmp_path / "stopped")
     monkeypatch.setattr(train_mod.Trainer, "record_step", record_then_signal)
@@ -255,6 +255,24 @@ def test_stacked_steps_in_float64_equal_solo_steps(small_data, teacher, second_g
             assert torch.allclose(alone.optimizer.state[p]["momentum_buffer"],
                                   fused.optimizer.state[q]["momentum_buffer"],
                                   rtol=0, atol=1e-6)
+
+
+def test_a_stacked_members_non_finite_loss_is_its_own(small_data, teacher, second_guide,
+                                                       tmp_path):
+    """The group tests every member's total at once: the member whose loss is NaN fails,
+    naming its step, and the others record a finite step."""
+    specs = members(tmp_path, teacher, second_guide)
+    stacked = _set_up(specs, small_data, tmp_path / "stacked")
+    with torch.no_grad():
+        next(stacked[1].distiller.student.parameters()).fill_(float("nan"))
+    group = HorizontalGroup(stacked)
+    lrs = {i: m.begin_epoch() for i, m in enumerate(stacked)}
+    batches = {i: next(group.epoch_batches(i)) for i in range(len(stacked))}
+    batches = {i: (b[0].double(), *b[1:]) for i, b in batches.items()}
+    with pytest.raises(TrainingError, match=r"non-finite loss at epoch 1, step 1 "):
+        group.step(batches, lrs)
+    assert stacked[0].state.step == 1 and int(stacked[0].state.bad_step) == -1
+    assert int(stacked[1].state.bad_step) == 0
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
