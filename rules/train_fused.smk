@@ -42,5 +42,7 @@ for group in FUSED_GROUPS:
             member_guide_tables=untracked(
                 [aligned_guide_tables(run) for run in group.runs]
             ),
+            # Not a rerun trigger (schema: fuse_mechanism); metrics.json records it.
+            mechanism=untracked(SETTINGS["fuse_mechanism"]),
         script:
             "../workflow_scripts/train_fused.py"

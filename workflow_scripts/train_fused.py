@@ -15,4 +15,5 @@ from dgkd_core.training.fused import train_fused
 setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 # As train_model's: once Snakemake is gone, every member saves its resume state and stops.
-train_fused(training_job(snakemake), progress=False, watch_pid=workflow_ancestor_pid())
+train_fused(training_job(snakemake), progress=False, mechanism=snakemake.params.mechanism,
+            watch_pid=workflow_ancestor_pid())

@@ -35,6 +35,7 @@ from dgkd_core.method import registry
 from dgkd_core.method.losses import CONVENTIONS
 from dgkd_core.method.models import model_family
 from dgkd_core.schema import ConfigError, check, check_size
+from dgkd_core.training.fuse_choice import MECHANISMS
 
 __all__ = ["ABLATIONS", "Plan", "ROLES", "default_schema_path", "evenly_spaced",
            "keep_prob_methods", "load_workflow_schema"]
@@ -58,7 +59,8 @@ def load_workflow_schema(path: str | Path | None = None) -> dict:
 
 
 def _fill_registry_lists(schema: dict) -> None:
-    """The schema's lists of methods and loss conventions, from their registries."""
+    """The schema's lists of methods, loss conventions and fused mechanisms, from their
+    registries."""
     methods = [registry.get_method(name) for name in registry.METHODS]
     guided = [m.name for m in methods if m.max_guides != 0]
     along_tas = [m.name for m in methods if m.needs_tas and not m.stochastic]
@@ -68,6 +70,7 @@ def _fill_registry_lists(schema: dict) -> None:
     convention = ablations["convention"]["properties"]
     convention["methods"]["items"]["enum"] = guided
     convention["conventions"]["items"]["enum"] = list(CONVENTIONS)
+    schema["properties"]["fuse_mechanism"]["enum"] = list(MECHANISMS)
 
 
 def keep_prob_methods() -> tuple[str, str]:

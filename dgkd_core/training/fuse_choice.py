@@ -13,7 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CHOICES", "MechanismChoice", "auto_mechanism"]
+__all__ = ["CHOICES", "MECHANISMS", "MechanismChoice", "auto_mechanism"]
+
+# What a fused group may be asked to run (`train-group --mechanism`, the workflow's
+# `fuse_mechanism`): auto resolves per device kind (auto_mechanism).
+MECHANISMS = ("auto", "cuda_streams", "sequential", "horizontal")
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from dgkd_core.config import resolve_run_config
 from dgkd_core.data import PreparedData, load_prepared
 from dgkd_core.runtime import StopFlag, pick_device
 from dgkd_core.schema import ConfigError
-from dgkd_core.training.fuse_choice import auto_mechanism
+from dgkd_core.training.fuse_choice import MECHANISMS, auto_mechanism
 from dgkd_core.training.horizontal import HorizontalGroup, check_stackable
 from dgkd_core.training.resume import TrainState
 from dgkd_core.training.trainer import Trainer, TrainingInterrupted
@@ -52,8 +52,6 @@ from dgkd_core.training.trainer import Trainer, TrainingInterrupted
 __all__ = ["MECHANISMS", "FusedMember", "FusedTrainer", "MemberStreams", "train_fused"]
 
 log = logging.getLogger("dgkd_core.training.fused")
-
-MECHANISMS = ("auto", "cuda_streams", "sequential", "horizontal")
 
 
 class MemberStreams:

@@ -89,3 +89,19 @@ def test_fused_workflow_matches_the_solo_one(tmp_path):
     assert sorted(d for dirs in reruns.values() for d in dirs) == sorted(
         f"seed{s}/{run}" for s in (1, 2) for run in RUNS
         if run.startswith(("dgkd", "nokd/plane2", "kd/plane5-plane2")))
+
+
+@pytest.mark.slow
+def test_fuse_mechanism_reaches_the_groups_and_changing_it_retrains_nothing(tmp_path):
+    """`fuse_mechanism: horizontal`: one seed's three students train as one stacked group
+    (each member's metrics.json records it); back to auto, nothing is retrained."""
+    cfg = {**config(True, seeds=(1,)), "fuse_mechanism": "horizontal"}
+    proc = snakemake(tmp_path, config=cfg)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+    runs = tmp_path / "results" / "runs" / "synthetic" / "seed1"
+    students = ("nokd/plane2", "kd/plane5-plane2", "dgkd/plane5-plane4-plane3-plane2")
+    for run in students:
+        group = json.loads((runs / run / "metrics.json").read_text())["fused_group"]
+        assert group["mechanism"] == "horizontal" and len(group["members"]) == 3, run
+    assert "fused_group" not in json.loads((runs / "nokd/plane5" / "metrics.json").read_text())
+    assert planned_jobs(tmp_path, config(True, seeds=(1,))) == {}
