@@ -336,10 +336,15 @@ def make_loaders(prepared_or_path: PreparedData | str | os.PathLike, *, batch_si
                       num_workers=num_workers, mean=mean, std=std, shard=shard)
         return (StreamLoader(data, "train", batch_size=batch_size, augment=augment, **common),
                 StreamLoader(data, "test", batch_size=eval_batch_size, augment=False, **common))
+    device = resolve_device(device)
     common = dict(mean=mean, std=std, device=device, channels_last=channels_last, dtype=dtype,
                   shard=shard)
-    train = TensorLoader(data.train_images, data.train_labels, batch_size=batch_size, train=True,
-                         augment=augment, generator_seed=seed, with_views=with_views, **common)
-    test = TensorLoader(data.test_images, data.test_labels, batch_size=eval_batch_size,
+    # the data's one device copy, whoever else (a fused group's members) holds it
+    train = TensorLoader(data.on_device("train_images", device),
+                         data.on_device("train_labels", device), batch_size=batch_size,
+                         train=True, augment=augment, generator_seed=seed,
+                         with_views=with_views, **common)
+    test = TensorLoader(data.on_device("test_images", device),
+                        data.on_device("test_labels", device), batch_size=eval_batch_size,
                         train=False, augment=False, generator_seed=seed, **common)
     return train, test

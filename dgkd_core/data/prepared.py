@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -108,6 +108,17 @@ class PreparedData:
     test_labels: torch.Tensor
     meta: dict
     path: str | None = None
+    # What runs holding this object share per device (a fused group's members hold one):
+    # its tensors' device copies and the guide tables placed there, one copy each, not one
+    # per member (key -> tensor or table; `on_device`, TrainerSetup._load_guide).
+    device_copies: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def on_device(self, name: str, device: torch.device) -> torch.Tensor:
+        """Tensor field `name` (train_images, train_labels, ...) on `device`, copied once."""
+        key = (name, str(device))
+        if key not in self.device_copies:
+            self.device_copies[key] = getattr(self, name).to(device).contiguous()
+        return self.device_copies[key]
 
     @property
     def num_classes(self) -> int:

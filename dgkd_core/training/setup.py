@@ -4,8 +4,10 @@ optimizer, the resume state it goes on from, and its step function; and the lr s
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import time
 
 import torch
@@ -112,9 +114,15 @@ class TrainerSetup:
                                   "flip; this run has augment: false or streamed data, so run "
                                   "it without guide tables (guide_tables: false)")
             normalization = cfg["normalize"] or {"mean": self.data.mean, "std": self.data.std}
-            return load_guide_table(table, guide_checkpoint=path, data_meta=self.meta,
-                                    normalization=normalization, pad=CROP_PAD,
-                                    device=self.device)
+            # One placed copy per table for every run holding this data (a fused group's
+            # members): the same file, checked against the same guide and settings.
+            key = ("guide_table", os.path.realpath(table), os.path.realpath(path),
+                   json.dumps(normalization, sort_keys=True), str(self.device))
+            if key not in self.data.device_copies:
+                self.data.device_copies[key] = load_guide_table(
+                    table, guide_checkpoint=path, data_meta=self.meta,
+                    normalization=normalization, pad=CROP_PAD, device=self.device)
+            return self.data.device_copies[key]
         return prepare_guide(guide, fold=fast["fold_guides"], channels_last=fast["channels_last"],
                              dtype=torch.bfloat16 if fast["bf16"] else torch.float32)
 

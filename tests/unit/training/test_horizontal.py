@@ -27,7 +27,7 @@ import dgkd_core.training.trainer as train_mod
 from dgkd_core.guides.checkpoints import load_checkpoint
 from dgkd_core.errors import ConfigError, TrainingError
 from dgkd_core.data import prepare_dataset
-from dgkd_core.training.fused import train_fused
+from dgkd_core.training.fused import FusedTrainer, train_fused
 from dgkd_core.guides.logit_tables import make_guide_table
 from dgkd_core.training.horizontal import HorizontalGroup, stacked_sgd_
 from dgkd_core.method.models import build_model
@@ -273,6 +273,33 @@ def test_a_stacked_members_non_finite_loss_is_its_own(small_data, teacher, secon
         group.step(batches, lrs)
     assert stacked[0].state.step == 1 and int(stacked[0].state.bad_step) == -1
     assert int(stacked[1].state.bad_step) == 0
+
+
+def test_a_groups_members_share_one_copy_of_the_data_and_of_each_table(
+        small_data, teacher, teacher_table, tmp_path):
+    """Two KD members reading one teacher table: one placed table and one device copy of each
+    data tensor for the group, not one per member (a 15-student CIFAR-100 group would else
+    hold 24 copies of 1.6 GB tables); a copy's owner made by `replace` (the validation
+    split) starts its own."""
+    from dataclasses import replace
+
+    specs = [{"config": config(seed=seed, method="kd"), "data": small_data,
+              "out_dir": tmp_path / f"kd{seed}", "guides": [teacher],
+              "guide_tables": [teacher_table]} for seed in (3, 4)]
+    group = FusedTrainer(specs, progress=False, mechanism="horizontal")
+    group.setup()
+    a, b = group.members
+    assert a.data is b.data and a.distiller.tables[0] is b.distiller.tables[0]
+    assert a.train_loader.images is b.train_loader.images
+    keys = list(a.data.device_copies)
+    assert sum(k[0] == "guide_table" for k in keys) == 1
+    assert sorted(k[0] for k in keys if k[0] != "guide_table") == [
+        "test_images", "test_labels", "train_images", "train_labels"]
+    meta = torch.device("meta")
+    assert a.data.on_device("train_images", meta) is a.data.on_device("train_images", meta)
+    assert replace(a.data, path=None).device_copies == {}
+    for member in group.members:
+        member.release_folder()
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
