@@ -20,11 +20,13 @@ Each figure: `warmup` untimed rounds, then `steps` timed rounds (one step of eac
 repeated `repeat` times; the median of the repeats' seconds. Reported per workload and
 mechanism: aggregate img/s (K x steps x 128 images / s), per-model img/s, the ratio of
 aggregate img/s to the K solo runs', and `ops_per_round`: the computing aten ops one round
-runs (torch.profiler; views and allocations left out), a device-independent proxy for the
-kernels it launches, which bound small-model training on a GPU (a CUDA graph's replay runs
-none; for horizontal_compile, whose inductor kernels are no aten ops, it is not counted). fused.json is rewritten after every figure, so a call cut
-short by a time cap keeps what it measured; a mechanism that raises is recorded as `failed`
-(its error; the traceback on stderr) and the other figures are still taken.
+runs (torch.profiler; each op that computes and calls no op that does; views and
+allocations left out), a device-independent proxy for the kernels it launches, which bound
+small-model training on a GPU (a CUDA graph's replay runs none; for horizontal_compile,
+whose inductor kernels are no aten ops, it is not counted). fused.json is rewritten after
+every figure, so a call cut short by a time cap keeps what it measured; a mechanism that
+raises is recorded as `failed` (its error; the traceback on stderr) and the other figures
+are still taken.
 """
 
 from __future__ import annotations
@@ -199,8 +201,15 @@ def _ops_per_round(fused: FusedTrainer, mechanism: str) -> int | None:
             event = event.cpu_parent
         return event is not None
 
-    return sum(1 for e in prof.events() if e.name.startswith("aten::") and not e.cpu_children
-               and e.name not in _NOT_COMPUTING and in_round(e))
+    return sum(1 for e in prof.events() if _lowest_computing(e) and in_round(e))
+
+
+def _lowest_computing(event) -> bool:
+    """An aten op that computes (not in _NOT_COMPUTING) and calls no op that does: the one
+    that runs the kernel (aten::index, whose children only allocate, counts; aten::linear,
+    which calls aten::addmm, does not)."""
+    return (event.name.startswith("aten::") and event.name not in _NOT_COMPUTING
+            and not any(_lowest_computing(child) for child in event.cpu_children))
 
 
 def _entry(workload: str, members: list[tuple], mechanism: str, runs_s: list[float],

@@ -33,7 +33,9 @@ class StackedLoss:
 
     def _tensors(self, num_classes: int, device: torch.device) -> dict:
         """ce_weights [K], kd_divisors [K], temperatures [K], lams [K, G] (λ for each guide a
-        member has, 0 beyond) and each member's term rows (an index into the [K, G+3] terms)."""
+        member has, 0 beyond) and term_order [K, G+3]: per member, the columns of the stacked
+        terms [ce, kd_0..kd_G-1, total, top1] in its own order [ce, its kds, total, top1],
+        padded (one gather puts every member's terms first in its row)."""
         if num_classes not in self._settings:
             rows = [_member_settings(m.distiller.loss_cfg, n, self.width, num_classes)
                     for m, n in zip(self.members, self.n_guides)]
@@ -43,9 +45,9 @@ class StackedLoss:
                 "kd_divisors": torch.tensor([float(r[1]) for r in rows], **f32),
                 "temperatures": torch.tensor([r[2] for r in rows], **f32),
                 "lams": torch.tensor([r[3] for r in rows], **f32).view(len(rows), self.width),
-                "term_rows": [torch.tensor([0, *range(1, n + 1), self.width + 1,
-                                            self.width + 2], device=device)
-                              for n in self.n_guides]}
+                "term_order": torch.tensor(
+                    [[0, *range(1, n + 1), self.width + 1, self.width + 2,
+                      *[0] * (self.width - n)] for n in self.n_guides], device=device)}
         return self._settings[num_classes]
 
     def __call__(self, logits: torch.Tensor, batches: Sequence[Sequence[torch.Tensor]]
@@ -64,7 +66,8 @@ class StackedLoss:
         with torch.no_grad():  # train top-1 from the step's own logits, as Distiller.loss_terms
             top1 = logits.argmax(dim=-1).eq(targets).float().mean(-1) * 100.0
             terms = torch.cat([ce[:, None], kd, totals[:, None], top1[:, None]], 1)
-        return totals, [terms[i, rows] for i, rows in enumerate(settings["term_rows"])]
+            ordered = terms.gather(1, settings["term_order"])  # [K, G+3]
+        return totals, [ordered[i, :n + 3] for i, n in enumerate(self.n_guides)]
 
     def _guide_logits(self, batches, logits: torch.Tensor) -> torch.Tensor | None:
         """[K, G, B, C]: each member's guides' logits (Distiller.guide_logits), zeros where a
