@@ -17,17 +17,18 @@ from dgkd_core.data.loaders import BatchPlan, TensorLoader
 __all__ = ["assemble_together", "can_assemble_together"]
 
 
-def can_assemble_together(loaders: Sequence, shared_data: bool) -> bool:
+def can_assemble_together(loaders: Sequence) -> bool:
     """Whether `loaders` can make their batches as one: train TensorLoaders of one process
-    over the same images (`shared_data`: the caller knows they come from one prepared file),
-    with the same augmentation, padding and normalisation."""
-    if not shared_data or not all(isinstance(loader, TensorLoader) for loader in loaders):
+    over the very same image and label tensors (a fused group's members share their prepared
+    file's device copy, PreparedData.on_device), with the same augmentation, padding and
+    normalisation."""
+    if not all(isinstance(loader, TensorLoader) for loader in loaders):
         return False
     first = loaders[0]
     return all(loader.train and loader.world_size == 1 and loader.augment == first.augment
-               and loader.pad == first.pad and loader.images.shape == first.images.shape
-               and loader.images.device == first.images.device
-               and _same_normalisation(loader, first) for loader in loaders)
+               and loader.pad == first.pad and loader.images is first.images
+               and loader.labels is first.labels and _same_normalisation(loader, first)
+               for loader in loaders)
 
 
 def _same_normalisation(a: TensorLoader, b: TensorLoader) -> bool:

@@ -96,7 +96,6 @@ class FusedMember(Protocol):
     state: TrainState
     device: torch.device
     train_loader: Any
-    data: PreparedData  # the group's one loaded copy of the member's prepared file
     guide_paths: list[str]
     resume_path: Path
 

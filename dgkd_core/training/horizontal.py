@@ -199,9 +199,7 @@ class HorizontalGroup:
         self.sgd = _optimizer_settings(members[0])
         self.stacked: StackedState | None = None
         # the members' batches made as one where their loaders allow (one prepared file)
-        self.together = can_assemble_together(
-            [m.train_loader for m in self.members],
-            all(m.data is self.members[0].data for m in self.members))
+        self.together = can_assemble_together([m.train_loader for m in self.members])
         self._forward = vmap(self._one_forward)
         if compile:
             self._forward = torch.compile(self._forward)

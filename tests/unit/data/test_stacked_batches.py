@@ -40,7 +40,7 @@ def test_batches_made_as_one_equal_each_loaders_own(images, channels_last):
            for seed, v in zip((1, 2, 3), views)]
     made = [loader(images, seed, with_views=v, channels_last=channels_last)
             for seed, v in zip((1, 2, 3), views)]
-    assert can_assemble_together(made, shared_data=True)
+    assert can_assemble_together(made)
     for epoch in range(2):
         for a, b in zip(own, made):
             a.set_epoch(epoch)
@@ -71,8 +71,9 @@ def test_plans_advance_the_state_as_batches_do(images):
 
 def test_loaders_that_differ_are_not_made_as_one(images):
     base = loader(images, 1)
-    assert not can_assemble_together([base, loader(images, 2)], shared_data=False)
-    assert not can_assemble_together([base, loader(images, 2, augment=False)], shared_data=True)
-    assert not can_assemble_together([base, loader(images, 2, mean=[0.1, 0.1, 0.1])],
-                                     shared_data=True)
-    assert not can_assemble_together([base, loader(images, 2, train=False)], shared_data=True)
+    assert can_assemble_together([base, loader(images, 2)])
+    copied = (images[0].clone(), images[1])  # equal pixels, another tensor: not gathered from
+    assert not can_assemble_together([base, loader(copied, 2)])
+    assert not can_assemble_together([base, loader(images, 2, augment=False)])
+    assert not can_assemble_together([base, loader(images, 2, mean=[0.1, 0.1, 0.1])])
+    assert not can_assemble_together([base, loader(images, 2, train=False)])

@@ -291,6 +291,7 @@ def test_a_groups_members_share_one_copy_of_the_data_and_of_each_table(
     a, b = group.members
     assert a.data is b.data and a.distiller.tables[0] is b.distiller.tables[0]
     assert a.train_loader.images is b.train_loader.images
+    assert group.horizontal.together  # so their batches are made as one
     keys = list(a.data.device_copies)
     assert sum(k[0] == "guide_table" for k in keys) == 1
     assert sorted(k[0] for k in keys if k[0] != "guide_table") == [
