@@ -13,7 +13,7 @@ import statistics
 from pathlib import Path
 
 from dgkd_core.campaign.state import (load_plan, read_manifest, repo_relative, run_key,
-                                      windows_spent)
+                                      window_seconds, windows_spent)
 from dgkd_core.experiment import paths
 from dgkd_core.experiment.plan import Plan
 from dgkd_core.io import atomic_write_text
@@ -54,7 +54,7 @@ def _progress_lines(plan: Plan, manifest: dict) -> list[str]:
     runs, total = manifest["runs"], len(plan.runs())
     done = [k for k, e in runs.items() if e["status"] == "done"]
     flight = [k for k, e in runs.items() if e["status"] == "in_flight"]
-    gpu_s = sum(w.get("seconds") or 0 for w in manifest.get("windows", []))
+    gpu_s = window_seconds(manifest)
     lines = [f"- Runs: **{len(done)} of {total} done**, {len(flight)} in flight, "
              f"{total - len(done) - len(flight)} to do.",
              f"- Spent: {windows_spent(manifest)}."]

@@ -44,7 +44,7 @@ from dgkd_core.training.resume import RESUME_FILE
 __all__ = ["CAMPAIGNS", "MANIFEST", "WEIGHTS", "CampaignError", "RestoreResult",
            "campaign_configs", "critical_path_targets", "data_targets", "done_files",
            "git_commit", "guiding_runs", "load_plan", "read_manifest", "restore", "run_key",
-           "windows_spent"]
+           "window_seconds", "windows_spent"]
 
 REPO = Path(__file__).resolve().parents[2]
 # Each campaign's configs (repository-relative, merged in order as Snakemake's --configfile):
@@ -88,12 +88,16 @@ def run_key(run: Run) -> str:
     return run.dir
 
 
+def window_seconds(manifest: dict) -> float:
+    """The device seconds of the windows packed so far."""
+    return sum(w.get("seconds") or 0 for w in manifest.get("windows", []))
+
+
 def windows_spent(manifest: dict) -> str:
     """`41.5 GPU-minutes in 5 windows`: the device time of the windows packed so far."""
-    windows = manifest.get("windows", [])
-    seconds = sum(w.get("seconds") or 0 for w in windows)
-    return (f"{seconds / 60:.1f} GPU-minutes in {len(windows)} "
-            f"window{'' if len(windows) == 1 else 's'}")
+    count = len(manifest.get("windows", []))
+    return (f"{window_seconds(manifest) / 60:.1f} GPU-minutes in {count} "
+            f"window{'' if count == 1 else 's'}")
 
 
 def data_targets(plan: Plan) -> list[str]:
