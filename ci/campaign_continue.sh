@@ -22,6 +22,10 @@
 #   GPU_JOBS (6), CORES (all)  Snakemake's training jobs sharing the GPU, and cores
 #   MIN_TRAIN_S      no training when less is left before the reserve (default 30)
 #   GIT_COMMIT       the code's commit, for a copied tree without .git (recorded by pack)
+#   FUSE_OVERLAY     a workflow overlay that fuses this window's runs (`campaign fuse-choice`,
+#                    which ci/gpu_run.sh calls on the window's own `bench --fused` figures); if
+#                    that workflow fails, the rest of the window trains every run alone
+#   FUSE_NOTE        how this window trains, for the manifest (default "solo jobs")
 #   CAMPAIGN_CONFIGS, STATE_DIR  other configs (space-separated) / state folder (tests)
 # Exit status: 0 when the state was packed (training finished or was cut at the deadline).
 set -uo pipefail
@@ -78,22 +82,44 @@ $PY -m dgkd_core campaign restore --state "$STATE" --workdir "$WORKDIR" "${CONFI
 ((PIPESTATUS[0] == 0)) || { echo "campaign $CAMPAIGN: restore failed" >&2; exit 1; }
 
 mapfile -t PRIORITY < <($PY -m dgkd_core campaign targets prioritize "${CONFIG_ARGS[@]}")
-TRAIN_S=$((DEADLINE_S - ($(date +%s) - START) - RESERVE))
-workflow_rc=0
-if ((TRAIN_S >= ${MIN_TRAIN_S:-30})); then
-    stage "workflow to results/table1.csv for $TRAIN_S s"
+train_left() { echo $((DEADLINE_S - ($(date +%s) - START) - RESERVE)); }
+workflow() { # one Snakemake call to results/table1.csv for $1 s; the rest: more arguments
+    local seconds=$1
+    shift
+    stage "workflow to results/table1.csv for $seconds s$TRAINING_NOTE"
     # --keep-incomplete: a job that finished just before the signal reaches its shell counts
     # as failed, and Snakemake would delete its (complete, atomically written) outputs; pack
     # takes a run as finished only with all three outputs, metrics.json written last.
-    timeout --kill-after=20 "$TRAIN_S" $PY -m snakemake results/table1.csv "${SNAKE[@]}" \
-        --keep-incomplete --prioritize "${PRIORITY[@]}" --configfile "${SNAKE_CONFIGS[@]}" \
-        >"$WORKDIR/results/campaign_snakemake.log" 2>&1
+    timeout --kill-after=20 "$seconds" $PY -m snakemake results/table1.csv "${SNAKE[@]}" \
+        --keep-incomplete --prioritize "${PRIORITY[@]}" "$@" \
+        >>"$WORKDIR/results/campaign_snakemake.log" 2>&1
     workflow_rc=$?
     echo "workflow exit $workflow_rc$( ((workflow_rc == 124 || workflow_rc == 137)) &&
         echo ": cut at the deadline, resume states written")" | tee -a "$LOG"
     tail -3 "$WORKDIR/results/campaign_snakemake.log" | tee -a "$LOG"
+}
+workflow_rc=0
+TRAINING=${FUSE_NOTE:-solo jobs}
+TRAINING_NOTE=""
+if (($(train_left) < ${MIN_TRAIN_S:-30})); then
+    echo "only $(train_left) s left before the pack reserve: no training this window" | tee -a "$LOG"
+elif [ -n "${FUSE_OVERLAY:-}" ]; then
+    TRAINING_NOTE=", fused ($FUSE_OVERLAY)"
+    workflow "$(train_left)" --configfile "${SNAKE_CONFIGS[@]}" "$(realpath "$FUSE_OVERLAY")"
+    case $workflow_rc in
+    0 | 124 | 137) ;;
+    *) # The fused path failed (it is newer than the solo one): the rest of the window trains
+        # every run alone. What the fused jobs finished stays (mtime only: their rules and
+        # params were the fused ones); what they left half done is rerun, from its resume.pt.
+        TRAINING="$TRAINING; the fused workflow failed (exit $workflow_rc), then solo jobs"
+        TRAINING_NOTE=", solo jobs after the fused workflow failed"
+        if (($(train_left) >= ${MIN_TRAIN_S:-30})); then
+            workflow "$(train_left)" --rerun-incomplete --rerun-triggers mtime \
+                --configfile "${SNAKE_CONFIGS[@]}"
+        fi ;;
+    esac
 else
-    echo "only $TRAIN_S s left before the pack reserve: no training this window" | tee -a "$LOG"
+    workflow "$(train_left)" --configfile "${SNAKE_CONFIGS[@]}"
 fi
 
 stage "pack -> $OUT/campaign_$CAMPAIGN.tar.xz"
@@ -102,7 +128,7 @@ tar czf "$OUT/campaign_${CAMPAIGN}_logs.tar.gz" -C "$WORKDIR" --exclude='*.pt' r
     results/campaign_snakemake.log 2>/dev/null
 SUMMARY=$($PY -m dgkd_core campaign pack --workdir "$WORKDIR" --state "$STATE" \
     --campaign "$CAMPAIGN" "${CONFIG_ARGS[@]}" --out "$OUT/campaign_$CAMPAIGN.tar.xz" \
-    --window-seconds "$(($(date +%s) - START))" 2>&1)
+    --window-seconds "$(($(date +%s) - START))" --window-training "$TRAINING" 2>&1)
 pack_rc=$?
 echo "$SUMMARY" >>"$LOG"
 ((pack_rc == 0)) || { echo "$SUMMARY" >&2; echo "campaign $CAMPAIGN: pack failed" >&2; exit 1; }

@@ -11,7 +11,8 @@
 #      horizontal first, then solo, cuda_streams and horizontal + torch.compile (fused.json is
 #      rewritten after each figure, so the cap keeps the first ones);
 #   4. all the time left: the reproduction campaign (ci/campaign_continue.sh), whose state
-#      comes back as one file.
+#      comes back as one file; its runs fused where stage 3 measured a clear win (and stage 1
+#      passed: `campaign fuse-choice`), else each its own job.
 # Everything comes back in at most 8 files under OUT: summary.txt (its last lines a short
 # table), tests.txt, step.json, fused.json, logs.tar.xz, and the campaign's
 # campaign_<name>.tar.xz (its state: `python -m dgkd_core campaign unpack` here) and
@@ -21,6 +22,7 @@
 #   DEADLINE_S   seconds for the whole call (default 540); stages are capped to what is left
 #   PYTHON       the interpreter (default python3: the image's, with torch)
 #   CAMPAIGN     the campaign to advance (default cifar10_resnet_80ep; ci/campaign_continue.sh)
+#   CAMPAIGN_FUSE  auto (default: fuse on stage 3's measured win), off, or a fuse_mechanism
 #   REHEARSAL=1  the CPU rehearsal (ci/rehearse_gpu.sh): no GPU needed, tiny workloads, the
 #                campaign on its tiny config
 set -uo pipefail
@@ -117,6 +119,7 @@ timeout "$(cap "$TEST_CAP")" "$PY" -m pytest -q -rs -p no:cacheprovider -m "not 
     tests/unit/guides/test_guide_tables.py -k cuda \
     >"$WORK/tests.txt" 2>&1
 rc=$?
+tests_rc=$rc
 tail -12 "$WORK/tests.txt" >>"$S"
 row "1 CUDA tests" "exit $rc: $(grep -E '(passed|failed|skipped|error)' "$WORK/tests.txt" | tail -1)"
 
@@ -148,6 +151,25 @@ EOF
 )
 row "3 bench --fused" "exit $rc$figures"
 
+# The campaign fuses its runs only on this window's clear, measured win, after the CUDA tests
+# passed (dgkd_core.training.fuse_choice.window_fuse_choice); CAMPAIGN_FUSE=off or a mechanism
+# overrides.
+FUSE_FILE=$WORK/campaign_fuse.yaml
+case ${CAMPAIGN_FUSE:-auto} in
+auto)
+    if ((tests_rc == 0)); then
+        FUSE_LINE=$("$PY" -m dgkd_core campaign fuse-choice --fused "$OUT/fused.json" \
+            --out "$FUSE_FILE" 2>&1 | tail -1)
+    else
+        FUSE_LINE="fuse: off, every run its own job (the CUDA tests exited $tests_rc)"
+    fi ;;
+off) FUSE_LINE="fuse: off, every run its own job (CAMPAIGN_FUSE=off)" ;;
+*) printf 'fuse: true\nfuse_mechanism: %s\n' "$CAMPAIGN_FUSE" >"$FUSE_FILE"
+    FUSE_LINE="fuse: $CAMPAIGN_FUSE (CAMPAIGN_FUSE)" ;;
+esac
+echo "$FUSE_LINE" >>"$S"
+row "3 fuse choice" "${FUSE_LINE:0:120}"
+
 stage "4. campaign $CAMPAIGN"
 if [ -f ci/campaign_continue.sh ]; then
     budget=$(($(left) - PACK_RESERVE_S))
@@ -155,7 +177,8 @@ if [ -f ci/campaign_continue.sh ]; then
         if [ "$REHEARSAL" = 1 ]; then # the tiny config, into a state of its own
             export CAMPAIGN_CONFIGS=config/repro_tiny.yaml STATE_DIR=$WORK/rehearsal_state
         fi
-        CAMPAIGN=$CAMPAIGN WORKDIR=$WORK/campaign_work DEADLINE_S=$budget PYTHON=$PY OUT=$OUT \
+        FUSE_OVERLAY=$([ -f "$FUSE_FILE" ] && echo "$FUSE_FILE") FUSE_NOTE=$FUSE_LINE \
+            CAMPAIGN=$CAMPAIGN WORKDIR=$WORK/campaign_work DEADLINE_S=$budget PYTHON=$PY OUT=$OUT \
             PACK_RESERVE_S=${CAMPAIGN_PACK_RESERVE_S:-40} \
             CIFAR10_ARCHIVE=$(realpath -m "${CIFAR10_ARCHIVE:-.device/data/cifar10-images.tar.xz}") \
             bash ci/campaign_continue.sh >"$WORK/logs/campaign.log" 2>&1

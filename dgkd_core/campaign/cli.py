@@ -1,4 +1,4 @@
-"""`python -m dgkd_core campaign {restore,pack,unpack,report,targets}` (dgkd_core/campaign/state.py).
+"""`python -m dgkd_core campaign {restore,pack,unpack,report,targets,fuse-choice}` (dgkd_core/campaign/state.py).
 
 The configs of a command: its --config files, else the campaign's own (CAMPAIGNS), the campaign
 being --campaign or the state folder's name."""
@@ -48,7 +48,8 @@ def _pack(args) -> int:
     configs = _configs(args)
     plan = load_plan(configs)
     manifest = pack(args.workdir, plan, args.out, campaign=name, configs=configs,
-                    state_dir=args.state, window_s=args.window_seconds)
+                    state_dir=args.state, window_s=args.window_seconds,
+                    window_training=args.window_training)
     for key, why in manifest["dropped"].items():
         print(f"left out: {key}: {why}")
     print(f"campaign {name}: {progress_line(manifest, len(plan.runs()))}; state -> {args.out}")
@@ -81,6 +82,30 @@ def _targets(args) -> int:
     return 0
 
 
+def _fuse_choice(args) -> int:
+    """Write the window's fuse overlay (or remove a stale one) and print the decision."""
+    import json
+
+    from dgkd_core import io
+    from dgkd_core.training.fuse_choice import WindowFuse, window_fuse_choice
+
+    out = Path(args.out)
+    try:
+        workloads = json.loads(Path(args.fused).read_text())["workloads"]
+        decision = window_fuse_choice(workloads)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        decision = WindowFuse(None, f"no figures in {args.fused} ({type(err).__name__})")
+    choice, reason = decision.mechanism, decision.reason
+    if choice is None:
+        out.unlink(missing_ok=True)
+        print(f"fuse: off, every run its own job ({reason})")
+        return 0
+    io.atomic_write_text(f"# this window's fused training, measured by bench --fused: {reason}\n"
+                         f"fuse: true\nfuse_mechanism: {choice}\n", out)
+    print(f"fuse: {choice} ({reason}) -> {out}")
+    return 0
+
+
 def add_campaign_parser(sub, common) -> None:
     """The `campaign` subcommand and its own subcommands."""
     p = sub.add_parser("campaign", parents=common, help="a reproduction campaign built up "
@@ -106,6 +131,8 @@ def add_campaign_parser(sub, common) -> None:
     q.add_argument("--workdir", required=True, help="Snakemake's --directory")
     q.add_argument("--out", required=True, help="the archive to write (.tar.xz)")
     q.add_argument("--window-seconds", type=float, help="this GPU window's seconds (manifest)")
+    q.add_argument("--window-training", help="how this window trained (manifest), e.g. "
+                   "fuse-choice's line")
     q = csub.add_parser("unpack", parents=common,
                         help="verify a packed state and swap it in for the state folder")
     q.add_argument("archive", help="pack's .tar.xz")
@@ -117,3 +144,9 @@ def add_campaign_parser(sub, common) -> None:
     q = add("targets", _targets, "print the data files, the critical path's model.pt files "
             "(for --prioritize) or the configs, one a line", state_required=False)
     q.add_argument("what", choices=["data", "prioritize", "configs"])
+    q = csub.add_parser("fuse-choice", parents=common, help="from a window's `bench --fused` "
+                        "figures, the workflow overlay that fuses this window's runs where the "
+                        "fused students measured a clear win (training.fuse_choice), else none")
+    q.add_argument("--fused", required=True, help="bench --fused's fused.json")
+    q.add_argument("--out", required=True, help="the overlay to write (removed when not fusing)")
+    q.set_defaults(func=_fuse_choice)

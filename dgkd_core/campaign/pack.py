@@ -44,13 +44,14 @@ MAX_STATE_BYTES = 4 * 2**30
 
 
 def pack(workdir, plan: Plan, out, *, campaign: str, configs, state_dir=None,
-         window_s: float | None = None) -> dict:
+         window_s: float | None = None, window_training: str | None = None) -> dict:
     """Collect the campaign's state from `workdir` into `out` (tar.xz); returns the manifest.
 
     Per run: finished (state.done_files: a guide's model.pt, metrics.json, history.csv) or in
     flight (resume.pt), from the work directory, else carried over from the previous state
     `state_dir`; a run whose recorded config hash is not the plan's is left out (listed under
-    `dropped`). window_s: the GPU window's seconds, added to the manifest's `windows`."""
+    `dropped`). window_s: the GPU window's seconds, and window_training: how it trained (fused
+    or solo jobs, and why), added to the manifest's `windows`."""
     workdir = Path(workdir)
     state_dir = Path(state_dir) if state_dir is not None else None
     previous = (read_manifest(state_dir) if state_dir is not None else None) or {}
@@ -74,7 +75,7 @@ def pack(workdir, plan: Plan, out, *, campaign: str, configs, state_dir=None,
     manifest = {"format": MANIFEST_FORMAT, "campaign": campaign,
                 "configs": [repo_relative(c) for c in configs], "runs": runs,
                 "dropped": dropped, "retrained": _retrained(previous, workdir),
-                "windows": [*previous.get("windows", []), _window(runs, window_s)]}
+                "windows": [*previous.get("windows", []), _window(runs, window_s, window_training)]}
     _write_archive(Path(out), manifest, members)
     return manifest
 
@@ -145,10 +146,11 @@ def _retrained(previous: dict, workdir: Path) -> dict:
     return {**previous.get("retrained", {}), **refused}
 
 
-def _window(runs: dict, window_s: float | None) -> dict:
+def _window(runs: dict, window_s: float | None, training: str | None) -> dict:
     statuses = [entry["status"] for entry in runs.values()]
     return {"packed": _now(), "commit": git_commit(), **_this_device(),
             "seconds": None if window_s is None else round(float(window_s), 1),
+            "training": training,
             "done": statuses.count("done"), "in_flight": statuses.count("in_flight")}
 
 

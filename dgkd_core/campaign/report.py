@@ -163,7 +163,9 @@ def _protocol_text(plan: Plan) -> str:
 def _window_lines(manifest: dict) -> list[str]:
     return [f"- {w.get('packed')}: {w.get('seconds') or 0:.0f} s on {w.get('device_name')} "
             f"(torch {w.get('torch')}), commit {str(w.get('commit'))[:12]}; then {w['done']} "
-            f"done, {w['in_flight']} in flight" for w in manifest.get("windows", [])]
+            f"done, {w['in_flight']} in flight"
+            + (f"; trained with {w['training']}" if w.get("training") else "")
+            for w in manifest.get("windows", [])]
 
 
 def campaign_report(state_dir, config_files) -> tuple[str, str]:

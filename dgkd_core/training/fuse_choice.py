@@ -7,13 +7,18 @@ docs/performance.md, "Horizontal fusion"). A kind switches to `horizontal` only 
 clearly: its members end within float rounding of their solo runs, not bit-identical, so a tie
 keeps the exact mechanism. A kind not yet measured says so and carries the issue's
 expectation until a GPU window measures it; update its entry then.
+
+A GPU window's campaign does not wait for that update: `window_fuse_choice` reads the figures
+the window's own `bench --fused` stage just measured on that GPU (ci/gpu_run.sh,
+`python -m dgkd_core campaign fuse-choice`) and fuses the campaign's runs only on a clear win.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CHOICES", "MECHANISMS", "MechanismChoice", "auto_mechanism"]
+__all__ = ["CHOICES", "MECHANISMS", "MechanismChoice", "WindowFuse", "auto_mechanism",
+           "window_fuse_choice"]
 
 # What a fused group may be asked to run (`train-group --mechanism`, the workflow's
 # `fuse_mechanism`): auto resolves per device kind (auto_mechanism).
@@ -62,3 +67,55 @@ def auto_mechanism(device_type: str, stackable: bool) -> str:
     if choice is None:
         return "sequential"
     return choice.mechanism if stackable else choice.otherwise
+
+
+# A GPU window's campaign fuses only on a clear win measured in that window (ci/gpu_run.sh stage
+# 3): the fused workflow is newer than the solo jobs, horizontal is float rounding apart from
+# solo, and the campaign's alternative already shares the GPU among several solo jobs.
+WINDOW_FUSE_MARGIN = 1.5  # the fused students' aggregate img/s over K solo runs', at least
+TEACHER_FLOOR = 0.9  # and the fused teachers not much slower than solo (they fuse too)
+_STUDENTS = "students_resnet8_k15"  # Table 1's 15 resnet8 students: most of the row's runs
+
+
+@dataclass(frozen=True)
+class WindowFuse:
+    """What one window's campaign trains with: `mechanism` (the workflow's fuse_mechanism,
+    with fuse: true) or None (every run its own job), and why (one line, with the figures)."""
+
+    mechanism: str | None
+    reason: str
+
+
+def window_fuse_choice(workloads: list[dict], margin: float = WINDOW_FUSE_MARGIN
+                       ) -> WindowFuse:
+    """The fastest of horizontal and cuda_streams for K = 15 resnet8 students, where it
+    reaches `margin` x the aggregate img/s of their solo runs (sequential's where solo was not
+    measured) and the teachers' workloads measured by it reach TEACHER_FLOOR x theirs; else
+    None. workloads: `bench --fused`'s entries (fused.json's "workloads"; failed or skipped
+    entries carry no aggregate_img_s and count as not measured)."""
+    img_s = {(e["workload"], e["mechanism"]): e["aggregate_img_s"]
+             for e in workloads if e.get("aggregate_img_s")}
+
+    def ratio(workload: str, mechanism: str) -> float | None:
+        base = img_s.get((workload, "solo")) or img_s.get((workload, "sequential"))
+        fused = img_s.get((workload, mechanism))
+        return None if base is None or fused is None else fused / base
+
+    candidates = [(r, m) for m in ("horizontal", "cuda_streams")
+                  if (r := ratio(_STUDENTS, m)) is not None]
+    if not candidates:
+        return WindowFuse(None, f"not measured: {_STUDENTS} needs a solo or sequential "
+                                f"figure and a horizontal or cuda_streams one")
+    best_ratio, best = max(candidates)
+    if best_ratio < margin:
+        return WindowFuse(None, f"no clear win: {_STUDENTS} {best} {best_ratio:.2f}x solo "
+                                f"(fuses from {margin}x)")
+    why = f"{_STUDENTS} {best} {best_ratio:.2f}x solo"
+    for workload in sorted({w for w, _ in img_s if w.startswith("teachers_")}):
+        teacher_ratio = ratio(workload, best)
+        if teacher_ratio is not None and teacher_ratio < TEACHER_FLOOR:
+            return WindowFuse(None, f"{why}, but {workload} {teacher_ratio:.2f}x solo "
+                                    f"(below {TEACHER_FLOOR}x)")
+        if teacher_ratio is not None:
+            why += f", {workload} {teacher_ratio:.2f}x"
+    return WindowFuse(best, why)

@@ -248,10 +248,10 @@ def test_report_of_an_empty_campaign_says_nothing_yet(tmp_path):
 # ------------------------------------------------------------------ slow: real windows
 
 
-def window(tmp_path: Path, n: int, configs, deadline_s: int) -> str:
+def window(tmp_path: Path, n: int, configs, deadline_s: int, **extra_env: str) -> str:
     """One ci/campaign_continue.sh call in a fresh work directory, given only the state folder
     (unpacked from the previous window's archive); then its archive is unpacked."""
-    env = {**os.environ, "CAMPAIGN": "tiny", "STATE_DIR": str(tmp_path / "state" / "tiny"),
+    env = {**os.environ, **extra_env, "CAMPAIGN": "tiny", "STATE_DIR": str(tmp_path / "state" / "tiny"),
            "CAMPAIGN_CONFIGS": " ".join(configs), "WORKDIR": str(tmp_path / f"win{n}"),
            "OUT": str(tmp_path / f"out{n}"), "DEADLINE_S": str(deadline_s), "CORES": "2",
            "GPU_JOBS": "2", "PYTHON": sys.executable, "PACK_RESERVE_S": "2",
@@ -301,3 +301,29 @@ def test_three_cut_windows_end_bit_identical_to_a_straight_run(tmp_path):
     assert (tmp_path / f"win{n + 1}" / "results" / "table1.csv").read_bytes() == \
         (straight / "results" / "table1.csv").read_bytes()
     assert not list(state.rglob("resume.pt")) and not list(state.rglob("*.log"))
+
+
+@pytest.mark.slow
+def test_a_window_whose_fused_workflow_fails_trains_the_rest_alone(tmp_path):
+    """About 1 minute: FUSE_OVERLAY asks for horizontal; the two teachers stack and finish, the
+    students' group cannot stack (NoKD's weight decay differs), so that job fails and the
+    window goes on with solo jobs, the fused teachers kept, not retrained."""
+    configs = tiny_configs(tmp_path, "seeds: [1, 2]\nhyperparameters:\n  defaults:\n"
+                                     "    epochs: 1\n  per_method:\n    nokd:\n      "
+                                     "optimizer: {weight_decay: 5.0e-4}\n")
+    overlay = tmp_path / "fuse.yaml"
+    overlay.write_text("fuse: true\nfuse_mechanism: horizontal\n")
+    out = window(tmp_path, 1, configs, 300, FUSE_OVERLAY=str(overlay),
+                 FUSE_NOTE="fuse: horizontal (test)")
+    assert out.strip().splitlines()[-1].startswith("campaign tiny: 14 of 14 runs done")
+    plan, work = load_plan(configs), tmp_path / "win1"
+    mechanisms = {run.model: set() for run in plan.runs()}
+    for run in plan.runs():
+        group = json.loads((work / run.file("metrics.json")).read_text()).get("fused_group")
+        mechanisms[run.model].add(group and group["mechanism"])
+    assert mechanisms == {"plane4": {"horizontal"}, "plane3": {"horizontal"}, "plane2": {None}}
+    log = (work / "results" / "campaign_snakemake.log").read_text()
+    assert "fused mechanism horizontal needs members with one optimizer settings" in log
+    windows = read_manifest(tmp_path / "state" / "tiny")["windows"]
+    assert windows[-1]["training"] == ("fuse: horizontal (test); the fused workflow failed "
+                                       "(exit 1), then solo jobs")
