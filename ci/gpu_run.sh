@@ -23,6 +23,9 @@
 #   PYTHON       the interpreter (default python3: the image's, with torch)
 #   CAMPAIGN     the campaign to advance (default cifar10_resnet_80ep; ci/campaign_continue.sh)
 #   CAMPAIGN_FUSE  auto (default: fuse on stage 3's measured win), off, or a fuse_mechanism
+#   STAGES       the stages to run (default tests,bench,fused,campaign): `STAGES=campaign
+#                CAMPAIGN_FUSE=<the choice an earlier window measured>` gives a window whose
+#                commit's GPU paths were already tested and measured all its time to the campaign
 #   REHEARSAL=1  the CPU rehearsal (ci/rehearse_gpu.sh): no GPU needed, tiny workloads, the
 #                campaign on its tiny config
 set -uo pipefail
@@ -40,6 +43,8 @@ export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$WORK/logs"
 : >"$S"
 . ci/deadline.sh
+STAGES=${STAGES:-tests,bench,fused,campaign}
+wants() { [[ ",$STAGES," == *",$1,"* ]]; }
 TABLE=() # the short table printed last: "stage | result"
 row() { TABLE+=("$(printf '%-16s %s' "$1" "$2")"); }
 
@@ -63,6 +68,11 @@ fail() {
 }
 
 stage "preamble"
+for name in ${STAGES//,/ }; do
+    case $name in tests | bench | fused | campaign) ;;
+    *) fail "unknown stage '$name' in STAGES=$STAGES; use some of tests,bench,fused,campaign" ;;
+    esac
+done
 SITE=$WORK/site
 ls .device/wheels/*.whl >/dev/null 2>&1 ||
     fail "no wheels in .device/wheels: run ci/device_prepare.sh here and carry .device/wheels"
@@ -113,34 +123,39 @@ else
     REPEAT=3
 fi
 
-stage "1. CUDA tests"
-timeout "$(cap "$TEST_CAP")" "$PY" -m pytest -q -rs -p no:cacheprovider -m "not slurm" \
-    tests/gpu/test_cuda.py tests/unit/training/test_fused.py tests/unit/training/test_horizontal.py \
-    tests/unit/guides/test_guide_tables.py -k cuda \
-    >"$WORK/tests.txt" 2>&1
-rc=$?
-tests_rc=$rc
-tail -12 "$WORK/tests.txt" >>"$S"
-row "1 CUDA tests" "exit $rc: $(grep -E '(passed|failed|skipped|error)' "$WORK/tests.txt" | tail -1)"
-
-stage "2. bench (alone on the GPU)"
-timeout "$(cap "$BENCH_CAP")" "$PY" -m dgkd_core bench --skip-workflow "${BENCH_ARGS[@]}" --repeat $REPEAT \
-    --out "$OUT/step.json" >"$WORK/logs/bench.log" 2>&1
-rc=$?
-tail -8 "$WORK/logs/bench.log" >>"$S"
-row "2 bench" "exit $rc$(grep -E '^dgkd_student_tables' "$WORK/logs/bench.log" |
-    awk '{print ": tables " $4 " img/s, " $5 " vs released"}')"
-
-stage "3. bench --fused"
-timeout "$(cap "$FUSED_CAP")" "$PY" -m dgkd_core bench --fused "${FUSED_ARGS[@]}" \
-    --out "$OUT/step.json" >"$WORK/logs/fused.log" 2>&1
-rc=$?
-"$PY" - "$OUT/fused.json" >>"$S" 2>/dev/null <<'EOF'
+tests_rc=skipped
+run_tests() {
+    stage "1. CUDA tests"
+    timeout "$(cap "$TEST_CAP")" "$PY" -m pytest -q -rs -p no:cacheprovider -m "not slurm" \
+        tests/gpu/test_cuda.py tests/unit/training/test_fused.py tests/unit/training/test_horizontal.py \
+        tests/unit/guides/test_guide_tables.py -k cuda \
+        >"$WORK/tests.txt" 2>&1
+    rc=$?
+    tests_rc="exit $rc"
+    ((rc == 0)) && tests_rc=0
+    tail -12 "$WORK/tests.txt" >>"$S"
+    row "1 CUDA tests" "exit $rc: $(grep -E '(passed|failed|skipped|error)' "$WORK/tests.txt" | tail -1)"
+}
+run_bench() {
+    stage "2. bench (alone on the GPU)"
+    timeout "$(cap "$BENCH_CAP")" "$PY" -m dgkd_core bench --skip-workflow "${BENCH_ARGS[@]}" --repeat $REPEAT \
+        --out "$OUT/step.json" >"$WORK/logs/bench.log" 2>&1
+    rc=$?
+    tail -8 "$WORK/logs/bench.log" >>"$S"
+    row "2 bench" "exit $rc$(grep -E '^dgkd_student_tables' "$WORK/logs/bench.log" |
+        awk '{print ": tables " $4 " img/s, " $5 " vs released"}')"
+}
+run_fused() {
+    stage "3. bench --fused"
+    timeout "$(cap "$FUSED_CAP")" "$PY" -m dgkd_core bench --fused "${FUSED_ARGS[@]}" \
+        --out "$OUT/step.json" >"$WORK/logs/fused.log" 2>&1
+    rc=$?
+    "$PY" - "$OUT/fused.json" >>"$S" 2>/dev/null <<'EOF'
 import json, sys
 for e in json.load(open(sys.argv[1]))["workloads"]:
     print(" ".join(f"{k}={v}" for k, v in e.items() if not isinstance(v, (list, dict))))
 EOF
-figures=$("$PY" - "$OUT/fused.json" 2>/dev/null <<'EOF'
+    figures=$("$PY" - "$OUT/fused.json" 2>/dev/null <<'EOF'
 import json, sys
 done = [e for e in json.load(open(sys.argv[1]))["workloads"] if "aggregate_img_s" in e]
 k15 = {e["mechanism"]: (e["aggregate_img_s"], e.get("ops_per_round"))
@@ -148,8 +163,12 @@ k15 = {e["mechanism"]: (e["aggregate_img_s"], e.get("ops_per_round"))
 print(f": {len(done)} figures; K=15 img/s (ops/round) " +
       ", ".join(f"{m} {v:.0f} ({ops})" for m, (v, ops) in k15.items()))
 EOF
-)
-row "3 bench --fused" "exit $rc$figures"
+    )
+    row "3 bench --fused" "exit $rc$figures"
+}
+if wants tests; then run_tests; else row "1 CUDA tests" "skipped (STAGES=$STAGES)"; fi
+if wants bench; then run_bench; else row "2 bench" "skipped (STAGES=$STAGES)"; fi
+if wants fused; then run_fused; else row "3 bench --fused" "skipped (STAGES=$STAGES)"; fi
 
 # The campaign fuses its runs only on this window's clear, measured win, after the CUDA tests
 # passed (dgkd_core.training.fuse_choice.window_fuse_choice); CAMPAIGN_FUSE=off or a mechanism
@@ -157,11 +176,11 @@ row "3 bench --fused" "exit $rc$figures"
 FUSE_FILE=$WORK/campaign_fuse.yaml
 case ${CAMPAIGN_FUSE:-auto} in
 auto)
-    if ((tests_rc == 0)); then
+    if [ "$tests_rc" = 0 ]; then
         FUSE_LINE=$("$PY" -m dgkd_core campaign fuse-choice --fused "$OUT/fused.json" \
             --out "$FUSE_FILE" 2>&1 | tail -1)
     else
-        FUSE_LINE="fuse: off, every run its own job (the CUDA tests exited $tests_rc)"
+        FUSE_LINE="fuse: off, every run its own job (the CUDA tests: $tests_rc)"
     fi ;;
 off) FUSE_LINE="fuse: off, every run its own job (CAMPAIGN_FUSE=off)" ;;
 *) printf 'fuse: true\nfuse_mechanism: %s\n' "$CAMPAIGN_FUSE" >"$FUSE_FILE"
@@ -171,7 +190,9 @@ echo "$FUSE_LINE" >>"$S"
 row "3 fuse choice" "${FUSE_LINE:0:120}"
 
 stage "4. campaign $CAMPAIGN"
-if [ -f ci/campaign_continue.sh ]; then
+if ! wants campaign; then
+    row "4 campaign" "skipped (STAGES=$STAGES)"
+elif [ -f ci/campaign_continue.sh ]; then
     budget=$(($(left) - PACK_RESERVE_S))
     if ((budget > 20)); then
         if [ "$REHEARSAL" = 1 ]; then # the tiny config, into a state of its own

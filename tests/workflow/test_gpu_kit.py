@@ -62,6 +62,6 @@ def test_gpu_run_rehearsal_passes_and_returns_at_most_8_files(tmp_path):
     table = summary.split("== table\n")[1]
     assert "preamble         ok: python" in table
     # every stage ran; a stage may be cut by the short deadline (124), never refuse its arguments
-    for stage in ("1 CUDA tests", "2 bench", "3 bench --fused", "4 campaign"):
+    for stage in ("1 CUDA tests", "2 bench", "3 bench --fused", "3 fuse choice", "4 campaign"):
         assert stage in table
     assert "exit 2" not in table and "exit 1:" not in table.split("4 campaign")[0]
