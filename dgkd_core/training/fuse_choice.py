@@ -52,7 +52,7 @@ CHOICES: dict[str, MechanismChoice] = {
                  "expects K-times-wider kernels to beat K launch-bound steps on a GPU, but a "
                  "kind switches to horizontal only on a measured, clear win (its members end "
                  "within float rounding of solo, not bit for bit); what speaks for it: K = 15 "
-                 "resnet8 students stacked run 9.3x fewer computing ops a round than 15 "
+                 "resnet8 students stacked run 10.8x fewer computing ops a round than 15 "
                  "steps one after another (`bench --fused` ops_per_round, CPU, 2026-12-05); "
                  "ci/gpu_run.sh's `bench --fused` stage measures the speed, then set "
                  "horizontal here if it wins"),

@@ -16,7 +16,8 @@ wider kernels. What stays each member's own, as in its solo run:
   apart the maths of each member's `Distiller.loss_terms`);
 - its optimizer state: stacked SGD (`stacked_sgd_`) runs torch's foreach SGD arithmetic over
   the stacked tensors; it is elementwise, so each member's slice is what its own SGD computes;
-- its `Trainer`: bookkeeping per step (`Trainer.record_step`), evaluation, resume state and
+- its `Trainer`: bookkeeping per step (`Trainer.record_step`'s arithmetic, stacked:
+  `StackedState.record`), evaluation, resume state and
   outputs. The stacked state is copied back into the members' own modules and optimizers
   (`HorizontalGroup.write_back`) before any of them is evaluated or saved, and stacked again
   from them before the next step; so model.pt and resume.pt are written as solo runs write them.
@@ -111,15 +112,39 @@ class StackedState:
         self.has_momentum = [all(_momentum_buffer(members[i], n) is not None
                                  for n in self.params) for i in indices]
         self.loss = StackedLoss([members[i] for i in indices])
+        self._stack_bookkeeping([members[i].state for i in indices])
+
+    def _stack_bookkeeping(self, states: list) -> None:
+        """The members' step bookkeeping (Trainer.record_step's device side) stacked: sums
+        float64 [K, G+3] (a member's first n_terms columns its sums_dev; the rest padding),
+        bad [K] (first non-finite step, or -1) and steps [K] (each one's next step)."""
+        self.n_terms = [len(s.sums_dev) for s in states]
+        sums = states[0].sums_dev.new_zeros(len(states), self.loss.width + 3)
+        for k, s in enumerate(states):
+            sums[k, :self.n_terms[k]] = s.sums_dev
+        self.sums = sums
+        self.bad = torch.stack([s.bad_step for s in states])
+        self.steps = torch.tensor([s.step for s in states], device=sums.device)
+
+    def record(self, terms: torch.Tensor, batch_size: int, finite: torch.Tensor) -> None:
+        """Every stacked member's `Trainer.record_step` device side at once, the same
+        arithmetic: terms [K, G+3] (StackedLoss's), finite bool [K]."""
+        self.bad = torch.where(finite | (self.bad >= 0), self.bad, self.steps)
+        self.steps.add_(1)
+        self.sums.add_(terms, alpha=batch_size)
 
     def write_back(self, members: Sequence) -> None:
-        """Copy each member's slice into its student and its optimizer's momentum buffers."""
+        """Copy each member's slice into its student, its step bookkeeping and its
+        optimizer's momentum buffers."""
         with torch.no_grad():
             for k, i in enumerate(self.indices):
                 student = _student(members[i])
                 for name, t in (*student.named_parameters(), *student.named_buffers()):
                     t.copy_((self.params.get(name) if name in self.params
                              else self.buffers[name])[k])
+                state = members[i].state
+                state.sums_dev.copy_(self.sums[k, :self.n_terms[k]])
+                state.bad_step.copy_(self.bad[k])
                 if self.momentum is None or not self.has_momentum[k]:
                     continue
                 for name, p in student.named_parameters():
@@ -225,33 +250,38 @@ class HorizontalGroup:
         """One optimizer step of each member in `batches` (index -> its loader's batch: x
         [B,3,H,W], y [B] and, with guide tables, views [B]), at lrs[index]; members whose
         images share a shape (all, unless resumed at different steps of a ragged epoch) step
-        as one stack. Each member records its step (`Trainer.record_step`); returns index ->
-        that member's segment seconds so far."""
+        as one stack. Each member's step is recorded, its bookkeeping stacked
+        (`StackedState.record`, `Trainer.count_step`); returns index -> that member's segment
+        seconds so far."""
         by_shape: dict[tuple, list[int]] = {}
         for i, batch in batches.items():  # views or none: the loss is the member's own
             by_shape.setdefault(tuple(batch[0].shape), []).append(i)
         elapsed = {}
         for indices in by_shape.values():
-            terms, finite = self._step_stacked(self._stack(tuple(indices)), batches, lrs)
-            for k, (i, member_terms) in enumerate(zip(indices, terms)):
-                elapsed[i] = self.members[i].record_step(member_terms, batches[i][1], finite[k])
+            state = self._stack(tuple(indices))
+            terms, finite = self._step_stacked(state, batches, lrs)
+            batch_size = batches[indices[0]][1].shape[0]  # one shape: one batch size
+            state.record(terms, batch_size, finite)
+            for k, i in enumerate(indices):
+                elapsed[i] = self.members[i].count_step(terms[k, :state.n_terms[k]],
+                                                        batch_size, finite[k])
         return elapsed
 
     def _step_stacked(self, state: StackedState, batches: dict, lrs: dict
-                      ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Forward, backward and SGD of the stacked members: each one's terms [n terms], and
-        whether each one's total loss is finite (bool [K])."""
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, backward and SGD of the stacked members: their terms [K, G+3]
+        (StackedLoss's), and whether each one's total loss is finite (bool [K])."""
         stacked = [batches[i] for i in state.indices]
         x = torch.stack([batch[0] for batch in stacked])  # [K, B, 3, H, W]
         for p in state.params.values():
             p.grad = None
         with self.autocast:
             logits = self._forward(state.params, state.buffers, x)  # [K, B, classes]
-            totals, out = state.loss(logits, stacked)
+            totals, terms = state.loss(logits, stacked)
             totals.sum().backward()
         self._sgd(state, [lrs[i] for i in state.indices])
         state.has_momentum = [True] * len(state.indices)
-        return out, torch.isfinite(totals.detach())
+        return terms, torch.isfinite(totals.detach())
 
     def _sgd(self, state: StackedState, lrs: list[float]) -> None:
         names = [n for n, p in state.params.items() if p.grad is not None]

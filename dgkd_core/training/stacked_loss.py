@@ -54,7 +54,8 @@ class StackedLoss:
                  ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """logits [K, B, C] of the stacked students; batches: each member's (x [B,3,H,W], y [B]
         and, with guide tables, views [B]). Returns (the members' totals [K], to be summed for
-        the backward; each member's step terms [len(term_names)], detached float32)."""
+        the backward; their step terms [K, G+3], detached float32: row k's first
+        len(term_names) columns are member k's terms, in its order, the rest padding)."""
         k, _, num_classes = logits.shape
         settings = self._tensors(num_classes, logits.device)
         targets = torch.stack([batch[1] for batch in batches])  # [K, B]
@@ -67,7 +68,7 @@ class StackedLoss:
             top1 = logits.argmax(dim=-1).eq(targets).float().mean(-1) * 100.0
             terms = torch.cat([ce[:, None], kd, totals[:, None], top1[:, None]], 1)
             ordered = terms.gather(1, settings["term_order"])  # [K, G+3]
-        return totals, [ordered[i, :n + 3] for i, n in enumerate(self.n_guides)]
+        return totals, ordered
 
     def _guide_logits(self, batches, logits: torch.Tensor) -> torch.Tensor | None:
         """[K, G, B, C]: each member's guides' logits (Distiller.guide_logits), zeros where a

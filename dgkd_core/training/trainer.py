@@ -189,21 +189,25 @@ class Trainer(TrainerSetup, TrainerOutputs):
         terms = self.step_fn(x, y, s.keep_masks.at(s.step), lr, views)
         return self.record_step(terms, y)
 
-    def record_step(self, terms: torch.Tensor, y: torch.Tensor,
-                    finite: torch.Tensor | None = None) -> float:
+    def record_step(self, terms: torch.Tensor, y: torch.Tensor) -> float:
         """`run_step`'s bookkeeping of a step already run: terms [len(term_names)], labels y
-        [B] (a horizontal group, dgkd_core.training.horizontal, runs its members' steps as one);
-        finite: whether the step's total loss is finite (0-d bool), where the caller has it
-        (the group tests all its members' at once)."""
+        [B]. Returns the segment's seconds so far."""
         s = self.state
-        if finite is None:
-            finite = torch.isfinite(terms[self.total_index])
+        finite = torch.isfinite(terms[self.total_index])
         # Noted on the device and checked when the segment ends: no GPU sync per step. Few
         # kernels (they run outside the step's graph): the first bad step kept as a where; the
-        # sums in float64, terms x batch exact there (as terms.double() * B, one kernel).
+        # sums in float64, terms x batch exact there (as terms.double() * B, one kernel). A
+        # horizontal group does the same for all its members at once (StackedState.record).
         s.bad_step = torch.where(finite | (s.bad_step >= 0), s.bad_step, s.step)
         s.sums_dev.add_(terms, alpha=y.shape[0])
-        s.images += y.shape[0] * self.dist.world_size  # the global batch: equal shards
+        return self.count_step(terms, y.shape[0], finite)
+
+    def count_step(self, terms: torch.Tensor, batch_size: int, finite: torch.Tensor) -> float:
+        """The host side of `record_step` (step and image counts, the last terms, the bar);
+        finite: whether the step's total loss is finite (0-d bool), checked at once on a CPU,
+        where the sync is free. Returns the segment's seconds so far."""
+        s = self.state
+        s.images += batch_size * self.dist.world_size  # the global batch: equal shards
         s.step += 1
         s.last_terms = terms
         if self.device.type == "cpu" and not bool(finite):  # a CPU sync is free: fail now

@@ -163,21 +163,21 @@ def test_stopped_horizontal_group_resumes_to_the_straight_result(
     reference = specs_at(tmp_path / "straight")
     train_fused(reference, progress=False, mechanism="horizontal")
 
-    real_record = train_mod.Trainer.record_step
+    real_count = train_mod.Trainer.count_step
     calls = {"n": 0}
 
-    def record_then_signal(self, terms, y, finite=None):
+    def count_then_signal(self, terms, batch_size, finite):
         calls["n"] += 1
         if calls["n"] == 3 * 2 + 1:  # epoch 1 for all three, then epoch 2's first step
             os.kill(os.getpid(), signal.SIGTERM)
-        return real_record(self, terms, y, finite)
+        return real_count(self, terms, batch_size, finite)
 
     stopped = specs_at(tmp_path / "stopped")
-    monkeypatch.setattr(train_mod.Trainer, "record_step", record_then_signal)
+    monkeypatch.setattr(train_mod.Trainer, "count_step", count_then_signal)
     with pytest.raises(TrainingInterrupted) as caught:
         train_fused(stopped, progress=False, mechanism="horizontal")
     assert caught.value.code == EXIT_RESUMABLE and "SIGTERM" in caught.value.reason
-    monkeypatch.setattr(train_mod.Trainer, "record_step", real_record)
+    monkeypatch.setattr(train_mod.Trainer, "count_step", real_count)
     assert stopped_points(stopped) == [(1, 1), (1, 0), (1, 1)]
 
     resumed = train_fused(stopped, progress=False, mechanism="horizontal")
@@ -271,6 +271,7 @@ def test_a_stacked_members_non_finite_loss_is_its_own(small_data, teacher, secon
     batches = {i: (b[0].double(), *b[1:]) for i, b in batches.items()}
     with pytest.raises(TrainingError, match=r"non-finite loss at epoch 1, step 1 "):
         group.step(batches, lrs)
+    group.write_back()  # the stacked bookkeeping too: each member's own, as a solo run's
     assert stacked[0].state.step == 1 and int(stacked[0].state.bad_step) == -1
     assert int(stacked[1].state.bad_step) == 0
 
