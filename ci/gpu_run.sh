@@ -8,7 +8,8 @@
 #      table tests;
 #   2. `bench`, every step workload, each loop timed 3 times (the median reported);
 #   3. `bench --fused`: K = 15 and 1 resnet8 students and 3 resnet26 teachers, sequential and
-#      horizontal first, then solo, cuda_streams and horizontal + torch.compile (fused.json is
+#      horizontal (its CUDA graph) first, then solo, cuda_streams, horizontal without the graph
+#      and horizontal + torch.compile (fused.json is
 #      rewritten after each figure, so the cap keeps the first ones);
 #   4. all the time left: the reproduction campaign (ci/campaign_continue.sh), whose state
 #      comes back as one file; its runs fused where stage 3 measured a clear win (and stage 1
@@ -119,7 +120,7 @@ else
     # Issue 22's key figure first (K = 15 students, horizontal vs sequential and solo); 20
     # rounds x 3 repeats of K = 15 is 900 member-steps per mechanism, seconds on the GPU.
     FUSED_ARGS=(--k 15,1 --teachers 3 --steps 20 --repeat 3 --train-images 8192
-        --mechanisms sequential,horizontal,solo,cuda_streams,horizontal_compile)
+        --mechanisms sequential,horizontal,solo,cuda_streams,horizontal_eager,horizontal_compile)
     REPEAT=3
 fi
 
@@ -128,6 +129,7 @@ run_tests() {
     stage "1. CUDA tests"
     timeout "$(cap "$TEST_CAP")" "$PY" -m pytest -q -rs -p no:cacheprovider -m "not slurm" \
         tests/gpu/test_cuda.py tests/unit/training/test_fused.py tests/unit/training/test_horizontal.py \
+            tests/unit/training/test_horizontal_graph.py \
         tests/unit/guides/test_guide_tables.py -k cuda \
         >"$WORK/tests.txt" 2>&1
     rc=$?

@@ -274,7 +274,7 @@ def _add_bench_parser(sub, common) -> None:
                    "%(default)s)")
     p.add_argument("--mechanisms", default=None,
                    help="--fused: which of solo, sequential, cuda_streams, horizontal, "
-                   "horizontal_compile, in this order (default: all)")
+                   "horizontal_eager, horizontal_compile, in this order (default: all)")
     p.add_argument("--parity", action="store_true",
                    help="instead: accuracy of the fast path vs plain fp32 eager over 3 seeds")
     p.add_argument("--parity-data", help="prepared data file for --parity (default: synthetic)")

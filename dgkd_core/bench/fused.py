@@ -11,8 +11,9 @@ speed does not depend on the weights or the logits):
 Mechanisms (--mechanisms, default all; timed in the order given, each for every workload
 before the next, so a call cut short by a time cap has the first ones everywhere): `solo` (each member's steps
 alone, one member after another: K solo runs), `sequential`, `cuda_streams` (CUDA only),
-`horizontal` and `horizontal_compile` (horizontal with `torch.compile`; its compilation falls
-in the warm-up rounds). Every member is a real `Trainer` set up by a real `FusedTrainer`, and
+`horizontal` (on CUDA its stacked step replayed from a CUDA graph), `horizontal_eager` (CUDA
+only: horizontal without the graph) and `horizontal_compile` (horizontal with `torch.compile`;
+its compilation falls in the warm-up rounds). Every member is a real `Trainer` set up by a real `FusedTrainer`, and
 what is timed is the product's own fused loop, `FusedTrainer.step_once` (dgkd_core.training.fused),
 switched between mechanisms by `FusedTrainer.set_mechanism`: no copy of the training loop.
 
@@ -52,7 +53,8 @@ from dgkd_core.training.fused import FusedTrainer
 
 __all__ = ["MECHANISMS", "main", "run_fused", "workloads"]
 
-MECHANISMS = ("solo", "sequential", "cuda_streams", "horizontal", "horizontal_compile")
+MECHANISMS = ("solo", "sequential", "cuda_streams", "horizontal", "horizontal_eager",
+              "horizontal_compile")
 BATCH_SIZE = 128
 _CHAIN = ["resnet26", "resnet20", "resnet14"]
 # method, guides, keep_prob: one seed's five Table 1 students, the costliest first
@@ -152,6 +154,8 @@ def _seconds(fused: FusedTrainer, phases: list[list[int]], steps: int, warmup: i
 def _skip_reason(mechanism: str, device: torch.device) -> str | None:
     if mechanism == "cuda_streams" and device.type != "cuda":
         return "cuda_streams needs CUDA (on a CPU there are no streams to overlap)"
+    if mechanism == "horizontal_eager" and device.type != "cuda":
+        return "horizontal_eager is horizontal without its CUDA graph: the same off CUDA"
     if mechanism == "horizontal_compile" and not hasattr(torch, "compile"):
         return f"this torch ({torch.__version__}) has no torch.compile"
     return None
@@ -166,8 +170,10 @@ def _phases(fused: FusedTrainer, mechanism: str) -> list[list[int]]:
 def _measure(fused: FusedTrainer, mechanism: str, steps: int, warmup: int,
              repeat: int) -> list[float]:
     """Each repeat's seconds for the members by `mechanism`."""
-    fused.set_mechanism({"solo": "sequential", "horizontal_compile": "horizontal"}
-                        .get(mechanism, mechanism), compile=mechanism == "horizontal_compile")
+    fused.set_mechanism({"solo": "sequential", "horizontal_compile": "horizontal",
+                         "horizontal_eager": "horizontal"}.get(mechanism, mechanism),
+                        compile=mechanism == "horizontal_compile",
+                        cuda_graph=mechanism != "horizontal_eager")
     return [_seconds(fused, _phases(fused, mechanism), steps, warmup) for _ in range(repeat)]
 
 

@@ -163,9 +163,11 @@ class FusedTrainer:
             member.setup()
         self.set_mechanism(self._resolved_mechanism(), compile=self.compile)
 
-    def set_mechanism(self, mechanism: str, compile: bool = False) -> None:
+    def set_mechanism(self, mechanism: str, compile: bool = False,
+                      cuda_graph: bool = True) -> None:
         """Step the set-up members by `mechanism` (not auto) from now on, the horizontal step
-        through torch.compile where `compile` (the bench switches both)."""
+        through torch.compile where `compile`, and without its CUDA graph where not
+        `cuda_graph` (the bench switches all three)."""
         if compile and mechanism != "horizontal":
             raise ConfigError(f"compile is a setting of the horizontal mechanism; this group "
                               f"runs {mechanism} (ask for --mechanism horizontal)")
@@ -174,7 +176,8 @@ class FusedTrainer:
         self.horizontal = None
         self.compile = compile
         if mechanism == "horizontal":  # refuses members of different architectures
-            self.horizontal = HorizontalGroup(self.members, compile=compile)
+            self.horizontal = HorizontalGroup(self.members, compile=compile,
+                                              cuda_graph=cuda_graph, record=self.record)
         self.streams = MemberStreams(len(self.members), mechanism)
         self.record["mechanism"] = mechanism  # every member holds this record
 

@@ -18,9 +18,13 @@ wider kernels. What stays each member's own, as in its solo run:
   the stacked tensors; it is elementwise, so each member's slice is what its own SGD computes;
 - its `Trainer`: bookkeeping per step (`Trainer.record_step`'s arithmetic, stacked:
   `StackedState.record`), evaluation, resume state and
-  outputs. The stacked state is copied back into the members' own modules and optimizers
-  (`HorizontalGroup.write_back`) before any of them is evaluated or saved, and stacked again
-  from them before the next step; so model.pt and resume.pt are written as solo runs write them.
+  outputs. The stacked state (dgkd_core.training.stacked_state) is copied back into the
+  members' own modules and optimizers (`HorizontalGroup.write_back`) before any of them is
+  evaluated or saved, and reloaded from them before the next step; so model.pt and resume.pt
+  are written as solo runs write them.
+
+On CUDA the stacked step is captured in a CUDA graph and replayed, as a solo run's step is
+(dgkd_core.training.horizontal_graph; `fast.cuda_graph`).
 
 Members must share the student architecture (layer for layer), the device, the fast settings and
 the optimizer's momentum, weight decay and Nesterov flag (ConfigError otherwise: use
@@ -42,9 +46,10 @@ from torch.func import functional_call, vmap
 from dgkd_core.data.stacked_batches import assemble_together, can_assemble_together
 from dgkd_core.errors import ConfigError
 from dgkd_core.runtime import make_autocast
-from dgkd_core.training.stacked_loss import StackedLoss
+from dgkd_core.training.horizontal_graph import StackedGraphStep
+from dgkd_core.training.stacked_state import StackedState, stacked_sgd_
 
-__all__ = ["HorizontalGroup", "StackedState", "check_stackable", "stacked_sgd_"]
+__all__ = ["HorizontalGroup", "check_stackable", "stacked_sgd_"]
 
 
 def _student(member) -> torch.nn.Module:
@@ -88,103 +93,6 @@ def check_stackable(members: Sequence) -> None:
                           "SGD without dampening or maximize; use sequential")
 
 
-class StackedState:
-    """Members `indices`' student tensors stacked on a leading dim: params (leaves, [K, *shape],
-    requiring grad as the member's do), buffers ([K, *shape]) and, where SGD has momentum, the
-    momentum buffers ([K, *shape], zero where a member has none yet: for SGD without dampening
-    a zero buffer is exactly "none yet", 0·momentum + grad == grad)."""
-
-    def __init__(self, members: Sequence, indices: tuple[int, ...], momentum: bool):
-        self.indices = indices
-        params = [dict(_student(members[i]).named_parameters()) for i in indices]
-        buffers = [dict(_student(members[i]).named_buffers()) for i in indices]
-        with torch.no_grad():
-            self.params = {name: torch.stack([own[name] for own in params])
-                           .requires_grad_(p.requires_grad) for name, p in params[0].items()}
-            self.buffers = {name: torch.stack([own[name] for own in buffers])
-                            for name in buffers[0]}
-            self.momentum = None
-            if momentum:
-                self.momentum = {name: torch.stack([_momentum_of(members[i], name)
-                                                    for i in indices])
-                                 for name in self.params}
-        # a member's optimizer gets momentum buffers back if it had them or has stepped since
-        self.has_momentum = [all(_momentum_buffer(members[i], n) is not None
-                                 for n in self.params) for i in indices]
-        self.loss = StackedLoss([members[i] for i in indices])
-        self._stack_bookkeeping([members[i].state for i in indices])
-
-    def _stack_bookkeeping(self, states: list) -> None:
-        """The members' step bookkeeping (Trainer.record_step's device side) stacked: sums
-        float64 [K, G+3] (a member's first n_terms columns its sums_dev; the rest padding),
-        bad [K] (first non-finite step, or -1) and steps [K] (each one's next step)."""
-        self.n_terms = [len(s.sums_dev) for s in states]
-        sums = states[0].sums_dev.new_zeros(len(states), self.loss.width + 3)
-        for k, s in enumerate(states):
-            sums[k, :self.n_terms[k]] = s.sums_dev
-        self.sums = sums
-        self.bad = torch.stack([s.bad_step for s in states])
-        self.steps = torch.tensor([s.step for s in states], device=sums.device)
-
-    def record(self, terms: torch.Tensor, batch_size: int, finite: torch.Tensor) -> None:
-        """Every stacked member's `Trainer.record_step` device side at once, the same
-        arithmetic: terms [K, G+3] (StackedLoss's), finite bool [K]."""
-        self.bad = torch.where(finite | (self.bad >= 0), self.bad, self.steps)
-        self.steps.add_(1)
-        self.sums.add_(terms, alpha=batch_size)
-
-    def write_back(self, members: Sequence) -> None:
-        """Copy each member's slice into its student, its step bookkeeping and its
-        optimizer's momentum buffers."""
-        with torch.no_grad():
-            for k, i in enumerate(self.indices):
-                student = _student(members[i])
-                for name, t in (*student.named_parameters(), *student.named_buffers()):
-                    t.copy_((self.params.get(name) if name in self.params
-                             else self.buffers[name])[k])
-                state = members[i].state
-                state.sums_dev.copy_(self.sums[k, :self.n_terms[k]])
-                state.bad_step.copy_(self.bad[k])
-                if self.momentum is None or not self.has_momentum[k]:
-                    continue
-                for name, p in student.named_parameters():
-                    members[i].optimizer.state[p]["momentum_buffer"] = \
-                        self.momentum[name][k].clone()
-
-
-def _momentum_buffer(member, name: str) -> torch.Tensor | None:
-    param = dict(_student(member).named_parameters())[name]
-    return member.optimizer.state.get(param, {}).get("momentum_buffer")
-
-
-def _momentum_of(member, name: str) -> torch.Tensor:
-    buf = _momentum_buffer(member, name)
-    if buf is None:
-        return torch.zeros_like(dict(_student(member).named_parameters())[name])
-    return buf
-
-
-def stacked_sgd_(params: list[torch.Tensor], grads: list[torch.Tensor],
-                 bufs: list[torch.Tensor] | None, lrs: Sequence[float], *, momentum: float,
-                 weight_decay: float, nesterov: bool) -> None:
-    """torch.optim.SGD's foreach step (dampening 0) on stacked tensors [K, *shape] in place;
-    lrs: K learning rates, one per member (slice k of each tensor). Elementwise, so slice k
-    gets exactly what member k's own SGD gives it; members sharing an lr update as one."""
-    if weight_decay != 0:
-        grads = torch._foreach_add(grads, params, alpha=weight_decay)
-    if bufs is not None:
-        torch._foreach_mul_(bufs, momentum)
-        torch._foreach_add_(bufs, grads)
-        grads = torch._foreach_add(grads, bufs, alpha=momentum) if nesterov else bufs
-    distinct = sorted(set(lrs))
-    if len(distinct) == 1:
-        torch._foreach_add_(params, grads, alpha=-distinct[0])
-        return
-    for lr in distinct:
-        for k in (k for k, v in enumerate(lrs) if v == lr):
-            torch._foreach_add_([p[k] for p in params], [g[k] for g in grads], alpha=-lr)
-
-
 class _GlobalMean(torch.nn.Module):
     """AdaptiveAvgPool2d(1) as a mean: [B,C,H,W] -> [B,C,1,1]. vmap has no batching rule for
     what adaptive_avg_pool2d runs (it falls back to a loop over the K members)."""
@@ -206,16 +114,22 @@ def _vmap_friendly(template: torch.nn.Module) -> torch.nn.Module:
 
 class HorizontalGroup:
     """The stacked step and round of a fused group's set-up members (Trainers), all stackable
-    (`check_stackable`). The stacked state covers the members stepping now; it is rebuilt when
-    that set changes and written back before any member ends an epoch or saves.
+    (`check_stackable`). The stacked state covers the members stepping now; it is written
+    back before any member ends an epoch or saves, reloaded in place before the next step,
+    and made anew when that set of members changes.
 
+    cuda_graph: on CUDA with the members' `fast.cuda_graph`, the stacked step is captured in
+    a CUDA graph and replayed (dgkd_core.training.horizontal_graph; eager if capture fails);
+    graph_factory: a CPU stand-in for the graph (tests), which turns it on anywhere. record:
+    the group's metrics record (a capture failure's reason goes there).
     compile: run the stacked forward (and so its backward) through `torch.compile` (inductor
-    fuses BatchNorm, ReLU and the adds into fewer kernels). Opt-in: its first steps compile
-    (about 90 s for resnet8 on a 2-core CPU), and whether it keeps the bit-identical resume of
-    a horizontal group is not proven yet (a recompile after a resume, when the stack's size or
-    the batch's shape changes, may pick other kernels)."""
+    fuses BatchNorm, ReLU and the adds into fewer kernels; no CUDA graph then). Opt-in: its
+    first steps compile (about 90 s for resnet8 on a 2-core CPU), and whether it keeps the
+    bit-identical resume of a horizontal group is not proven yet (a recompile after a resume,
+    when the stack's size or the batch's shape changes, may pick other kernels)."""
 
-    def __init__(self, members: Sequence, compile: bool = False):
+    def __init__(self, members: Sequence, compile: bool = False, cuda_graph: bool = True,
+                 graph_factory=None, record: dict | None = None):
         check_stackable(members)
         self.members = list(members)
         # its tensors go unused: functional_call runs it on the stacked ones
@@ -228,21 +142,28 @@ class HorizontalGroup:
         self._forward = vmap(self._one_forward)
         if compile:
             self._forward = torch.compile(self._forward)
+        device = members[0].device
+        self.graph_step = None
+        if graph_factory is not None or (cuda_graph and not compile and device.type == "cuda"
+                                         and members[0].fast["cuda_graph"]):
+            self.graph_step = StackedGraphStep(self._compute, device, graph_factory, record)
 
     def _one_forward(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
         """One member's forward (under vmap): x [B,3,H,W] -> logits [B, classes]."""
         return functional_call(self.template, (params, buffers), (x,))
 
     def write_back(self) -> None:
-        """Every stacked member's state into its own modules and optimizer; unstack."""
-        if self.stacked is not None:
+        """Every stacked member's state into its own modules and optimizer."""
+        if self.stacked is not None and self.stacked.live:
             self.stacked.write_back(self.members)
-            self.stacked = None
 
     def _stack(self, indices: tuple[int, ...]) -> StackedState:
-        if self.stacked is None or self.stacked.indices != indices:
-            self.write_back()
-            self.stacked = StackedState(self.members, indices, self.sgd["momentum"] != 0)
+        if self.stacked is not None and self.stacked.indices == indices:
+            if not self.stacked.live:
+                self.stacked.reload(self.members)
+            return self.stacked
+        self.write_back()
+        self.stacked = StackedState(self.members, indices, self.sgd["momentum"] != 0)
         return self.stacked
 
     def step(self, batches: dict[int, Sequence[torch.Tensor]], lrs: dict[int, float]
@@ -269,18 +190,33 @@ class HorizontalGroup:
 
     def _step_stacked(self, state: StackedState, batches: dict, lrs: dict
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward, backward and SGD of the stacked members: their terms [K, G+3]
-        (StackedLoss's), and whether each one's total loss is finite (bool [K])."""
+        """One step of the stacked members, replayed from a CUDA graph where there is one:
+        their terms [K, G+3] (StackedLoss's), and whether each one's total loss is finite
+        (bool [K])."""
         stacked = [batches[i] for i in state.indices]
-        x = torch.stack([batch[0] for batch in stacked])  # [K, B, 3, H, W]
+        keeps = [self.members[i].state.keep_masks.at(self.members[i].state.step)
+                 for i in state.indices]
+        member_lrs = [lrs[i] for i in state.indices]
+        if self.graph_step is not None:
+            out = self.graph_step(state, stacked, keeps, member_lrs)
+        else:
+            out = self._compute(state, torch.stack([batch[0] for batch in stacked]), stacked,
+                                keeps, member_lrs)
+        state.has_momentum = [True] * len(state.indices)
+        return out
+
+    def _compute(self, state: StackedState, x: torch.Tensor, batches: Sequence, keeps: list,
+                 lrs: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, backward and SGD of the stacked members on x [K, B, 3, H, W] (each
+        member's batch: x[k], y [B], rows [B]; keeps: each one's keep mask or None); no host
+        sync and no host-to-device copy, so a CUDA graph can capture it."""
         for p in state.params.values():
             p.grad = None
         with self.autocast:
             logits = self._forward(state.params, state.buffers, x)  # [K, B, classes]
-            totals, terms = state.loss(logits, stacked)
+            totals, terms = state.loss(logits, batches, keeps)
             totals.sum().backward()
-        self._sgd(state, [lrs[i] for i in state.indices])
-        state.has_momentum = [True] * len(state.indices)
+        self._sgd(state, lrs)
         return terms, torch.isfinite(totals.detach())
 
     def _sgd(self, state: StackedState, lrs: list[float]) -> None:

@@ -50,10 +50,11 @@ class StackedLoss:
                       *[0] * (self.width - n)] for n in self.n_guides], device=device)}
         return self._settings[num_classes]
 
-    def __call__(self, logits: torch.Tensor, batches: Sequence[Sequence[torch.Tensor]]
-                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def __call__(self, logits: torch.Tensor, batches: Sequence[Sequence[torch.Tensor]],
+                 keeps: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
         """logits [K, B, C] of the stacked students; batches: each member's (x [B,3,H,W], y [B]
-        and, with guide tables, views [B]). Returns (the members' totals [K], to be summed for
+        and, with guide tables, views [B]); keeps: each member's keep mask this step (float
+        [its guides], `SegmentKeepMasks.at`) or None. Returns (the members' totals [K], to be summed for
         the backward; their step terms [K, G+3], detached float32: row k's first
         len(term_names) columns are member k's terms, in its order, the rest padding)."""
         k, _, num_classes = logits.shape
@@ -61,7 +62,7 @@ class StackedLoss:
         targets = torch.stack([batch[1] for batch in batches])  # [K, B]
         guides = self._guide_logits(batches, logits)
         totals, ce, kd = stacked_dgkd_loss(
-            logits, guides, targets, guide_weights=self._guide_weights(settings),
+            logits, guides, targets, guide_weights=self._guide_weights(settings, keeps),
             kd_divisors=settings["kd_divisors"], ce_weights=settings["ce_weights"],
             temperatures=settings["temperatures"])
         with torch.no_grad():  # train top-1 from the step's own logits, as Distiller.loss_terms
@@ -83,9 +84,9 @@ class StackedLoss:
                                              *[blank] * (self.width - len(own)))]
         return torch.stack(flat).view(len(found), self.width, *logits.shape[1:])
 
-    def _guide_weights(self, settings: dict) -> torch.Tensor:
+    def _guide_weights(self, settings: dict, masks: Sequence[torch.Tensor | None]
+                       ) -> torch.Tensor:
         """[K, G]: λ·keep, the keep masks being this step's of each stochastic member."""
-        masks = [m.state.keep_masks.at(m.state.step) for m in self.members]
         if all(mask is None for mask in masks):
             return settings["lams"]
         keep = torch.ones_like(settings["lams"])
