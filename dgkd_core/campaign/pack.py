@@ -75,7 +75,8 @@ def pack(workdir, plan: Plan, out, *, campaign: str, configs, state_dir=None,
     manifest = {"format": MANIFEST_FORMAT, "campaign": campaign,
                 "configs": [repo_relative(c) for c in configs], "runs": runs,
                 "dropped": dropped, "retrained": _retrained(previous, workdir),
-                "windows": [*previous.get("windows", []), _window(runs, window_s, window_training)]}
+                "windows": [*previous.get("windows", []),
+                            _window(runs, window_s, window_training)]}
     _write_archive(Path(out), manifest, members)
     return manifest
 

@@ -18,14 +18,16 @@ adds is:
   restart resumes every member; one already at its end only writes its outputs;
 - the end: every member's outputs first, then every resume state removed, so that a kill in
   between leaves each member resumable at its end, not retrained;
-- metrics.json's `fused_group`: {"members": [every member's out_dir], "mechanism": ...}.
+- metrics.json's `fused_group`: {"members": [every member's out_dir], "mechanism": ...}, and
+  `cuda_graph_fallback` (why) where a horizontal group's CUDA graph could not be captured.
 
 The mechanism (docs/performance.md, "Fused training"): `cuda_streams` on CUDA, where each
 member's work, its captured CUDA-graph step included, runs on a CUDA stream of its own, so
 kernels of different members overlap on the GPU; `sequential` on a CPU (or when asked for): the
 members' steps one after another on one stream, bit-identical to training each alone;
 `horizontal`: members of one architecture stacked into one model, their steps
-one step of K-times-wider kernels (dgkd_core.training.horizontal), each within float rounding of alone;
+one step of K-times-wider kernels (dgkd_core.training.horizontal; on CUDA replayed from a CUDA
+graph), each within float rounding of alone;
 `auto` picks one per device kind from measurements (dgkd_core.training.fuse_choice).
 """
 
