@@ -104,8 +104,9 @@ def test_a_failed_capture_leaves_the_group_eager_and_says_why(
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graph_horizontal_group_ends_near_the_eager_group(
         small_data, teacher, second_guide, teacher_table, tmp_path):
-    """The real CUDA graph (fp32, TF32 off by FAST_OFF's bf16 off) against the eager stacked
-    step: the same kernels, so within 1e-5; it was captured (no fallback)."""
+    """The real CUDA graph (fp32) against the eager stacked step: the same kernels, so equal
+    but for rounding (1e-4 after 6 steps; a stale input or lr differs by 3e-3 or more, the CPU
+    test's mutations); it was captured (no fallback)."""
     from dgkd_core.runtime import FAST_OFF
 
     groups = {}
@@ -115,7 +116,7 @@ def test_cuda_graph_horizontal_group_ends_near_the_eager_group(
             spec["config"] = {**spec["config"], "device": "cuda", "fast": fast}
         groups[name] = (specs, train_fused(specs, progress=False, mechanism="horizontal"))
     for a, b in zip(groups["eager"][0], groups["graph"][0]):
-        assert max_difference(a["out_dir"], b["out_dir"]) < 1e-5, b["out_dir"].name
+        assert max_difference(a["out_dir"], b["out_dir"]) < 1e-4, b["out_dir"].name
     assert "cuda_graph_fallback" not in groups["graph"][1][0]["fused_group"]
     assert set(weights(groups["graph"][0][0]["out_dir"])) == set(
         weights(groups["eager"][0][0]["out_dir"]))
