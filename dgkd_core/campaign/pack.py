@@ -103,8 +103,11 @@ def _entry(plan: Plan, run: Run, status: str, folder: Path, files: dict,
     if status == "done":
         metrics = json.loads((folder / "metrics.json").read_text())
         versions = metrics.get("versions") or {}
+        group = metrics.get("fused_group")
         entry.update(epochs_done=metrics["epochs"], top1_last=metrics["top1_last"],
-                     train_time_s=metrics["train_time_s"])
+                     train_time_s=metrics["train_time_s"],
+                     # horizontal ends within float rounding of alone, not bit for bit
+                     trained="alone" if group is None else f"fused, {group['mechanism']}")
         device = {"device_name": versions.get("device_name"), "torch": versions.get("torch")}
     else:
         state = load_tensor_file(folder / RESUME_FILE)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import statistics
+from collections import Counter
 from pathlib import Path
 
 from dgkd_core.campaign.state import (load_plan, read_manifest, repo_relative, run_key,
@@ -60,6 +61,10 @@ def _progress_lines(plan: Plan, manifest: dict) -> list[str]:
              f"- Spent: {windows_spent(manifest)}."]
     lines += [f"  - in flight: `{k}`: epoch {runs[k]['epochs_done']} of {runs[k]['epochs']} "
               f"done (+{runs[k].get('step', 0)} steps)" for k in flight]
+    trained = Counter(e["trained"] for e in runs.values() if "trained" in e)
+    if trained:
+        lines.append("- Trained: " + ", ".join(f"{n} {how}" for how, n in sorted(trained.items()))
+                     + " (metrics.json's `fused_group`).")
     lines.append(_estimate_line(plan, runs, gpu_s))
     for key, why in manifest.get("retrained", {}).items():
         lines.append(f"- Not restored, retrained: `{key}`: {why}.")

@@ -324,6 +324,11 @@ def test_a_window_whose_fused_workflow_fails_trains_the_rest_alone(tmp_path):
     assert mechanisms == {"plane4": {"horizontal"}, "plane3": {"horizontal"}, "plane2": {None}}
     log = (work / "results" / "campaign_snakemake.log").read_text()
     assert "fused mechanism horizontal needs members with one optimizer settings" in log
-    windows = read_manifest(tmp_path / "state" / "tiny")["windows"]
-    assert windows[-1]["training"] == ("fuse: horizontal (test); the fused workflow failed "
-                                       "(exit 1), then solo jobs")
+    manifest = read_manifest(tmp_path / "state" / "tiny")
+    assert manifest["windows"][-1]["training"] == ("fuse: horizontal (test); the fused "
+                                                   "workflow failed (exit 1), then solo jobs")
+    assert {e["model"]: e["trained"] for e in manifest["runs"].values()} == {
+        "plane4": "fused, horizontal", "plane3": "fused, horizontal", "plane2": "alone"}
+    report, _ = campaign_report(tmp_path / "state" / "tiny", configs)
+    assert "- Trained: 10 alone, 4 fused, horizontal (metrics.json's `fused_group`)." in report
+    assert "trained with fuse: horizontal (test); the fused workflow failed" in report
