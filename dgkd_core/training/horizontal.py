@@ -197,19 +197,19 @@ class HorizontalGroup:
         keeps = [self.members[i].state.keep_masks.at(self.members[i].state.step)
                  for i in state.indices]
         member_lrs = [lrs[i] for i in state.indices]
-        if self.graph_step is not None:
-            out = self.graph_step(state, stacked, keeps, member_lrs)
-        else:
-            out = self._compute(state, torch.stack([batch[0] for batch in stacked]), stacked,
-                                keeps, member_lrs)
+        step = self.graph_step if self.graph_step is not None else self._compute
+        out = step(state, stacked, keeps, member_lrs)
         state.has_momentum = [True] * len(state.indices)
         return out
 
-    def _compute(self, state: StackedState, x: torch.Tensor, batches: Sequence, keeps: list,
-                 lrs: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward, backward and SGD of the stacked members on x [K, B, 3, H, W] (each
-        member's batch: x[k], y [B], rows [B]; keeps: each one's keep mask or None); no host
-        sync and no host-to-device copy, so a CUDA graph can capture it."""
+    def _compute(self, state: StackedState, batches: Sequence, keeps: list, lrs: list[float],
+                 x: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, backward and SGD of the stacked members (each one's batch: x [B,3,H,W],
+        y [B], rows [B]; keeps: each one's keep mask or None) on their images x [K,B,3,H,W]
+        (None: stacked here); no host sync and no host-to-device copy, so a CUDA graph can
+        capture it."""
+        if x is None:
+            x = torch.stack([batch[0] for batch in batches])
         for p in state.params.values():
             p.grad = None
         with self.autocast:

@@ -88,7 +88,7 @@ class _StaticInputs:
 
 class StackedGraphStep:
     """step(state, batches, keeps, lrs) -> (terms [K, G+3], finite bool [K]): `compute`
-    (HorizontalGroup's eager stacked step: compute(state, x [K,B,3,H,W], batches, keeps, lrs))
+    (HorizontalGroup's eager stacked step: compute(state, batches, keeps, lrs, x=None))
     replayed from a CUDA graph. graph_factory(stream, state): what captures and replays
     (default a CUDA graph; a test passes a CPU stand-in); record: the group's metrics record, where a
     capture failure's reason goes."""
@@ -109,7 +109,7 @@ class StackedGraphStep:
         if self.disabled_reason is None:
             same_stack = self.key is not None and self.key[:2] == (state, tuple(lrs))
             if same_stack and self.key[2] != _input_key(batches, keeps):
-                return self._eager(state, batches, keeps, lrs)  # e.g. a ragged last batch
+                return self.compute(state, batches, keeps, lrs)  # e.g. a ragged last batch
             if not same_stack:
                 try:
                     self._capture(state, batches, keeps, lrs)
@@ -119,10 +119,8 @@ class StackedGraphStep:
             self.graph.replay()
             terms, finite = self.outputs
             return terms.clone(), finite
-        return self._eager(state, batches, keeps, lrs)
+        return self.compute(state, batches, keeps, lrs)
 
-    def _eager(self, state, batches, keeps, lrs):
-        return self.compute(state, torch.stack([b[0] for b in batches]), batches, keeps, lrs)
 
     def _capture(self, state, batches, keeps, lrs) -> None:
         """A new graph of `state`'s step at `lrs` on fixed buffers made from this round's."""
@@ -132,7 +130,7 @@ class StackedGraphStep:
             p.grad = None
 
         def step() -> tuple:
-            return self.compute(state, static.x, static.batches(), static.keeps, lrs)
+            return self.compute(state, static.batches(), static.keeps, lrs, x=static.x)
 
         # Warm up (lazily initialised kernels, the loss's cached settings) on a snapshot.
         snapshot = [t.detach().clone() for t in state.tensors()]
@@ -162,4 +160,4 @@ class StackedGraphStep:
         self.record["cuda_graph_fallback"] = self.disabled_reason
         log.warning("CUDA graph capture of the stacked step failed (%s); the group steps "
                     "eager from now on", self.disabled_reason)
-        return self._eager(state, batches, keeps, lrs)
+        return self.compute(state, batches, keeps, lrs)

@@ -30,8 +30,8 @@ from dgkd_core.io import UnreadableFile, load_tensor_file
 from dgkd_core.method.losses import SegmentKeepMasks
 from dgkd_core.runtime import rng_state, set_rng_state
 
-__all__ = ["RESUME_FILE", "TrainState", "read_resume_state", "restore_resume_state",
-           "write_resume_state"]
+__all__ = ["RESUME_FILE", "TrainState", "note_step", "read_resume_state",
+           "restore_resume_state", "write_resume_state"]
 
 # The trainer's logger: these lines have always come from it, and job logs are read by its name.
 log = logging.getLogger("dgkd_core.training.trainer")
@@ -70,6 +70,18 @@ class TrainState:
             # is unknown for that epoch: NaN, not a sum over part of it.
             self.sums[k] = self.sums.get(k, math.nan) + v
         self.sums_dev.zero_()
+
+
+def note_step(bad_step: torch.Tensor, step, sums: torch.Tensor, terms: torch.Tensor,
+              batch_size: int, finite: torch.Tensor) -> torch.Tensor:
+    """A step's device-side bookkeeping, for one run (0-d bad_step, int step, sums [n terms])
+    or a horizontal group's members at once (bad_step and step [K], sums [K, n]): `terms`
+    x `batch_size` added to the float64 sums (exact there: one kernel, terms.double() * B);
+    returns the first non-finite step so far (-1: none), where `finite` (bool, bad_step's
+    shape) says whether this step's total loss is. Noted on the device and checked when the
+    segment ends: no GPU sync per step."""
+    sums.add_(terms, alpha=batch_size)
+    return torch.where(finite | (bad_step >= 0), bad_step, step)
 
 
 def write_resume_state(path: Path, state: TrainState, *, identity: dict,

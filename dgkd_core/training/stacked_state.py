@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 
+from dgkd_core.training.resume import note_step
 from dgkd_core.training.stacked_loss import StackedLoss
 
 __all__ = ["StackedState", "stacked_sgd_"]
@@ -89,11 +90,10 @@ class StackedState:
                 *(self.momentum.values() if self.momentum is not None else ())]
 
     def record(self, terms: torch.Tensor, batch_size: int, finite: torch.Tensor) -> None:
-        """Every stacked member's `Trainer.record_step` device side at once, the same
-        arithmetic: terms [K, G+3] (StackedLoss's), finite bool [K]."""
-        self.bad = torch.where(finite | (self.bad >= 0), self.bad, self.steps)
+        """Every stacked member's `Trainer.record_step` device side at once (`note_step`):
+        terms [K, G+3] (StackedLoss's), finite bool [K]."""
+        self.bad = note_step(self.bad, self.steps, self.sums, terms, batch_size, finite)
         self.steps.add_(1)
-        self.sums.add_(terms, alpha=batch_size)
 
     def write_back(self, members: Sequence) -> None:
         """Copy each member's slice into its student, its step bookkeeping and its

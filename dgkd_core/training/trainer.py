@@ -40,7 +40,7 @@ from dgkd_core.training.evaluate import evaluate
 from dgkd_core.training.history import (epoch_line, eta_seconds, history_row, out_of_time,
                                         progress_bar)
 from dgkd_core.training.outputs import TrainerOutputs
-from dgkd_core.training.resume import RESUME_FILE, TrainState, write_resume_state
+from dgkd_core.training.resume import RESUME_FILE, TrainState, note_step, write_resume_state
 from dgkd_core.training.setup import TrainerSetup, lr_at
 from dgkd_core.training import tensorboard_log, wandb_log
 
@@ -194,12 +194,7 @@ class Trainer(TrainerSetup, TrainerOutputs):
         [B]. Returns the segment's seconds so far."""
         s = self.state
         finite = torch.isfinite(terms[self.total_index])
-        # Noted on the device and checked when the segment ends: no GPU sync per step. Few
-        # kernels (they run outside the step's graph): the first bad step kept as a where; the
-        # sums in float64, terms x batch exact there (as terms.double() * B, one kernel). A
-        # horizontal group does the same for all its members at once (StackedState.record).
-        s.bad_step = torch.where(finite | (s.bad_step >= 0), s.bad_step, s.step)
-        s.sums_dev.add_(terms, alpha=y.shape[0])
+        s.bad_step = note_step(s.bad_step, s.step, s.sums_dev, terms, y.shape[0], finite)
         return self.count_step(terms, y.shape[0], finite)
 
     def count_step(self, terms: torch.Tensor, batch_size: int, finite: torch.Tensor) -> float:
