@@ -55,20 +55,21 @@ def config(**over) -> dict:
     return run_config(**{"optimizer": {"lr": 0.005}, **over})
 
 
-def members(root: Path, teacher: Path, second_guide: Path, table: Path | None = None
-            ) -> list[dict]:
+def members(root: Path, teacher: Path, second_guide: Path, table: Path | None = None,
+            make_config=config) -> list[dict]:
     """plane2 runs: other seeds, other guides, a stochastic DGKD member, a milestone after
-    epoch 1 (of 2), and (given `table`) a KD member whose guide is its table."""
+    epoch 1 (of 2), and (given `table`) a KD member whose guide is its table. make_config:
+    their run configs (default `config`: lr 0.005)."""
     specs = [
-        {"config": config(seed=3, schedule=STEP_LR), "out_dir": root / "nokd"},
-        {"config": config(seed=4, method="kd", loss={"lam": 0.7, "temperature": 4.0}),
+        {"config": make_config(seed=3, schedule=STEP_LR), "out_dir": root / "nokd"},
+        {"config": make_config(seed=4, method="kd", loss={"lam": 0.7, "temperature": 4.0}),
          "out_dir": root / "kd", "guides": [teacher]},
-        {"config": config(seed=5, method="sdgkd", schedule=STEP_LR,
-                          loss={"keep_prob": 0.5, "drop_teacher": True}),
+        {"config": make_config(seed=5, method="sdgkd", schedule=STEP_LR,
+                               loss={"keep_prob": 0.5, "drop_teacher": True}),
          "out_dir": root / "sdgkd", "guides": [teacher, second_guide]},
     ]
     if table is not None:
-        specs.append({"config": config(seed=6, method="kd"), "out_dir": root / "kd_table",
+        specs.append({"config": make_config(seed=6, method="kd"), "out_dir": root / "kd_table",
                       "guides": [teacher], "guide_tables": [table]})
     return specs
 

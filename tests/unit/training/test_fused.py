@@ -19,6 +19,7 @@ from dgkd_core.schema import ConfigError
 from dgkd_core.training.fused import train_fused
 import dgkd_core.training.trainer as train_mod
 from dgkd_core.training.trainer import EXIT_RESUMABLE, TrainingInterrupted, train
+from horizontal_members import members as group_members
 from helpers import (FINAL_OUTPUTS, assert_no_outputs, history_without_timing,
                      run_config, stopped_points)
 
@@ -36,17 +37,10 @@ def second_guide(tiny_data, tmp_path_factory) -> Path:
 
 
 def members(tiny_data, teacher, second_guide, root: Path) -> list[dict]:
-    """Three plane2 runs: other seeds, other guides, a stochastic DGKD member, and a step
-    schedule whose milestone changes the lr after epoch 1 (of 2)."""
-    step_lr = {"name": "step", "milestones": [0.5], "gamma": 0.2}
-    return [
-        {"config": run_config(seed=3, schedule=step_lr), "out_dir": root / "nokd"},
-        {"config": run_config(seed=4, method="kd", loss={"lam": 0.7, "temperature": 4.0}),
-         "out_dir": root / "kd", "guides": [teacher]},
-        {"config": run_config(seed=5, method="sdgkd", schedule=step_lr,
-                              loss={"keep_prob": 0.5, "drop_teacher": True}),
-         "out_dir": root / "sdgkd", "guides": [teacher, second_guide]},
-    ]
+    """Three plane2 runs (horizontal_members.members at the default lr): other seeds, other
+    guides, a stochastic DGKD member, and a step schedule whose milestone changes the lr after
+    epoch 1 (of 2)."""
+    return group_members(root, teacher, second_guide, make_config=run_config)
 
 
 def with_data(specs: list[dict], data: Path) -> list[dict]:
